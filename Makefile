@@ -1,0 +1,41 @@
+# ftexp — every target installs what it needs into .venv first, so each works on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned so pip takes the local CPU build on CPU-only machines; on a GPU box the same pin
+# pulls the CUDA build from PyPI. Override, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install ftexp with its dependencies
+
+run: install ## Fine-tune the default classifier (MiniLM on SST-2); pass overrides with ARGS="..."
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp $(ARGS)
+
+test: install ## Run the test suite (without the slow and gpu tiers)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" $(ARGS)
+
+test-slow: install ## Run the slow tier too
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not gpu" $(ARGS)
+
+lint: install ## Lint with ruff
+	$(PY) -m ruff check src tests benchmarks
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install run test test-slow lint clean

@@ -1,0 +1,77 @@
+"""Load the tokenizer and the backbone (a headless transformers AutoModel) from config values."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from ftexp.errors import ConfigError
+from ftexp.paths import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _not_found(what: str, source: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"cannot load {what} '{source}': not a local directory and not in the Hugging Face cache "
+        f"({type(err).__name__}); if there is no network, download it elsewhere and set "
+        "model.name_or_path=/path/to/model."
+    )
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one)."""
+    path = resolve_model_path(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  revision=revision)
+    except (OSError, ValueError) as err:
+        raise _not_found("tokenizer", source, err) from err
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ConfigError(f"tokenizer '{source}' has no pad, eos or unk token to pad batches with; "
+                              "use a tokenizer that defines one.")
+        log.info("tokenizer has no pad token; padding with %r", fallback)
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def is_decoder_only(config: Any) -> bool:
+    """True for causal LMs (Llama, Qwen2, GPT-2, BLOOM…), False for BERT-style encoders."""
+    model_type = getattr(config, "model_type", "")
+    return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    random_init: dict[str, Any] | None = None,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """Pretrained weights from a Hub id / local path, or a random-init architecture from a config."""
+    torch_dtype = DTYPES[dtype]
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if random_init is not None:
+        params = dict(random_init)
+        config = AutoConfig.for_model(params.pop("model_type"), **params)
+        return AutoModel.from_config(config, dtype=torch_dtype, **extra)
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                         revision=revision, use_safetensors=None, **extra)
+    except OSError as err:
+        raise _not_found("model", name_or_path, err) from err

@@ -1,0 +1,118 @@
+"""`python -m ftexp`: check the command line, then hand it to Hydra, which composes and runs.
+
+Hydra's own messages for a bad override are several lines long, and a wrong type inside a group
+file would only surface deep inside training. So before Hydra runs, `preflight` composes the
+same overrides with Hydra's compose API and validates the result against the schemas, turning
+any problem into one line (see `ftexp.errors`). Nothing heavy is imported until a job starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from ftexp.config import did_you_mean, validate
+from ftexp.errors import ConfigError, debug_requested, reported_as_one_line
+from ftexp.paths import config_dir, project_root
+
+OmegaConf.register_new_resolver("ftexp_root", lambda: str(project_root()), replace=True)
+
+# Hydra flags after which we let Hydra alone speak (help, info, shell completion, custom config).
+_HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--package",
+                     "-p", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name",
+                     "-cn", "--config-dir", "-cd", "--experimental-rerun", "--version")
+
+
+def group_options(root: Path) -> dict[str, list[str]]:
+    """{'model': ['bert_base', 'minilm', …], …} for every group folder under the config dir."""
+    groups: dict[str, list[str]] = {}
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            groups[folder.relative_to(root).as_posix()] = options
+    return groups
+
+
+def _expand(override) -> list[str]:
+    """Every value a (possibly sweeping) override takes; [] if it cannot be listed up front."""
+    if not override.is_sweep_override():
+        value = override.value()
+        return [value if isinstance(value, str) else override.get_value_element_as_str()]
+    try:
+        return list(override.sweep_string_iterator())
+    except (TypeError, HydraException, ValueError):
+        return []  # e.g. an Optuna interval(): the sweeper samples it, nothing to list here
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every value the command line asks for, or raise ConfigError."""
+    overrides_text = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides_text)
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot parse override: {str(err).splitlines()[0]}") from err
+
+    groups = group_options(config_dir())
+    variants: list[list[tuple[str, str]]] = []  # per override: (key element, value) choices
+    for override in parsed:
+        key = override.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
+            continue
+        values = _expand(override)
+        if not values:
+            continue
+        is_group = key in groups and override.package is None
+        if is_group:
+            for value in values:
+                if value not in groups[key] and value != "null":
+                    raise ConfigError(
+                        f"unknown option '{value}' for config group '{key}'."
+                        f"{did_you_mean(value, groups[key])} Choices: {', '.join(groups[key])}."
+                    )
+            element = override.get_key_element()
+        else:
+            # '++' adds a key the config lacks, so an unknown key reaches `validate`, which
+            # answers with a did-you-mean instead of Hydra's multi-line struct error.
+            element = override.get_key_element().lstrip("+")
+            element = element if element.startswith("~") else "++" + element
+        variants.append([(element, v) for v in values])
+
+    first = [choices[0] for choices in variants]
+    combinations = [first] + [first[:i] + [choice] + first[i + 1:]
+                              for i, choices in enumerate(variants) for choice in choices[1:]]
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="ftexp"):
+        for combination in combinations:
+            try:
+                cfg = compose("config", overrides=[f"{k}={v}" for k, v in combination])
+            except HydraException as err:
+                raise ConfigError(str(err).strip().splitlines()[0]) from err
+            validate(cfg, resolve=False)
+
+
+def _wants_preflight(argv: list[str]) -> bool:
+    return not any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv if a.startswith("-"))
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def _run_job(cfg: DictConfig) -> float | None:
+    with reported_as_one_line(cfg.get("debug", False)):
+        cfg = validate(cfg)
+        from ftexp.train import train  # heavy imports (torch, transformers) start here
+
+        metrics = train(cfg)
+        return metrics.get(f"best/{cfg.task.monitor}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    debug = debug_requested() or any(a.lower() in ("debug=true", "debug=1") for a in argv)
+    if _wants_preflight(argv):
+        with reported_as_one_line(debug):
+            preflight(argv)
+    _run_job()

@@ -1,0 +1,290 @@
+"""Typed schemas for every config group, and the one function that checks a composed config.
+
+Group YAML files stay plain; `validate()` merges each group onto its dataclass so an unknown
+key, a wrong type or a missing value fails here, before anything heavy is imported, with one
+line that names the key and what would be valid. Kept free of torch/transformers imports so
+`--cfg job` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    ValidationError,
+)
+
+from ftexp.errors import ConfigError
+
+MISSING = "???"
+
+
+@dataclass
+class ModelConfig:
+    # Hub id, local directory, or `package:<module>/<subdir>` for weights shipped in a pip package.
+    name_or_path: str = MISSING
+    # Tokenizer source when it differs from the weights (defaults to name_or_path).
+    tokenizer: Optional[str] = None
+    # Build the architecture from this config with random weights instead of loading weights
+    # (tiny test models). Keys are those of the transformers config class of `model_type`.
+    random_init: Optional[dict[str, Any]] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16 — dtype the backbone is loaded in
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None = default
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+
+
+@dataclass
+class AdapterConfig:
+    method: str = "none"  # none: full fine-tuning | frozen: backbone frozen, head trained
+
+
+@dataclass
+class QuantConfig:
+    method: str = "none"
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"
+
+
+@dataclass
+class TaskConfig:
+    name: str = "classification"
+    # How the backbone's hidden states become one vector per text:
+    # auto (mean for encoders, last non-padding token for decoders) | cls | mean | last
+    pooling: str = "auto"
+    head_dropout: float = 0.1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    # Metric the best checkpoint is chosen by, and whether larger is better.
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear"  # linear: warmup then linear decay to 0 | constant: warmup then flat
+    warmup_fraction: float = 0.0  # share of the total optimizer steps spent warming up
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # CSV / TSV / JSON / JSONL / Parquet file
+    format: str = "auto"  # auto (from the extension) | csv | tsv | json | jsonl | parquet
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    # Column holding train / validation / test per row; None → random split by probabilities.
+    split_column: Optional[str] = None
+    split_probabilities: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
+    split_seed: int = 42
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    # Keep at most this many training rows (None = all); handy for smoke runs.
+    max_train_samples: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    # 32 | bf16-mixed | 16-mixed | bf16-true | auto (bf16-mixed where the hardware has bf16 units)
+    precision: str = "auto"
+    max_epochs: int = 1
+    max_steps: int = -1
+    val_check_interval: Any = 1.0
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: bool = True  # keep the best model (by task.monitor) in checkpoints/best.ckpt
+    rich_progress: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True  # metrics per step in csv/metrics.csv
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class FtexpConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    # Print full tracebacks instead of one-line errors.
+    debug: bool = False
+
+
+# Values a key may take, checked after types. Kept beside the schema so the message can list them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "adapter.method": ("none", "frozen"),
+    "quant.method": ("none",),
+    "strategy.name": ("auto",),
+    "task.name": ("classification",),
+    "task.pooling": ("auto", "cls", "mean", "last"),
+    "task.monitor_mode": ("max", "min"),
+    "scheduler.name": ("linear", "constant"),
+    "data.format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
+    "trainer.precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"),
+}
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _schema_keys(schema: type) -> list[str]:
+    return [f.name for f in fields(schema)]
+
+
+def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
+    """Raise on the first key of `node` that `schema` does not declare, with a did-you-mean."""
+    if not isinstance(node, DictConfig) or not is_dataclass(schema):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in known:
+            valid = _schema_keys(schema)
+            raise ConfigError(
+                f"unknown config key '{full}'.{did_you_mean(str(key), valid)} "
+                f"Valid keys under '{prefix[:-1] or 'the top level'}': {', '.join(valid)}."
+            )
+        sub = known[key].default_factory() if callable(known[key].default_factory) else None
+        if is_dataclass(sub):
+            _walk_unknown_keys(node._get_node(key), type(sub), f"{full}.")
+
+
+def _missing_keys(node: DictConfig, prefix: str) -> list[str]:
+    """Keys still set to ??? (like OmegaConf.missing_keys, but without resolving interpolations)."""
+    found = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            found += _missing_keys(child, f"{prefix}{key}.")
+        elif OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def _type_name(value_type: Any) -> str:
+    return getattr(value_type, "__name__", str(value_type))
+
+
+def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
+    """Return `cfg` merged onto the schema (typed, struct), or raise ConfigError with one line.
+
+    `resolve=False` skips interpolations, for checks made before Hydra has set up a run
+    (`${hydra:…}` values exist only inside a job).
+    """
+    user = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    _walk_unknown_keys(user, FtexpConfig, "")
+    schema = OmegaConf.structured(FtexpConfig)
+    try:
+        typed = OmegaConf.merge(schema, user)
+    except ValidationError as err:
+        key = err.full_key or "?"
+        expected = _type_name(getattr(err, "ref_type", None)) if getattr(err, "ref_type", None) else ""
+        raise ConfigError(
+            f"bad value for '{key}': {str(err.msg).splitlines()[0]}"
+            + (f" (expected {expected})" if expected else "")
+            + "."
+        ) from err
+    except ConfigKeyError as err:  # pragma: no cover - _walk_unknown_keys catches these first
+        raise ConfigError(f"unknown config key '{err.full_key}'.") from err
+
+    missing = _missing_keys(typed, "")
+    if missing:
+        raise ConfigError(
+            f"missing required value '{missing[0]}': set it on the command line, "
+            f"e.g. {missing[0]}=<value>."
+        )
+    try:
+        if resolve:
+            OmegaConf.resolve(typed)
+    except (InterpolationResolutionError, MissingMandatoryValue) as err:
+        raise ConfigError(f"cannot resolve '{err.full_key}': {str(err.msg).splitlines()[0]}") from err
+
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(typed, key)
+        if value is not None and str(value) not in allowed:
+            raise ConfigError(
+                f"'{key}={value}' is not a valid choice.{did_you_mean(str(value), allowed)} "
+                f"Choices: {', '.join(allowed)}."
+            )
+    _check_semantics(typed)
+    OmegaConf.set_struct(typed, True)
+    return typed
+
+
+def _check_semantics(cfg: DictConfig) -> None:
+    """Contradictions and out-of-range values that the types alone cannot catch."""
+    data = cfg.data
+    if not data.text_columns:
+        raise ConfigError("data.text_columns is empty: name at least one text column, "
+                          "e.g. data.text_columns=[sentence].")
+    if data.split_column is None:
+        probs = list(data.split_probabilities)
+        if len(probs) != 3 or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split_probabilities={probs} must be three non-negative numbers "
+                "(train, validation, test) that sum to 1, e.g. [0.9,0.05,0.05]."
+            )
+        if probs[0] == 0:
+            raise ConfigError("data.split_probabilities gives the train split no rows; "
+                              "make its first number positive.")
+    for key in ("max_length", "batch_size", "eval_batch_size"):
+        if data[key] < 1:
+            raise ConfigError(f"data.{key}={data[key]} must be at least 1.")
+    if data.max_train_samples is not None and data.max_train_samples < 1:
+        raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
+                          "(or null for all rows).")
+    if not 0.0 <= cfg.scheduler.warmup_fraction < 1.0:
+        raise ConfigError(f"scheduler.warmup_fraction={cfg.scheduler.warmup_fraction} "
+                          "must be in [0, 1).")
+    if cfg.task.learning_rate <= 0:
+        raise ConfigError(f"task.learning_rate={cfg.task.learning_rate} must be positive.")
+    if not 0.0 <= cfg.task.head_dropout < 1.0:
+        raise ConfigError(f"task.head_dropout={cfg.task.head_dropout} must be in [0, 1).")
+    if cfg.model.random_init is not None and "model_type" not in cfg.model.random_init:
+        raise ConfigError("model.random_init needs a 'model_type' (e.g. bert, llama) to know "
+                          "which architecture to build.")
+    if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
+        raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
+                          "set at least one of them.")

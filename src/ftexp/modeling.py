@@ -1,0 +1,55 @@
+"""A backbone with a pooled classification head: the model every classification task trains."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(batch, seq, dim) hidden states → (batch, dim), ignoring padding.
+
+    `last` takes the last non-padding token, so it works for right and left padding alike.
+    """
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if how == "last":
+        positions = torch.arange(hidden.size(1), device=hidden.device)
+        last = (attention_mask * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
+
+
+class SequenceClassifier(nn.Module):
+    """backbone → pool → dropout → linear. The head is fp32 whatever the backbone's dtype."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float,
+                 freeze_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.freeze_backbone = freeze_backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def train(self, mode: bool = True) -> "SequenceClassifier":
+        super().train(mode)
+        if self.freeze_backbone:  # a frozen encoder is a fixed feature extractor: no dropout
+            self.backbone.eval()
+        return self
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               **extra).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))

@@ -1,0 +1,121 @@
+"""Label a new file with a trained run: `python -m ftexp.predict <run dir> <file> [-o out.csv]`.
+
+Reads the run's resolved config and best checkpoint, tokenizes the file's text columns the
+way training did, and writes every input row with `predicted_label` and one `prob_<label>`
+column per class, as CSV or JSONL (by the output's extension).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ftexp import run_dir
+from ftexp.errors import FtexpError, reported_as_one_line
+
+
+def write_predictions(path: Path, frame: pd.DataFrame, probabilities: list[Any],
+                      label_names: list[Any]) -> pd.DataFrame:
+    """Rows of `frame` with predicted label and class probabilities; CSV or JSONL by suffix."""
+    import torch
+
+    probs = torch.cat([p.float().cpu() for p in probabilities]).numpy()
+    # A run with trainer.limit_test_batches sees only the first rows.
+    out = frame.iloc[:len(probs)].copy().reset_index(drop=True)
+    out["predicted_label"] = [label_names[i] for i in probs.argmax(axis=1)]
+    for j, name in enumerate(label_names):
+        out[f"prob_{name}"] = probs[:, j].round(6)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        out.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    else:
+        out.to_csv(tmp, index=False)
+    tmp.replace(path)  # never leave half a predictions file behind
+    return out
+
+
+def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
+    """(task in eval mode, tokenizer, resolved config) of a finished run directory."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from ftexp.builders.backbone import load_tokenizer
+    from ftexp.tasks.classification import ClassificationTask
+
+    config_path, ckpt_path = run / run_dir.CONFIG_FILE, run / checkpoint
+    for needed in (config_path, ckpt_path):
+        if not needed.is_file():
+            raise FtexpError(f"'{run}' is not a finished ftexp run: {needed.name} is missing "
+                             f"(expected {needed}).")
+    cfg = OmegaConf.load(config_path)
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    task = ClassificationTask(**saved["hyper_parameters"])
+    task.configure_model()
+    task.load_state_dict(saved["state_dict"])
+    task.eval()
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
+                               trust_remote_code=cfg.model.trust_remote_code,
+                               revision=cfg.model.revision)
+    return task, tokenizer, cfg
+
+
+def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int = 64,
+                 text_columns: list[str] | None = None) -> pd.DataFrame:
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from ftexp.data.encoding import check_text_columns, encode
+    from ftexp.data.readers import read_table
+
+    task, tokenizer, cfg = load_trained(run)
+    columns = text_columns or list(cfg.data.text_columns)
+    frame = read_table(input_path)
+    check_text_columns(frame, columns, f"'{input_path}'")
+    rows, _ = encode(tokenizer, frame, columns, cfg.data.max_length)
+    collate = DataCollatorWithPadding(tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    task.to(device)
+    probabilities = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
+            probabilities.append(task.predict_step(batch, 0))
+    return write_predictions(output_path, frame, probabilities, task.label_names)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ftexp-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run directory written by `python -m ftexp`")
+    parser.add_argument("input", type=Path, help="CSV / TSV / JSON / JSONL / Parquet file to label")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="output .csv or .jsonl (default: <run dir>/predictions_<input name>.csv)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--text-columns", nargs="+", default=None,
+                        help="text columns of the input (default: those the run trained on)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+    output = args.output or args.run_dir / f"predictions_{args.input.stem}.csv"
+    if output.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise SystemExit(f"ftexp-predict: error: output '{output}' must end in .csv or .jsonl")
+    with reported_as_one_line(args.debug):
+        _quiet()
+        result = predict_file(args.run_dir, args.input, output, args.batch_size, args.text_columns)
+        counts = result["predicted_label"].value_counts().to_dict()
+        print(f"wrote {len(result)} predictions to {output} "
+              f"(predicted label counts: {json.dumps(counts, default=str)})")
+
+
+def _quiet() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

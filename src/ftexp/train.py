@@ -1,0 +1,127 @@
+"""The training job: validated config in, fine-tuned model and its metrics out (in the run dir)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ftexp import run_dir
+from ftexp.console import print_config_tree, print_metrics_table
+from ftexp.paths import project_root
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for our progress bar and tables, not third-party chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str):
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ftexp.builders.strategy import build_strategy, resolve_precision
+
+    t = cfg.trainer
+    callbacks: list[Any] = []
+    if cfg.callbacks.checkpoint:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
+                                         monitor=monitor, mode=mode, save_weights_only=True,
+                                         enable_version_counter=False))
+    if cfg.callbacks.rich_progress and t.enable_progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    loggers: list[Any] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=out, name="csv", version=""))
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    precision = resolve_precision(t.precision, t.accelerator)
+    log.info("precision: %s", precision)
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=build_strategy(cfg.strategy.name),
+        precision=precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches, deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+        callbacks=callbacks, logger=loggers or False, default_root_dir=out,
+        num_sanity_val_steps=0)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune as `cfg` says; write config, checkpoint, metrics and predictions; return metrics."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print_config_tree(cfg)
+    run_dir.write_config(out, cfg)
+    run_dir.write_json(out / run_dir.ENVIRONMENT_FILE, run_dir.environment(project_root()))
+
+    _quiet_libraries()
+    import lightning as L
+
+    from ftexp.builders.backbone import load_tokenizer
+    from ftexp.builders.quant import quantization_config
+    from ftexp.config import DataConfig
+    from ftexp.data.classification import ClassificationDataModule
+    from ftexp.predict import write_predictions
+    from ftexp.tasks.classification import ClassificationTask
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    quantization_config(cfg.quant.method)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
+                               trust_remote_code=cfg.model.trust_remote_code,
+                               revision=cfg.model.revision)
+    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed)
+    datamodule.setup()  # read and check the data before spending time on the model
+    run_dir.write_json(out / run_dir.LABELS_FILE, datamodule.label_names)
+
+    task = ClassificationTask(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
+                              task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
+                              label_names=datamodule.label_names)
+    trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode)
+
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    # Lightning also reports `*_step` / `*_epoch` twins of step-logged values; keep the plain ones.
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                               if k.startswith(("train/", "val/"))
+                               and not k.endswith(("_step", "_epoch"))}
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if best_path:
+        metrics[f"best/{cfg.task.monitor}"] = float(checkpoint.best_model_score)
+
+    if len(datamodule.frames["test"]):
+        ckpt = best_path or None
+        test_results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        metrics.update({k: float(v) for k, v in test_results[0].items()})
+        write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"],
+                          task.test_probabilities, datamodule.label_names)
+
+    metrics.update(task.parameter_counts)
+    metrics["fit_seconds"] = round(fit_seconds, 2)
+    metrics["train_samples"] = len(datamodule.datasets["train"])
+    metrics["global_steps"] = trainer.global_step
+    run_dir.write_json(out / run_dir.METRICS_FILE, metrics)
+    print_metrics_table(metrics)
+    log.info("run directory: %s", out)
+    return metrics
