@@ -9,6 +9,7 @@ line that names the key and what would be valid. Kept free of torch/transformers
 from __future__ import annotations
 
 import difflib
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -163,10 +164,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
-    """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
+def did_you_mean(word: str, options: list[str] | tuple[str, ...], prefix: str = "") -> str:
+    """' Did you mean '<prefix>x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def _schema_keys(schema: type) -> list[str]:
@@ -183,7 +184,8 @@ def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
         if key not in known:
             valid = _schema_keys(schema)
             raise ConfigError(
-                f"unknown config key '{full}'.{did_you_mean(str(key), valid)} "
+                f"unknown config key '{full}'."
+                f"{did_you_mean(str(key), valid, prefix)} "
                 f"Valid keys under '{prefix[:-1] or 'the top level'}': {', '.join(valid)}."
             )
         sub = known[key].default_factory() if callable(known[key].default_factory) else None
@@ -203,8 +205,19 @@ def _missing_keys(node: DictConfig, prefix: str) -> list[str]:
     return found
 
 
-def _type_name(value_type: Any) -> str:
-    return getattr(value_type, "__name__", str(value_type))
+def _expected_type(full_key: str) -> str:
+    """The schema's declared type of a dotted key, readable: 'int', 'float or null', …"""
+    schema: Any = FtexpConfig
+    declared: Any = None
+    for part in full_key.split("."):
+        hints = typing.get_type_hints(schema) if is_dataclass(schema) else {}
+        if part not in hints:
+            return ""
+        declared = schema = hints[part]
+    args = [a for a in typing.get_args(declared) if a is not type(None)]
+    if typing.get_origin(declared) is typing.Union and len(args) == 1:
+        return f"{getattr(args[0], '__name__', args[0])} or null"
+    return getattr(declared, "__name__", str(declared))
 
 
 def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
@@ -220,11 +233,10 @@ def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
         typed = OmegaConf.merge(schema, user)
     except ValidationError as err:
         key = err.full_key or "?"
-        expected = _type_name(getattr(err, "ref_type", None)) if getattr(err, "ref_type", None) else ""
         raise ConfigError(
-            f"bad value for '{key}': {str(err.msg).splitlines()[0]}"
-            + (f" (expected {expected})" if expected else "")
-            + "."
+            f"bad value for '{key}': expected {_expected_type(key)}, got {err.value!r}."
+            if hasattr(err, "value") and _expected_type(key)
+            else f"bad value for '{key}': {str(err.msg).splitlines()[0]}."
         ) from err
     except ConfigKeyError as err:  # pragma: no cover - _walk_unknown_keys catches these first
         raise ConfigError(f"unknown config key '{err.full_key}'.") from err

@@ -28,6 +28,8 @@ def encode(tokenizer: Any, frame: pd.DataFrame, text_columns: list[str],
     One column is tokenized alone, two as a text pair (sentence-pair tasks), more are joined
     with the tokenizer's separator token. Rows longer than max_length are cut, not dropped.
     """
+    if len(frame) == 0:
+        return [], 0
     columns = texts_of(frame, text_columns)
     if len(columns) > 2:
         sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " \n "

