@@ -59,7 +59,7 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(f"cannot parse override: {str(err).splitlines()[0]}") from err
 
     groups = group_options(config_dir())
-    variants: list[list[tuple[str, str]]] = []  # per override: (key element, value) choices
+    variants: list[list[tuple[str, str, str]]] = []  # per override: (as given, as checked, value)
     for override in parsed:
         key = override.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
@@ -75,13 +75,13 @@ def preflight(argv: list[str]) -> None:
                         f"unknown option '{value}' for config group '{key}'."
                         f"{did_you_mean(value, groups[key])} Choices: {', '.join(groups[key])}."
                     )
-            element = override.get_key_element()
+            checked = override.get_key_element()
         else:
             # '++' adds a key the config lacks, so an unknown key reaches `validate`, which
             # answers with a did-you-mean instead of Hydra's multi-line struct error.
-            element = override.get_key_element().lstrip("+")
-            element = element if element.startswith("~") else "++" + element
-        variants.append([(element, v) for v in values])
+            checked = override.get_key_element().lstrip("+")
+            checked = checked if checked.startswith("~") else "++" + checked
+        variants.append([(override.get_key_element(), checked, v) for v in values])
 
     first = [choices[0] for choices in variants]
     combinations = [first] + [first[:i] + [choice] + first[i + 1:]
@@ -89,10 +89,39 @@ def preflight(argv: list[str]) -> None:
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="ftexp"):
         for combination in combinations:
             try:
-                cfg = compose("config", overrides=[f"{k}={v}" for k, v in combination])
+                cfg = compose("config", overrides=[f"{c}={v}" for _, c, v in combination])
             except HydraException as err:
                 raise ConfigError(str(err).strip().splitlines()[0]) from err
             validate(cfg, resolve=False)
+            _check_adapter_keys(cfg)
+            # The keys are right; what Hydra may still refuse is how they were written.
+            try:
+                compose("config", overrides=[f"{g}={v}" for g, _, v in combination])
+            except HydraException as err:
+                raise ConfigError(_hydra_hint(str(err))) from err
+
+
+def _check_adapter_keys(cfg: DictConfig) -> None:
+    """PEFT methods take PEFT's keys: check them now (imports peft, as the job will anyway)."""
+    from ftexp.config import CHOICES
+
+    if cfg.adapter.method in CHOICES["adapter.method"][3:]:
+        from ftexp.builders.adapter import peft_config
+
+        params = OmegaConf.to_container(cfg.adapter, resolve=False)
+        peft_config(params.pop("method"), params)
+
+
+def _hydra_hint(message: str) -> str:
+    first = message.strip().splitlines()[0]
+    if "is not in struct" in message or "Could not override" in first:
+        key = first.split("'")[1] if "'" in first else "the key"
+        return (f"'{key}' is not in the chosen config file; to add it, prefix the override "
+                f"with '+': +{key}=…")
+    if "An item is already at" in message:
+        key = first.split("'")[1] if "'" in first else "the key"
+        return f"'{key}' already exists; drop the leading '+' to change it: {key}=…"
+    return first
 
 
 def _wants_preflight(argv: list[str]) -> bool:

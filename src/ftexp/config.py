@@ -42,11 +42,6 @@ class ModelConfig:
 
 
 @dataclass
-class AdapterConfig:
-    method: str = "none"  # none: full fine-tuning | frozen: backbone frozen, head trained
-
-
-@dataclass
 class QuantConfig:
     method: str = "none"
 
@@ -134,7 +129,9 @@ class PathsConfig:
 @dataclass
 class FtexpConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # Open: each method has its own keys (PEFT's), checked against the PEFT config class when
+    # the job starts, before any weights load (see builders/adapter.py).
+    adapter: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     quant: QuantConfig = field(default_factory=QuantConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -152,7 +149,8 @@ class FtexpConfig:
 # Values a key may take, checked after types. Kept beside the schema so the message can list them.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "adapter.method": ("none", "frozen"),
+    "adapter.method": ("none", "frozen", "freeze", "lora", "dora", "adalora", "ia3", "loha", "lokr",
+                       "oft", "boft", "prefix_tuning", "prompt_tuning", "llama_adapter", "peft"),
     "quant.method": ("none",),
     "strategy.name": ("auto",),
     "task.name": ("classification",),
@@ -297,6 +295,12 @@ def _check_semantics(cfg: DictConfig) -> None:
     if cfg.model.random_init is not None and "model_type" not in cfg.model.random_init:
         raise ConfigError("model.random_init needs a 'model_type' (e.g. bert, llama) to know "
                           "which architecture to build.")
+    if "method" not in cfg.adapter:
+        raise ConfigError("adapter.method is missing: choose an adapter, e.g. adapter=lora.")
+    if cfg.adapter.method == "freeze" and not (cfg.adapter.get("last_n_layers")
+                                               or cfg.adapter.get("trainable_patterns")):
+        raise ConfigError("adapter=freeze trains nothing: set adapter.last_n_layers=N or "
+                          "adapter.trainable_patterns=[regex,...].")
     if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
         raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
                           "set at least one of them.")

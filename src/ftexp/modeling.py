@@ -48,6 +48,10 @@ class SequenceClassifier(nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                **extra).last_hidden_state
+        virtual = hidden.size(1) - attention_mask.size(1)
+        if virtual > 0:  # prompt tuning prepends trained tokens: they count as real positions
+            attention_mask = torch.cat([attention_mask.new_ones(attention_mask.size(0), virtual),
+                                        attention_mask], dim=1)
         return pool(hidden, attention_mask, self.pooling).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -56,7 +56,7 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     task = ClassificationTask(**saved["hyper_parameters"])
     task.configure_model()
-    task.load_state_dict(saved["state_dict"])
+    task.load_trained_state(saved["state_dict"])
     task.eval()
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
                                trust_remote_code=cfg.model.trust_remote_code,

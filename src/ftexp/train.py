@@ -78,7 +78,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _quiet_libraries()
     import lightning as L
 
-    from ftexp.builders.backbone import load_tokenizer
+    from ftexp.builders.adapter import validate_adapter
+    from ftexp.builders.backbone import load_tokenizer, model_type_of
     from ftexp.builders.quant import quantization_config
     from ftexp.config import DataConfig
     from ftexp.data.classification import ClassificationDataModule
@@ -87,6 +88,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     quantization_config(cfg.quant.method)
+    m = cfg.model
+    validate_adapter(_plain(cfg.adapter), model_type_of(
+        m.name_or_path, _plain(m.random_init) if m.random_init else None,
+        trust_remote_code=m.trust_remote_code, revision=m.revision))
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
                                trust_remote_code=cfg.model.trust_remote_code,
                                revision=cfg.model.revision)
@@ -119,6 +124,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                           task.test_probabilities, datamodule.label_names)
 
     metrics.update(task.parameter_counts)
+    if best_path:
+        metrics["checkpoint_mb"] = round(Path(best_path).stat().st_size / 2**20, 3)
     metrics["fit_seconds"] = round(fit_seconds, 2)
     metrics["train_samples"] = len(datamodule.datasets["train"])
     metrics["global_steps"] = trainer.global_step

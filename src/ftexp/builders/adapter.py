@@ -1,24 +1,143 @@
-"""Decide which backbone weights train: all of them (full fine-tuning) or none (frozen)."""
+"""Which backbone weights train: all (full fine-tuning), none (frozen), the last layers (freeze
+tuning), or a PEFT adapter (LoRA and friends). The task head always trains; it lives outside
+the backbone."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import re
+from typing import Any
+
 from torch import nn
 
-METHODS = ("none", "frozen")
+from ftexp.config import did_you_mean
+from ftexp.errors import ConfigError
+
+# adapter.method → (PEFT config class, settings the method implies).
+PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("LoraConfig", {}),
+    "dora": ("LoraConfig", {"use_dora": True}),
+    "adalora": ("AdaLoraConfig", {}),
+    "ia3": ("IA3Config", {}),
+    "loha": ("LoHaConfig", {}),
+    "lokr": ("LoKrConfig", {}),
+    "oft": ("OFTConfig", {}),
+    "boft": ("BOFTConfig", {}),
+    # Prompt-learning methods need a task type; feature extraction is the headless one.
+    "prefix_tuning": ("PrefixTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
+    "prompt_tuning": ("PromptTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
+    "llama_adapter": ("AdaptionPromptConfig", {"task_type": "FEATURE_EXTRACTION"}),
+}
+METHODS = ("none", "frozen", "freeze", *PEFT_METHODS, "peft")
 
 
-def apply_adapter(backbone: nn.Module, method: str) -> nn.Module:
-    """Return the backbone prepared for `method`; the task head is always trainable."""
+def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    import peft
+
+    if method == "peft":  # escape hatch: any PEFT config class by dotted path
+        target = params.pop("_target_", None)
+        if not target:
+            raise ConfigError("adapter=peft needs adapter._target_, e.g. "
+                              "adapter._target_=peft.VeraConfig.")
+        module, _, name = target.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module or "peft"), name), {}
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"adapter._target_='{target}' is not an importable PEFT config "
+                              "class (e.g. peft.VeraConfig).") from err
+    name, implied = PEFT_METHODS[method]
+    return getattr(peft, name), implied
+
+
+def peft_config(method: str, params: dict[str, Any]) -> Any:
+    """Build the PEFT config for `method` from the adapter group's keys, or say which key is wrong."""
+    params = dict(params)
+    if method == "adalora":
+        # Its rank schedule needs the run's step count; training passes the real one, a model
+        # rebuilt for inference or for checking keys needs only a valid placeholder.
+        params.setdefault("total_step", 1)
+    cls, implied = _peft_class(method, params)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in params:
+        if key not in valid:
+            raise ConfigError(f"adapter key '{key}' is not a {cls.__name__} setting."
+                              f"{did_you_mean(key, valid, 'adapter.')} See the PEFT docs of "
+                              f"{cls.__name__} for its keys.")
+    try:
+        return cls(**{**params, **implied})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"adapter={method}: {str(err).splitlines()[0]}") from err
+
+
+def check_adapter_fits(method: str, model_type: str) -> None:
+    """Refuse, before any weights load, a method the architecture cannot take."""
+    if method == "llama_adapter":
+        from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
+
+        if model_type not in TRANSFORMERS_MODEL_CONFIG:
+            raise ConfigError(
+                f"adapter=llama_adapter (PEFT adaption prompt) works only on "
+                f"{', '.join(sorted(TRANSFORMERS_MODEL_CONFIG))} decoders, not '{model_type}'; "
+                "choose adapter=lora or prefix_tuning for this model.")
+
+
+def validate_adapter(adapter: dict[str, Any], model_type: str) -> None:
+    """Everything about the adapter that can be checked without weights: method fits the
+    architecture, PEFT keys exist."""
+    method = adapter["method"]
+    if method in PEFT_METHODS or method == "peft":
+        check_adapter_fits(method, model_type)
+        peft_config(method, {k: v for k, v in adapter.items() if k != "method"})
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of transformer blocks (encoder.layer, layers, h, …)."""
+    depth = getattr(backbone.config, "num_hidden_layers", None)
+    stacks = [m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    if not stacks:
+        raise ConfigError("adapter=freeze cannot find the transformer layers of this model; "
+                          "use adapter.trainable_patterns to name what should train.")
+    return stacks[0]
+
+
+def freeze_all_but(backbone: nn.Module, last_n_layers: int, patterns: list[str]) -> None:
+    """Train only the last `last_n_layers` blocks and parameters whose name matches a pattern."""
+    backbone.requires_grad_(False)
+    if last_n_layers:
+        layers = transformer_layers(backbone)
+        if not 0 < last_n_layers <= len(layers):
+            raise ConfigError(f"adapter.last_n_layers={last_n_layers} must be between 1 and the "
+                              f"model's {len(layers)} layers.")
+        for layer in layers[-last_n_layers:]:
+            layer.requires_grad_(True)
+    compiled = [re.compile(p) for p in patterns]
+    for name, param in backbone.named_parameters():
+        if any(p.search(name) for p in compiled):
+            param.requires_grad_(True)
+
+
+def apply_adapter(backbone: nn.Module, adapter: dict[str, Any]) -> nn.Module:
+    """Return the backbone prepared for adapter['method']; PEFT methods wrap it."""
+    params = {k: v for k, v in adapter.items() if k != "method"}
+    method = adapter["method"]
     if method == "none":
         backbone.requires_grad_(True)
-    elif method == "frozen":
-        backbone.requires_grad_(False)
-    else:
-        raise ValueError(f"unknown adapter method {method!r}; expected one of {METHODS}")
-    return backbone
+        return backbone
+    if method == "frozen":
+        return backbone.requires_grad_(False)
+    if method == "freeze":
+        freeze_all_but(backbone, params.get("last_n_layers") or 0,
+                       list(params.get("trainable_patterns") or []))
+        return backbone
+    import peft
+
+    check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
+    return peft.get_peft_model(backbone, peft_config(method, params))
 
 
 def backbone_is_frozen(method: str) -> bool:
+    """Only `frozen` leaves the whole backbone fixed (so its dropout stays off too)."""
     return method == "frozen"
 
 

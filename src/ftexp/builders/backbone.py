@@ -53,6 +53,28 @@ def is_decoder_only(config: Any) -> bool:
             and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
+def model_type_of(name_or_path: str, random_init: dict[str, Any] | None = None, *,
+                  trust_remote_code: bool = False, revision: str | None = None) -> str:
+    """The architecture's model_type (bert, llama, …) from its config alone: no weights load."""
+    if random_init is not None:
+        return str(random_init["model_type"])
+    source = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            revision=revision)
+    except (OSError, ValueError) as err:
+        raise _not_found("model", name_or_path, err) from err
+    return config.model_type
+
+
+def _drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
+    # BERT-style models carry a CLS pooler (dense + tanh) that our heads never use; left in, it
+    # is dead weight and an "unused parameters" error under DDP. Their forward skips a None pooler.
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -68,10 +90,11 @@ def load_backbone(
     if random_init is not None:
         params = dict(random_init)
         config = AutoConfig.for_model(params.pop("model_type"), **params)
-        return AutoModel.from_config(config, dtype=torch_dtype, **extra)
+        return _drop_pooler(AutoModel.from_config(config, dtype=torch_dtype, **extra))
     path = resolve_model_path(name_or_path)
     try:
-        return AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                         revision=revision, use_safetensors=None, **extra)
+        model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                          revision=revision, use_safetensors=None, **extra)
     except OSError as err:
         raise _not_found("model", name_or_path, err) from err
+    return _drop_pooler(model)

@@ -35,6 +35,10 @@ class ClassificationTask(L.LightningModule):
                  scheduler: dict[str, Any], label_names: list[Any]):
         super().__init__()
         self.save_hyperparameters()
+        # On a pretrained backbone, checkpoints keep only what trains (adapter + head); the
+        # frozen rest comes back from the base weights, so loading is not strict.
+        self.saves_trainable_only = adapter["method"] != "none" and not model.get("random_init")
+        self.strict_loading = not self.saves_trainable_only
         self.label_names = list(label_names)
         self.num_labels = len(self.label_names)
         self.classifier: SequenceClassifier | None = None
@@ -50,7 +54,9 @@ class ClassificationTask(L.LightningModule):
         backbone = load_backbone(m["name_or_path"], random_init=m.get("random_init"),
                                  dtype=m["dtype"], attn_implementation=m.get("attn_implementation"),
                                  trust_remote_code=m["trust_remote_code"], revision=m.get("revision"))
-        backbone = apply_adapter(backbone, a["method"])
+        if a["method"] == "adalora" and self._trainer is not None:
+            a = {**a, "total_step": int(self.trainer.estimated_stepping_batches)}
+        backbone = apply_adapter(backbone, a)
         pooling = t["pooling"]
         if pooling == "auto":
             pooling = "last" if is_decoder_only(backbone.config) else "mean"
@@ -92,6 +98,26 @@ class ClassificationTask(L.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch).float().softmax(dim=-1)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.hparams.adapter["method"] == "adalora":
+            # AdaLoRA re-budgets ranks from the gradients, after the step and before zero_grad.
+            self.classifier.backbone.base_model.update_and_allocate(self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.saves_trainable_only:
+            keep = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def load_trained_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's weights; a trainable-only checkpoint must cover every trainable one."""
+        result = self.load_state_dict(state_dict, strict=not self.saves_trainable_only)
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = trainable & set(result.missing_keys)
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not match the model: missing {sorted(missing)[:3]}, "
+                               f"unexpected {sorted(result.unexpected_keys)[:3]}")
 
     def configure_optimizers(self) -> dict[str, Any]:
         t, s = self.hparams.task, self.hparams.scheduler

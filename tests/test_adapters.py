@@ -1,0 +1,123 @@
+"""Every adapter method on a tiny encoder and a tiny decoder: the loss falls on a learnable task,
+the parameters meant to train change, and every other weight stays bit-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config, sentiment_rows, tiny_overrides
+from ftexp.builders.adapter import METHODS, validate_adapter
+from ftexp.config import CHOICES
+from ftexp.data.classification import ClassificationDataModule
+from ftexp.errors import ConfigError
+from ftexp.tasks.classification import ClassificationTask
+
+# Methods a given architecture cannot serve, refused up front (tested below).
+NOT_FOR = {"tiny_bert": {"llama_adapter"}}
+CASES = [(model, method) for model in ("tiny_bert", "tiny_llama")
+         for method in CHOICES["adapter.method"] if method not in NOT_FOR.get(model, set())]
+
+
+# Updating whole weight matrices wants a smaller step than adapters and heads do.
+LEARNING_RATES = {"none": 3e-3, "freeze": 3e-3}
+# Soft prompts and prefixes steer a random-init backbone slowly (and shift the features the head
+# learns from): more epochs, and only a fall of the loss is required of them.
+SOFT_PROMPTS = {"prompt_tuning", "prefix_tuning"}
+EPOCHS = {method: 25 for method in SOFT_PROMPTS}
+
+
+def training_set_loss(task: ClassificationTask, datamodule: ClassificationDataModule) -> float:
+    """Mean cross-entropy over the whole training split, in eval mode (no dropout noise)."""
+    task.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in datamodule.train_dataloader():
+            logits = task(batch)
+            total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            count += batch["labels"].numel()
+    return total / count
+
+
+def test_config_choices_match_the_builder():
+    assert set(CHOICES["adapter.method"]) == set(METHODS)
+
+
+@pytest.mark.parametrize(("model", "method"), CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer):
+    data = tmp_path / "toy.csv"
+    sentiment_rows(320, seed=1).to_csv(data, index=False)
+    cfg = compose_config(tiny_overrides(data, f"model={model}", f"adapter={method}",
+                                        f"task.learning_rate={LEARNING_RATES.get(method, 2e-2)}",
+                                        "data.batch_size=32"),
+                         output_dir=tmp_path)
+    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
+    datamodule.setup()
+    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+    L.seed_everything(0, verbose=False)
+    task = ClassificationTask(**plain, label_names=datamodule.label_names)
+    task.configure_model()
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    loss_before = training_set_loss(task, datamodule)
+    L.Trainer(max_epochs=EPOCHS.get(method, 10), logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
+              precision="32-true").fit(task, datamodule)
+
+    loss_after = training_set_loss(task, datamodule)
+    if method == "adalora":  # its rank budget may prune a module's singular values to zero
+        assert any(not torch.equal(p, before[n]) for n, p in task.named_parameters() if "lora_E" in n)
+    assert loss_after < (0.99 if method in SOFT_PROMPTS else 0.8) * loss_before, (loss_before, loss_after)
+    trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+    assert trainable and len(trainable) < len(before) or method == "none"
+    for name, param in task.named_parameters():
+        if method == "adalora" and "lora_E" in name:
+            continue  # checked above
+        if name in trainable:
+            assert not torch.equal(param, before[name]), f"{name} should train but did not change"
+        else:
+            assert torch.equal(param, before[name]), f"{name} is frozen but changed"
+
+
+def test_llama_adapter_is_refused_on_an_encoder_before_loading():
+    with pytest.raises(ConfigError, match="works only on .*llama.* decoders, not 'bert'"):
+        validate_adapter({"method": "llama_adapter", "adapter_len": 4}, "bert")
+
+
+def test_freeze_trains_the_last_layers_only(tmp_path: Path):
+    cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "adapter=freeze",
+                                        "adapter.last_n_layers=1"), output_dir=tmp_path)
+    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+    task = ClassificationTask(**plain, label_names=[0, 1])
+    task.configure_model()
+    trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+    assert any(".layer.1." in n for n in trainable)
+    assert not any(".layer.0." in n or "embeddings" in n for n in trainable)
+    assert {"classifier.head.weight", "classifier.head.bias"} <= trainable
+
+
+def test_adapter_run_saves_only_adapter_and_head_and_predict_restores_it(tmp_path: Path):
+    from ftexp import run_dir
+    from ftexp.predict import load_trained
+    from ftexp.train import train
+
+    data = tmp_path / "toy.csv"
+    sentiment_rows(160).to_csv(data, index=False)
+    out = tmp_path / "run"
+    # MiniLM (pretrained) so the frozen base is reloaded from its weights, not the checkpoint.
+    cfg = compose_config(["data=custom", f"data.path={data}", "data.text_columns=[text]",
+                          "adapter=lora", "trainer=smoke", "trainer.enable_progress_bar=false"],
+                         output_dir=out)
+    metrics = train(cfg)
+    saved = torch.load(out / run_dir.BEST_CHECKPOINT, map_location="cpu", weights_only=True)
+    names = set(saved["state_dict"])
+    assert names and all("lora_" in n or n.startswith("classifier.head.") for n in names)
+    assert metrics["checkpoint_mb"] < 5  # the full MiniLM would be ~87 MB
+
+    task, _, _ = load_trained(out)
+    state = task.state_dict()
+    for name, value in saved["state_dict"].items():
+        assert torch.equal(state[name], value), name
