@@ -47,23 +47,24 @@ def test_config_choices_match_the_builder():
     assert set(CHOICES["adapter.method"]) == set(METHODS)
 
 
-@pytest.mark.parametrize(("model", "method"), CASES, ids=[f"{m}-{a}" for m, a in CASES])
-def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer):
+def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: str,
+                    epochs: int | None = None) -> ClassificationTask:
+    """Train a few epochs; assert the loss fell, trainable weights moved and the rest did not."""
     data = tmp_path / "toy.csv"
     sentiment_rows(320, seed=1).to_csv(data, index=False)
     cfg = compose_config(tiny_overrides(data, f"model={model}", f"adapter={method}",
                                         f"task.learning_rate={LEARNING_RATES.get(method, 2e-2)}",
-                                        "data.batch_size=32"),
+                                        "data.batch_size=32", *extra),
                          output_dir=tmp_path)
-    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
+    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), tokenizer)
     datamodule.setup()
-    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
     L.seed_everything(0, verbose=False)
     task = ClassificationTask(**plain, label_names=datamodule.label_names)
     task.configure_model()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
     loss_before = training_set_loss(task, datamodule)
-    L.Trainer(max_epochs=EPOCHS.get(method, 10), logger=False, enable_checkpointing=False,
+    L.Trainer(max_epochs=epochs or EPOCHS.get(method, 10), logger=False, enable_checkpointing=False,
               enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
               precision="32-true").fit(task, datamodule)
 
@@ -80,6 +81,39 @@ def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: P
             assert not torch.equal(param, before[name]), f"{name} should train but did not change"
         else:
             assert torch.equal(param, before[name]), f"{name} is frozen but changed"
+    return task
+
+
+@pytest.mark.parametrize(("model", "method"), CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer):
+    train_and_check(model, method, tmp_path, minilm_tokenizer)
+
+
+@pytest.mark.parametrize(("quant", "layer_type", "extra"), [
+    ("4bit", "Linear4bit", ["quant.compute_dtype=float32"]),
+    ("4bit", "Linear4bit", ["quant.quant_type=fp4", "quant.double_quant=false"]),
+    ("8bit", "Linear8bitLt", []),
+], ids=["nf4", "fp4-bf16", "int8"])
+def test_lora_on_a_kbit_decoder_trains_on_cpu(quant: str, layer_type: str, extra: list[str], tmp_path: Path,
+                                              minilm_tokenizer):
+    pytest.importorskip("bitsandbytes")
+    task = train_and_check("tiny_llama", "lora", tmp_path, minilm_tokenizer, f"quant={quant}", *extra,
+                           epochs=10)
+    linear_types = {type(m).__name__ for m in task.classifier.backbone.modules()}
+    assert layer_type in linear_types
+
+
+def test_kbit_preparation_upcasts_norms_only(tmp_path: Path):
+    pytest.importorskip("bitsandbytes")
+    cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "model=tiny_llama", "model.dtype=bfloat16",
+                                        "adapter=lora", "quant=4bit"), output_dir=tmp_path)
+    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
+    task = ClassificationTask(**plain, label_names=[0, 1])
+    task.configure_model()
+    dtypes = {n: p.dtype for n, p in task.classifier.backbone.named_parameters()}
+    assert {d for n, d in dtypes.items() if "norm" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "embed_tokens" in n} == {torch.bfloat16}
+    assert any(d == torch.uint8 for d in dtypes.values())  # packed 4-bit weights
 
 
 def test_llama_adapter_is_refused_on_an_encoder_before_loading():

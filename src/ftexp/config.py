@@ -43,7 +43,16 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
-    method: str = "none"
+    method: str = "none"  # none | 8bit (LLM.int8) | 4bit (QLoRA-style NF4/FP4), via bitsandbytes
+    quant_type: str = "nf4"  # 4bit: nf4 | fp4
+    double_quant: bool = True  # 4bit: quantize the quantization constants too (~0.4 bit/param)
+    compute_dtype: str = "bfloat16"  # 4bit: dtype the matmuls run in
+    storage_dtype: str = "uint8"  # 4bit: packed-weight dtype; = compute_dtype for FSDP sharding
+    llm_int8_threshold: float = 6.0  # 8bit: outlier threshold for mixed int8/fp16 matmul
+    skip_modules: Optional[list[str]] = None  # modules kept unquantized
+    # Cast only norm weights to fp32 for stability; never the whole model (that would undo the
+    # memory saving, as peft.prepare_model_for_kbit_training does).
+    upcast_norms: bool = True
 
 
 @dataclass
@@ -151,7 +160,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "adapter.method": ("none", "frozen", "freeze", "lora", "dora", "adalora", "ia3", "loha", "lokr",
                        "oft", "boft", "prefix_tuning", "prompt_tuning", "llama_adapter", "peft"),
-    "quant.method": ("none",),
+    "quant.method": ("none", "8bit", "4bit"),
+    "quant.quant_type": ("nf4", "fp4"),
+    "quant.compute_dtype": ("float32", "bfloat16", "float16"),
+    "quant.storage_dtype": ("uint8", "float32", "bfloat16", "float16"),
     "strategy.name": ("auto",),
     "task.name": ("classification",),
     "task.pooling": ("auto", "cls", "mean", "last"),
@@ -301,6 +313,10 @@ def _check_semantics(cfg: DictConfig) -> None:
                                                or cfg.adapter.get("trainable_patterns")):
         raise ConfigError("adapter=freeze trains nothing: set adapter.last_n_layers=N or "
                           "adapter.trainable_patterns=[regex,...].")
+    if cfg.quant.method != "none" and cfg.adapter.method in ("none", "freeze"):
+        raise ConfigError(f"quant={cfg.quant.method} with adapter={cfg.adapter.method}: quantized "
+                          "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
+                          "i.e. QLoRA), adapter=frozen, or quant=none.")
     if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
         raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
                           "set at least one of them.")

@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ftexp.tasks.classification import ClassificationTask
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    quantization_config(cfg.quant.method)
+    quantization_config(_plain(cfg.quant))  # bitsandbytes present and settings valid
     m = cfg.model
     validate_adapter(_plain(cfg.adapter), model_type_of(
         m.name_or_path, _plain(m.random_init) if m.random_init else None,
@@ -101,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     task = ClassificationTask(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
                               task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
-                              label_names=datamodule.label_names)
+                              label_names=datamodule.label_names, quant=_plain(cfg.quant))
     trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode)
 
     started = time.perf_counter()

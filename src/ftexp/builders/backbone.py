@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
 import torch
@@ -83,14 +84,29 @@ def load_backbone(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    quantization_config: Any = None,
 ) -> PreTrainedModel:
-    """Pretrained weights from a Hub id / local path, or a random-init architecture from a config."""
+    """Pretrained weights from a Hub id / local path, or a random-init architecture from a config;
+    quantized on load when a bitsandbytes config is given."""
     torch_dtype = DTYPES[dtype]
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if random_init is not None:
         params = dict(random_init)
         config = AutoConfig.for_model(params.pop("model_type"), **params)
-        return _drop_pooler(AutoModel.from_config(config, dtype=torch_dtype, **extra))
+        # Random-init models are fixtures: the same weights on every build, whatever the run's
+        # seed, so a checkpoint need not carry their frozen base to be reloaded.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModel.from_config(config, dtype=torch_dtype, **extra)
+        if quantization_config is None:
+            return _drop_pooler(model)
+        # bitsandbytes quantizes while loading weights, so a random-init model goes through disk.
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            return load_backbone(tmp, dtype=dtype, attn_implementation=attn_implementation,
+                                 quantization_config=quantization_config)
+    if quantization_config is not None:
+        extra["quantization_config"] = quantization_config
     path = resolve_model_path(name_or_path)
     try:
         model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,

@@ -1,12 +1,63 @@
-"""k-bit quantization of the backbone's weights. Only `none` exists so far."""
+"""k-bit quantization of the backbone through bitsandbytes (8-bit LLM.int8, 4-bit NF4/FP4)."""
 
 from __future__ import annotations
 
-METHODS = ("none",)
+import importlib.util
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftexp.errors import ConfigError
+
+METHODS = ("none", "8bit", "4bit")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "uint8": torch.uint8}
 
 
-def quantization_config(method: str) -> None:
-    """The transformers quantization config for `method` (None: keep model.dtype weights)."""
-    if method != "none":
+def require_bitsandbytes(method: str) -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"quant={method} needs bitsandbytes, which is not installed; "
+                          "run: pip install 'ftexp[quant]' (or pip install bitsandbytes).")
+
+
+def quantization_config(quant: dict[str, Any]) -> Any:
+    """The transformers BitsAndBytesConfig for the quant group, or None for `none`."""
+    method = quant["method"]
+    if method == "none":
+        return None
+    if method not in METHODS:
         raise ValueError(f"unknown quant method {method!r}; expected one of {METHODS}")
-    return None
+    require_bitsandbytes(method)
+    from transformers import BitsAndBytesConfig
+
+    skip = list(quant.get("skip_modules") or []) or None
+    if method == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=quant["llm_int8_threshold"],
+                                  llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
+        bnb_4bit_use_double_quant=quant["double_quant"],
+        bnb_4bit_compute_dtype=_DTYPES[quant["compute_dtype"]],
+        bnb_4bit_quant_storage=_DTYPES[quant["storage_dtype"]], llm_int8_skip_modules=skip)
+
+
+def prepare_for_kbit_training(model: nn.Module, upcast_norms: bool) -> nn.Module:
+    """Freeze the quantized base and, optionally, keep norm weights in fp32.
+
+    Written here rather than using peft.prepare_model_for_kbit_training, which casts every
+    non-quantized parameter (embeddings included) to fp32 and can cost more memory than a
+    bf16 LoRA run.
+    """
+    model.requires_grad_(False)
+    for module in model.modules():
+        # bitsandbytes (0.50) repacks 4-bit weights into a CPU inference layout at the first
+        # no-grad eval forward and never packs them back, so training after a validation pass
+        # silently runs on a wrong layout (loss stuck at chance). Keep the training layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    if upcast_norms:
+        for module in model.modules():
+            if "norm" in type(module).__name__.lower():
+                module.float()
+    return model

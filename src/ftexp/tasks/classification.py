@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from ftexp.builders.adapter import apply_adapter, backbone_is_frozen, count_parameters
 from ftexp.builders.backbone import is_decoder_only, load_backbone
 from ftexp.builders.optim import build_optimizer
+from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 from ftexp.modeling import SequenceClassifier
 
@@ -32,12 +33,14 @@ class ClassificationTask(L.LightningModule):
     alone says how to rebuild the model (see `ftexp.predict`)."""
 
     def __init__(self, model: dict[str, Any], adapter: dict[str, Any], task: dict[str, Any],
-                 scheduler: dict[str, Any], label_names: list[Any]):
+                 scheduler: dict[str, Any], label_names: list[Any],
+                 quant: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
-        # On a pretrained backbone, checkpoints keep only what trains (adapter + head); the
-        # frozen rest comes back from the base weights, so loading is not strict.
-        self.saves_trainable_only = adapter["method"] != "none" and not model.get("random_init")
+        # With an adapter, checkpoints keep only what trains (adapter + head); the frozen rest
+        # comes back from the base weights (random-init bases are rebuilt identically), so
+        # loading is not strict.
+        self.saves_trainable_only = adapter["method"] != "none"
         self.strict_loading = not self.saves_trainable_only
         self.label_names = list(label_names)
         self.num_labels = len(self.label_names)
@@ -51,9 +54,13 @@ class ClassificationTask(L.LightningModule):
         if self.classifier is not None:
             return
         m, a, t = self.hparams.model, self.hparams.adapter, self.hparams.task
+        quant = self.hparams.quant or {"method": "none"}
         backbone = load_backbone(m["name_or_path"], random_init=m.get("random_init"),
                                  dtype=m["dtype"], attn_implementation=m.get("attn_implementation"),
-                                 trust_remote_code=m["trust_remote_code"], revision=m.get("revision"))
+                                 trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
+                                 quantization_config=quantization_config(quant))
+        if quant["method"] != "none":
+            backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
         if a["method"] == "adalora" and self._trainer is not None:
             a = {**a, "total_step": int(self.trainer.estimated_stepping_batches)}
         backbone = apply_adapter(backbone, a)
