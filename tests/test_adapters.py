@@ -53,7 +53,7 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
     data = tmp_path / "toy.csv"
     sentiment_rows(320, seed=1).to_csv(data, index=False)
     cfg = compose_config(tiny_overrides(data, f"model={model}", f"adapter={method}",
-                                        f"task.learning_rate={LEARNING_RATES.get(method, 2e-2)}",
+                                        f"task.learning_rate={LEARNING_RATES.get(method, 1e-2)}",
                                         "data.batch_size=32", *extra),
                          output_dir=tmp_path)
     datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), tokenizer)

