@@ -29,14 +29,20 @@ def _not_found(what: str, source: str, err: Exception) -> ConfigError:
     )
 
 
+def _from_pretrained(auto_class: Any, what: str, source: str,
+                     not_found: tuple[type[Exception], ...] = (OSError, ValueError), **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained` on a Hub id, local path or `package:` path, with a one-line
+    error when nothing is there."""
+    try:
+        return auto_class.from_pretrained(resolve_model_path(source), **kwargs)
+    except not_found as err:
+        raise _not_found(what, source, err) from err
+
+
 def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one)."""
-    path = resolve_model_path(source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  revision=revision)
-    except (OSError, ValueError) as err:
-        raise _not_found("tokenizer", source, err) from err
+    tokenizer = _from_pretrained(AutoTokenizer, "tokenizer", source,
+                                 trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -59,13 +65,8 @@ def model_type_of(name_or_path: str, random_init: dict[str, Any] | None = None, 
     """The architecture's model_type (bert, llama, …) from its config alone: no weights load."""
     if random_init is not None:
         return str(random_init["model_type"])
-    source = resolve_model_path(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                            revision=revision)
-    except (OSError, ValueError) as err:
-        raise _not_found("model", name_or_path, err) from err
-    return config.model_type
+    return _from_pretrained(AutoConfig, "model", name_or_path, trust_remote_code=trust_remote_code,
+                            revision=revision).model_type
 
 
 def _drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
@@ -107,10 +108,7 @@ def load_backbone(
                                  quantization_config=quantization_config)
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
-    path = resolve_model_path(name_or_path)
-    try:
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                          revision=revision, use_safetensors=None, **extra)
-    except OSError as err:
-        raise _not_found("model", name_or_path, err) from err
-    return _drop_pooler(model)
+    # Only OSError means "not there" here; a ValueError from a bad setting should surface as is.
+    return _drop_pooler(_from_pretrained(AutoModel, "model", name_or_path, not_found=(OSError,),
+                                         dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                         revision=revision, **extra))
