@@ -5,8 +5,9 @@
 
 Needs CUDA and bitsandbytes. Each configuration trains a classifier (LoRA on all linear layers
 + linear head, pooled on the last token) on a learnable synthetic task — random tokens ending
-in one of two marker tokens, the marker being the class — and reports the loss at the start and the end, so a run that does
-not learn shows up in the table. "stored" counts stored elements (a 4-bit weight packs two per byte).
+in one of two marker tokens, the marker being the class — and reports the loss at the start and
+the end, so a run that does not learn shows up in the table. "stored" counts stored elements
+(a 4-bit weight packs two per byte).
 """
 
 from __future__ import annotations

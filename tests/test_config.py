@@ -60,9 +60,11 @@ BAD_CONFIGS = [
     (["scheduler.warmup_fraction=1.5"], "scheduler.warmup_fraction=1.5 must be in [0, 1)."),
     (["-m", "model=minilm,bertt"], "unknown option 'bertt' for config group 'model'."),
     (["quant=4bit"], "quant=4bit with adapter=none: quantized weights cannot be trained directly"),
-    (["adapter=lora", "adapter.rr=3"], "adapter key 'rr' is not a LoraConfig setting. Did you mean 'adapter.r'?"),
+    (["adapter=lora", "adapter.rr=3"],
+     "adapter key 'rr' is not a LoraConfig setting. Did you mean 'adapter.r'?"),
     (["adapter=lora", "adapter.use_dora=true"], "prefix the override with '+': +adapter.use_dora=…"),
-    (["model.name_or_path=/no/model"], "cannot load model '/no/model': not a local directory and not in the Hugging Face cache"),
+    (["model.name_or_path=/no/model"],
+     "cannot load model '/no/model': not a local directory and not in the Hugging Face cache"),
     (["data.path=/no/such/file.csv"], "data file '/no/such/file.csv' does not exist; check data.path."),
 ]
 

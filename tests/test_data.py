@@ -96,13 +96,15 @@ def _module(path: Path, tokenizer, **overrides) -> ClassificationDataModule:
 
 
 def test_missing_columns_are_named_with_the_columns_that_exist(toy_csv: Path, minilm_tokenizer):
-    with pytest.raises(DataError, match=r"text column\(s\) \['review'\] not found .* columns are: text, label"):
+    missing_text = r"text column\(s\) \['review'\] not found .* columns are: text, label"
+    with pytest.raises(DataError, match=missing_text):
         _module(toy_csv, minilm_tokenizer, text_columns=["review"]).setup()
     with pytest.raises(DataError, match="label column 'stars' not found .* columns are: text, label"):
         _module(toy_csv, minilm_tokenizer, text_columns=["text"], label_column="stars").setup()
 
 
-def test_string_labels_map_to_sorted_ids_and_long_texts_are_truncated(tmp_path: Path, minilm_tokenizer, caplog):
+def test_string_labels_map_to_sorted_ids_and_long_texts_are_truncated(tmp_path: Path, minilm_tokenizer,
+                                                                      caplog):
     frame = sentiment_rows(60).assign(label=lambda f: f["label"].map({0: "neg", 1: "pos"}))
     frame.loc[0, "text"] = "word " * 100
     module = _module(_write(frame, tmp_path / "d.csv"), minilm_tokenizer, text_columns=["text"],

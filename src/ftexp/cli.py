@@ -103,9 +103,9 @@ def preflight(argv: list[str]) -> None:
 
 def _check_adapter_keys(cfg: DictConfig) -> None:
     """PEFT methods take PEFT's keys: check them now (imports peft, as the job will anyway)."""
-    from ftexp.config import CHOICES
+    from ftexp.config import NON_PEFT_ADAPTERS
 
-    if cfg.adapter.method in CHOICES["adapter.method"][3:]:
+    if cfg.adapter.method not in NON_PEFT_ADAPTERS:
         from ftexp.builders.adapter import peft_config
 
         params = OmegaConf.to_container(cfg.adapter, resolve=False)

@@ -155,10 +155,13 @@ class FtexpConfig:
     debug: bool = False
 
 
+# Adapter methods built into ftexp; every other adapter.method is a PEFT method.
+NON_PEFT_ADAPTERS = ("none", "frozen", "freeze")
+
 # Values a key may take, checked after types. Kept beside the schema so the message can list them.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "adapter.method": ("none", "frozen", "freeze", "lora", "dora", "adalora", "ia3", "loha", "lokr",
+    "adapter.method": (*NON_PEFT_ADAPTERS, "lora", "dora", "adalora", "ia3", "loha", "lokr",
                        "oft", "boft", "prefix_tuning", "prompt_tuning", "llama_adapter", "peft"),
     "quant.method": ("none", "8bit", "4bit"),
     "quant.quant_type": ("nf4", "fp4"),

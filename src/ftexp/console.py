@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,3 +46,16 @@ def print_metrics_table(metrics: Mapping[str, Any], title: str = "results") -> N
     for key in sorted(metrics):
         table.add_row(key, _fmt(metrics[key]))
     console.print(table)
+
+
+def quiet_third_party() -> None:
+    """Keep the console for our progress bar and tables, not third-party chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # A frozen backbone stays in eval mode on purpose (no dropout in a fixed feature extractor).
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)

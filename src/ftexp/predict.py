@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ftexp import run_dir
+from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
 
@@ -103,18 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     if output.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
         raise SystemExit(f"ftexp-predict: error: output '{output}' must end in .csv or .jsonl")
     with reported_as_one_line(args.debug):
-        _quiet()
+        quiet_third_party()
         result = predict_file(args.run_dir, args.input, output, args.batch_size, args.text_columns)
         counts = result["predicted_label"].value_counts().to_dict()
         print(f"wrote {len(result)} predictions to {output} "
               f"(predicted label counts: {json.dumps(counts, default=str)})")
-
-
-def _quiet() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp import run_dir
-from ftexp.console import print_config_tree, print_metrics_table
+from ftexp.console import print_config_tree, print_metrics_table, quiet_third_party
 from ftexp.paths import project_root
 
 log = logging.getLogger(__name__)
-
-
-def _quiet_libraries() -> None:
-    """Keep the console for our progress bar and tables, not third-party chatter."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # A frozen backbone stays in eval mode on purpose (no dropout in a fixed feature extractor).
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:
@@ -75,13 +61,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.write_config(out, cfg)
     run_dir.write_json(out / run_dir.ENVIRONMENT_FILE, run_dir.environment(project_root()))
 
-    _quiet_libraries()
+    quiet_third_party()
     import lightning as L
 
     from ftexp.builders.adapter import validate_adapter
     from ftexp.builders.backbone import load_tokenizer, model_type_of
     from ftexp.builders.quant import quantization_config
-    from ftexp.config import DataConfig
     from ftexp.data.classification import ClassificationDataModule
     from ftexp.predict import write_predictions
     from ftexp.tasks.classification import ClassificationTask

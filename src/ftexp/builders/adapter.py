@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ftexp.config import did_you_mean
+from ftexp.config import NON_PEFT_ADAPTERS, did_you_mean
 from ftexp.errors import ConfigError
 
 # adapter.method → (PEFT config class, settings the method implies).
@@ -29,7 +29,7 @@ PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "prompt_tuning": ("PromptTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
     "llama_adapter": ("AdaptionPromptConfig", {"task_type": "FEATURE_EXTRACTION"}),
 }
-METHODS = ("none", "frozen", "freeze", *PEFT_METHODS, "peft")
+METHODS = (*NON_PEFT_ADAPTERS, *PEFT_METHODS, "peft")
 
 
 def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, Any]]:

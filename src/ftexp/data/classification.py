@@ -79,8 +79,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
         for split, frame in frames.items():
             rows, truncated = encode(self.tokenizer, frame, list(cfg.text_columns), cfg.max_length)
-            for row, label in zip(rows, frame[cfg.label_column].tolist()):
-                row["labels"] = label_ids[label] if label in label_ids else -100
+            for row, label in zip(rows, frame[cfg.label_column].tolist(), strict=True):
+                row["labels"] = label_ids.get(label, -100)  # -100: no label, ignored by loss and metrics
             self.datasets[split] = _Rows(rows)
             if truncated:
                 log.warning("%s split: %d of %d rows are longer than data.max_length=%d tokens and "

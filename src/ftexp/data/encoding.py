@@ -33,7 +33,7 @@ def encode(tokenizer: Any, frame: pd.DataFrame, text_columns: list[str],
     columns = texts_of(frame, text_columns)
     if len(columns) > 2:
         sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " \n "
-        columns = [[sep.join(parts) for parts in zip(*columns)]]
+        columns = [[sep.join(parts) for parts in zip(*columns, strict=True)]]
     # One untruncated pass tells which rows are too long; only those are encoded again, cut.
     encoded = dict(tokenizer(*columns))
     too_long = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
