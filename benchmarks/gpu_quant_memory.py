@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ftexp.builders.adapter import apply_adapter, count_parameters
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
-from ftexp.modeling import SequenceClassifier
+from ftexp.modeling import PooledHeadModel
 
 QUANT = {
     "none": {"method": "none"},
@@ -34,7 +34,7 @@ MARKERS = torch.tensor([11, 12], device="cuda" if torch.cuda.is_available() else
 LORA = {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 
-def build(arch: dict, quant: str, preparation: str) -> SequenceClassifier:
+def build(arch: dict, quant: str, preparation: str) -> PooledHeadModel:
     backbone = load_backbone("random", random_init=arch, dtype="bfloat16",
                              quantization_config=quantization_config(QUANT[quant]))
     if quant != "none":
@@ -45,7 +45,7 @@ def build(arch: dict, quant: str, preparation: str) -> SequenceClassifier:
 
             backbone = peft.prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
     backbone = apply_adapter(backbone, LORA)
-    return SequenceClassifier(backbone, num_labels=2, pooling="last", dropout=0.0).cuda()
+    return PooledHeadModel(backbone, num_outputs=2, pooling="last", dropout=0.0).cuda()
 
 
 def measure(arch: dict, quant: str, preparation: str, steps: int, batch: int, seq: int,
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)  # 1e-4 barely moves the loss in 40 steps
     parser.add_argument("--seq", type=int, default=256)
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config, sentiment_rows, tiny_overrides
 from ftexp.builders.adapter import METHODS, validate_adapter
 from ftexp.config import CHOICES
-from ftexp.data.classification import ClassificationDataModule
+from ftexp.data.labeled_text import LabeledTextDataModule
 from ftexp.errors import ConfigError
 from ftexp.tasks.classification import ClassificationTask
 
@@ -31,7 +31,7 @@ SOFT_PROMPTS = {"prompt_tuning", "prefix_tuning"}
 EPOCHS = {method: 25 for method in SOFT_PROMPTS}
 
 
-def training_set_loss(task: ClassificationTask, datamodule: ClassificationDataModule) -> float:
+def training_set_loss(task: ClassificationTask, datamodule: LabeledTextDataModule) -> float:
     """Mean cross-entropy over the whole training split, in eval mode (no dropout noise)."""
     task.eval()
     total, count = 0.0, 0
@@ -56,11 +56,11 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
                                         f"task.learning_rate={LEARNING_RATES.get(method, 1e-2)}",
                                         "data.batch_size=32", *extra),
                          output_dir=tmp_path)
-    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), tokenizer)
+    datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer)
     datamodule.setup()
     plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
     L.seed_everything(0, verbose=False)
-    task = ClassificationTask(**plain, label_names=datamodule.label_names)
+    task = ClassificationTask(**plain, target=datamodule.targets.describe())
     task.configure_model()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
     loss_before = training_set_loss(task, datamodule)
@@ -99,7 +99,7 @@ def test_lora_on_a_kbit_decoder_trains_on_cpu(quant: str, layer_type: str, extra
     pytest.importorskip("bitsandbytes")
     task = train_and_check("tiny_llama", "lora", tmp_path, minilm_tokenizer, f"quant={quant}", *extra,
                            epochs=10)
-    linear_types = {type(m).__name__ for m in task.classifier.backbone.modules()}
+    linear_types = {type(m).__name__ for m in task.network.backbone.modules()}
     assert layer_type in linear_types
 
 
@@ -108,9 +108,9 @@ def test_kbit_preparation_upcasts_norms_only(tmp_path: Path):
     cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "model=tiny_llama", "model.dtype=bfloat16",
                                         "adapter=lora", "quant=4bit"), output_dir=tmp_path)
     plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
-    task = ClassificationTask(**plain, label_names=[0, 1])
+    task = ClassificationTask(**plain, target={"kind": "single_label", "labels": [0, 1]})
     task.configure_model()
-    dtypes = {n: p.dtype for n, p in task.classifier.backbone.named_parameters()}
+    dtypes = {n: p.dtype for n, p in task.network.backbone.named_parameters()}
     assert {d for n, d in dtypes.items() if "norm" in n} == {torch.float32}
     assert {d for n, d in dtypes.items() if "embed_tokens" in n} == {torch.bfloat16}
     assert any(d == torch.uint8 for d in dtypes.values())  # packed 4-bit weights
@@ -125,12 +125,12 @@ def test_freeze_trains_the_last_layers_only(tmp_path: Path):
     cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "adapter=freeze",
                                         "adapter.last_n_layers=1"), output_dir=tmp_path)
     plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
-    task = ClassificationTask(**plain, label_names=[0, 1])
+    task = ClassificationTask(**plain, target={"kind": "single_label", "labels": [0, 1]})
     task.configure_model()
     trainable = {n for n, p in task.named_parameters() if p.requires_grad}
     assert any(".layer.1." in n for n in trainable)
     assert not any(".layer.0." in n or "embeddings" in n for n in trainable)
-    assert {"classifier.head.weight", "classifier.head.bias"} <= trainable
+    assert {"network.head.weight", "network.head.bias"} <= trainable
 
 
 def test_adapter_run_saves_only_adapter_and_head_and_predict_restores_it(tmp_path: Path):
@@ -148,10 +148,28 @@ def test_adapter_run_saves_only_adapter_and_head_and_predict_restores_it(tmp_pat
     metrics = train(cfg)
     saved = torch.load(out / run_dir.BEST_CHECKPOINT, map_location="cpu", weights_only=True)
     names = set(saved["state_dict"])
-    assert names and all("lora_" in n or n.startswith("classifier.head.") for n in names)
+    assert names and all("lora_" in n or n.startswith("network.head.") for n in names)
     assert metrics["checkpoint_mb"] < 5  # the full MiniLM would be ~87 MB
 
     task, _, _ = load_trained(out)
     state = task.state_dict()
     for name, value in saved["state_dict"].items():
         assert torch.equal(state[name], value), name
+
+
+def test_adalora_penalty_is_the_one_peft_adds_to_a_model_computed_loss():
+    from types import SimpleNamespace
+
+    from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter
+    from ftexp.builders.backbone import load_backbone
+
+    backbone = load_backbone("tiny", random_init={"model_type": "llama", "vocab_size": 100,
+                                                  "hidden_size": 32, "num_hidden_layers": 1,
+                                                  "num_attention_heads": 2, "intermediate_size": 64})
+    model = apply_adapter(backbone, {"method": "adalora", "init_r": 4, "target_r": 2,
+                                     "total_step": 10, "orth_reg_weight": 0.5})
+    ours = adalora_orthogonal_penalty(model)
+    # PEFT adds its penalty when the wrapped model returns a loss: make it return zero.
+    model.base_model.model.forward = lambda *a, **k: SimpleNamespace(loss=torch.tensor(0.0))
+    assert float(ours) > 0
+    assert torch.allclose(ours, model.base_model.forward().loss)

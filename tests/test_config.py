@@ -66,6 +66,9 @@ BAD_CONFIGS = [
     (["model.name_or_path=/no/model"],
      "cannot load model '/no/model': not a local directory and not in the Hugging Face cache"),
     (["data.path=/no/such/file.csv"], "data file '/no/such/file.csv' does not exist; check data.path."),
+    (["task.threshold=1.5"], "task.threshold=1.5 must be in (0, 1)."),
+    (["task=regression", "data.label_column=sentence"],
+     "task=regression needs numbers in 'sentence', but the train split has 2000 that are not"),
 ]
 
 

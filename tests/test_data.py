@@ -10,9 +10,10 @@ import pytest
 
 from conftest import sentiment_rows
 from ftexp.config import DataConfig
-from ftexp.data.classification import ClassificationDataModule, label_vocabulary
+from ftexp.data.labeled_text import LabeledTextDataModule
 from ftexp.data.readers import read_table
 from ftexp.data.splits import split_at_random, split_by_column, split_frame
+from ftexp.data.targets import SingleLabel
 from ftexp.errors import DataError
 
 FRAME = pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": [0, 1, 0, 1]})
@@ -85,14 +86,14 @@ def test_empty_split_is_reported():
 
 def test_single_class_and_unseen_labels_are_reported():
     with pytest.raises(DataError, match="single class"):
-        label_vocabulary(pd.Series([1, 1]), {}, "label")
+        SingleLabel.fit(pd.Series([1, 1]), {}, "label")
     with pytest.raises(DataError, match=r"labels \[7\] in the test split never occur in train"):
-        label_vocabulary(pd.Series([0, 1]), {"test": pd.Series([0, 7])}, "label")
+        SingleLabel.fit(pd.Series([0, 1]), {"test": pd.Series([0, 7])}, "label")
 
 
-def _module(path: Path, tokenizer, **overrides) -> ClassificationDataModule:
+def _module(path: Path, tokenizer, **overrides) -> LabeledTextDataModule:
     config = DataConfig(path=str(path), **overrides)
-    return ClassificationDataModule(config, tokenizer)
+    return LabeledTextDataModule(config, tokenizer)
 
 
 def test_missing_columns_are_named_with_the_columns_that_exist(toy_csv: Path, minilm_tokenizer):
@@ -111,7 +112,7 @@ def test_string_labels_map_to_sorted_ids_and_long_texts_are_truncated(tmp_path: 
                      max_length=16, split_probabilities=[0.5, 0.25, 0.25])
     with caplog.at_level("WARNING"):
         module.setup()
-    assert module.label_names == ["neg", "pos"]
+    assert module.targets.labels == ["neg", "pos"]
     lengths = [len(r["input_ids"]) for s in module.datasets.values() for r in s.rows]
     assert max(lengths) == 16
     assert "longer than data.max_length=16 tokens and are truncated" in caplog.text

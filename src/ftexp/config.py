@@ -62,11 +62,15 @@ class StrategyConfig:
 
 @dataclass
 class TaskConfig:
+    # classification: one class per row, or several when the label column holds lists
+    # (multi-label) | regression: a number per row
     name: str = "classification"
     # How the backbone's hidden states become one vector per text:
     # auto (mean for encoders, last non-padding token for decoders) | cls | mean | last
     pooling: str = "auto"
     head_dropout: float = 0.1
+    # Multi-label: a class is predicted when its sigmoid probability reaches this.
+    threshold: float = 0.5
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     # Metric the best checkpoint is chosen by, and whether larger is better.
@@ -86,6 +90,9 @@ class DataConfig:
     format: str = "auto"  # auto (from the extension) | csv | tsv | json | jsonl | parquet
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str = "label"
+    # Text files cannot hold lists: with a separator (e.g. "|"), "a|b" means labels a and b
+    # (multi-label). JSON / JSONL / Parquet list cells need none.
+    label_separator: Optional[str] = None
     # Column holding train / validation / test per row; None → random split by probabilities.
     split_column: Optional[str] = None
     split_probabilities: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
@@ -168,7 +175,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quant.compute_dtype": ("float32", "bfloat16", "float16"),
     "quant.storage_dtype": ("uint8", "float32", "bfloat16", "float16"),
     "strategy.name": ("auto",),
-    "task.name": ("classification",),
+    "task.name": ("classification", "regression"),
     "task.pooling": ("auto", "cls", "mean", "last"),
     "task.monitor_mode": ("max", "min"),
     "scheduler.name": ("linear", "constant"),
@@ -305,6 +312,10 @@ def _check_semantics(cfg: DictConfig) -> None:
                           "must be in [0, 1).")
     if cfg.task.learning_rate <= 0:
         raise ConfigError(f"task.learning_rate={cfg.task.learning_rate} must be positive.")
+    if not 0.0 < cfg.task.threshold < 1.0:
+        raise ConfigError(f"task.threshold={cfg.task.threshold} must be in (0, 1).")
+    if cfg.data.label_separator == "":
+        raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
     if not 0.0 <= cfg.task.head_dropout < 1.0:
         raise ConfigError(f"task.head_dropout={cfg.task.head_dropout} must be in [0, 1).")
     if cfg.model.random_init is not None and "model_type" not in cfg.model.random_init:

@@ -1,4 +1,4 @@
-"""A backbone with a pooled classification head: the model every classification task trains."""
+"""A backbone with a pooled linear head: the model classification and regression tasks train."""
 
 from __future__ import annotations
 
@@ -25,19 +25,19 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
     raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
 
 
-class SequenceClassifier(nn.Module):
+class PooledHeadModel(nn.Module):
     """backbone → pool → dropout → linear. The head is fp32 whatever the backbone's dtype."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float,
+    def __init__(self, backbone: nn.Module, num_outputs: int, pooling: str, dropout: float,
                  freeze_backbone: bool = False):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.freeze_backbone = freeze_backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
+        self.head = nn.Linear(backbone.config.hidden_size, num_outputs)
 
-    def train(self, mode: bool = True) -> "SequenceClassifier":
+    def train(self, mode: bool = True) -> "PooledHeadModel":
         super().train(mode)
         if self.freeze_backbone:  # a frozen encoder is a fixed feature extractor: no dropout
             self.backbone.eval()

@@ -1,8 +1,9 @@
 """Label a new file with a trained run: `python -m ftexp.predict <run dir> <file> [-o out.csv]`.
 
 Reads the run's resolved config and best checkpoint, tokenizes the file's text columns the
-way training did, and writes every input row with `predicted_label` and one `prob_<label>`
-column per class, as CSV or JSONL (by the output's extension).
+way training did, and writes every input row with its prediction — `predicted_label` (or
+`predicted_labels` for multi-label) and one `prob_<label>` column per class, or `prediction` for
+regression — as CSV or JSONL (by the output's extension).
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
 
-def write_predictions(path: Path, frame: pd.DataFrame, probabilities: list[Any],
-                      label_names: list[Any]) -> pd.DataFrame:
-    """Rows of `frame` with predicted label and class probabilities; CSV or JSONL by suffix."""
+def write_predictions(path: Path, frame: pd.DataFrame, task: Any, predictions: list[Any]) -> pd.DataFrame:
+    """Rows of `frame` with the task's prediction columns (label and class probabilities, or
+    the predicted number); CSV or JSONL by suffix."""
     import torch
 
-    probs = torch.cat([p.float().cpu() for p in probabilities]).numpy()
+    columns = task.prediction_columns(torch.cat([p.float().cpu() for p in predictions]))
+    rows = len(next(iter(columns.values())))
     # A run with trainer.limit_test_batches sees only the first rows.
-    out = frame.iloc[:len(probs)].copy().reset_index(drop=True)
-    out["predicted_label"] = [label_names[i] for i in probs.argmax(axis=1)]
-    for j, name in enumerate(label_names):
-        out[f"prob_{name}"] = probs[:, j].round(6)
+    out = frame.iloc[:rows].copy().reset_index(drop=True)
+    for name, values in columns.items():
+        out[name] = values
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         out.to_json(tmp, orient="records", lines=True, force_ascii=False)
@@ -46,7 +47,7 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
     from omegaconf import OmegaConf
 
     from ftexp.builders.backbone import load_tokenizer
-    from ftexp.tasks.classification import ClassificationTask
+    from ftexp.tasks import task_class
 
     config_path, ckpt_path = run / run_dir.CONFIG_FILE, run / checkpoint
     for needed in (config_path, ckpt_path):
@@ -55,7 +56,7 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
                              f"(expected {needed}).")
     cfg = OmegaConf.load(config_path)
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    task = ClassificationTask(**saved["hyper_parameters"])
+    task = task_class(saved["hyper_parameters"]["target"])(**saved["hyper_parameters"])
     task.configure_model()
     task.load_trained_state(saved["state_dict"])
     task.eval()
@@ -81,12 +82,22 @@ def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int
     collate = DataCollatorWithPadding(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     task.to(device)
-    probabilities = []
+    predictions = []
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
-            probabilities.append(task.predict_step(batch, 0))
-    return write_predictions(output_path, frame, probabilities, task.label_names)
+            predictions.append(task.predict_step(batch, 0))
+    return write_predictions(output_path, frame, task, predictions)
+
+
+def _summary(result: pd.DataFrame) -> str:
+    for column in ("predicted_label", "predicted_labels"):
+        if column in result:
+            counts = result[column].value_counts().to_dict()
+            return f" (predicted label counts: {json.dumps(counts, default=str)})"
+    if "prediction" in result:
+        return f" (mean prediction {result['prediction'].mean():.4g})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     with reported_as_one_line(args.debug):
         quiet_third_party()
         result = predict_file(args.run_dir, args.input, output, args.batch_size, args.text_columns)
-        counts = result["predicted_label"].value_counts().to_dict()
-        print(f"wrote {len(result)} predictions to {output} "
-              f"(predicted label counts: {json.dumps(counts, default=str)})")
+        print(f"wrote {len(result)} predictions to {output}{_summary(result)}")
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ftexp.builders.adapter import validate_adapter
     from ftexp.builders.backbone import load_tokenizer, model_type_of
     from ftexp.builders.quant import quantization_config
-    from ftexp.data.classification import ClassificationDataModule
+    from ftexp.data.labeled_text import LabeledTextDataModule
     from ftexp.predict import write_predictions
-    from ftexp.tasks.classification import ClassificationTask
+    from ftexp.tasks import task_class
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     quantization_config(_plain(cfg.quant))  # bitsandbytes present and settings valid
@@ -80,13 +80,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
                                trust_remote_code=cfg.model.trust_remote_code,
                                revision=cfg.model.revision)
-    datamodule = ClassificationDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed)
+    datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed,
+                                       task_name=cfg.task.name)
     datamodule.setup()  # read and check the data before spending time on the model
-    run_dir.write_json(out / run_dir.LABELS_FILE, datamodule.label_names)
+    target = datamodule.targets.describe()
+    run_dir.write_json(out / run_dir.LABELS_FILE, target)
 
-    task = ClassificationTask(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
+    task = task_class(target)(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
                               task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
-                              label_names=datamodule.label_names, quant=_plain(cfg.quant))
+                              target=target, quant=_plain(cfg.quant))
     trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode)
 
     started = time.perf_counter()
@@ -105,8 +107,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt = best_path or None
         test_results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in test_results[0].items()})
-        write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"],
-                          task.test_probabilities, datamodule.label_names)
+        write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"], task,
+                          task.test_predictions)
 
     metrics.update(task.parameter_counts)
     if best_path:

@@ -9,6 +9,7 @@ import importlib
 import re
 from typing import Any
 
+import torch
 from torch import nn
 
 from ftexp.config import NON_PEFT_ADAPTERS, did_you_mean
@@ -146,3 +147,18 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
     return trainable, total
+
+
+def adalora_orthogonal_penalty(peft_model: nn.Module) -> torch.Tensor | float:
+    """AdaLoRA's regulariser keeping P (lora_A) and Q (lora_B) near-orthogonal, weighted by the
+    config's orth_reg_weight. PEFT adds it only to a loss the wrapped model computes itself; our
+    heads compute the loss outside the backbone, so the task adds it (same formula as PEFT's)."""
+    name = peft_model.active_adapter
+    weight = peft_model.peft_config[name].orth_reg_weight
+    penalties = []
+    for param_name, p in peft_model.named_parameters():
+        if ("lora_A" in param_name or "lora_B" in param_name) and name in param_name:
+            cov = p @ p.T if "lora_A" in param_name else p.T @ p
+            penalties.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, device=cov.device,
+                                                                      dtype=cov.dtype)))
+    return weight * torch.stack(penalties).mean() if penalties else 0.0

@@ -1,4 +1,5 @@
-"""DataModule for text classification: read → split → map labels → tokenize → padded batches."""
+"""DataModule for labeled text (classification, multi-label, regression):
+read → split → encode targets → tokenize → padded batches."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ftexp.config import DataConfig
 from ftexp.data.encoding import check_text_columns, encode
 from ftexp.data.readers import read_table
 from ftexp.data.splits import split_frame
+from ftexp.data.targets import fit_targets
 from ftexp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,33 +33,26 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def label_vocabulary(train: pd.Series, others: dict[str, pd.Series], column: str) -> list[Any]:
-    """Sorted distinct training labels; a label seen only outside training is an error."""
-    if train.isna().any():
-        raise DataError(f"label column '{column}' has {int(train.isna().sum())} empty cells in the "
-                        "train split; fill or drop those rows.")
-    labels = sorted(train.unique().tolist(), key=lambda v: (str(type(v)), v))
-    if len(labels) < 2:
-        raise DataError(f"the train split has a single class ({labels[0]!r}) in '{column}'; "
-                        "a classifier needs at least two.")
-    known = set(labels)
-    for split, series in others.items():
-        unseen = sorted({v for v in series.dropna().unique().tolist() if v not in known}, key=str)
-        if unseen:
-            raise DataError(f"labels {unseen[:5]} in the {split} split never occur in train; "
-                            "re-split the data or drop those rows.")
-    return labels
+def _summary(target: dict[str, Any]) -> str:
+    if "labels" in target:
+        return f"{target['kind']}, {len(target['labels'])} labels {target['labels'][:10]}"
+    return f"{target['kind']}, mean {target['mean']:.4g}, std {target['std']:.4g}"
 
 
-class ClassificationDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig, tokenizer: Any, seed: int = 42):
+class LabeledTextDataModule(L.LightningDataModule):
+    """`task_name` picks what the label column means: classes (`classification`; lists of classes
+    make it multi-label) or numbers (`regression`). See `ftexp.data.targets`."""
+
+    def __init__(self, config: DataConfig, tokenizer: Any, seed: int = 42,
+                 task_name: str = "classification"):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
         self.seed = seed
+        self.task_name = task_name
         self.frames: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, _Rows] = {}
-        self.label_names: list[Any] = []
+        self.targets: Any = None
         self.collate = DataCollatorWithPadding(tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
@@ -72,23 +67,23 @@ class ClassificationDataModule(L.LightningDataModule):
         frames = split_frame(table, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
-        self.label_names = label_vocabulary(
-            frames["train"][cfg.label_column],
-            {s: frames[s][cfg.label_column] for s in ("validation", "test")}, cfg.label_column)
-        label_ids = {label: i for i, label in enumerate(self.label_names)}
+        self.targets = fit_targets(
+            self.task_name, frames["train"][cfg.label_column],
+            {s: frames[s][cfg.label_column] for s in ("validation", "test")}, cfg.label_column,
+            cfg.label_separator)
 
         for split, frame in frames.items():
             rows, truncated = encode(self.tokenizer, frame, list(cfg.text_columns), cfg.max_length)
-            for row, label in zip(rows, frame[cfg.label_column].tolist(), strict=True):
-                row["labels"] = label_ids.get(label, -100)  # -100: no label, ignored by loss and metrics
+            for row, target in zip(rows, self.targets.encode(frame[cfg.label_column]), strict=True):
+                row["labels"] = target
             self.datasets[split] = _Rows(rows)
             if truncated:
                 log.warning("%s split: %d of %d rows are longer than data.max_length=%d tokens and "
                             "are truncated.", split, truncated, len(frame), cfg.max_length)
         self.frames = frames
-        log.info("data: %s — train %d, validation %d, test %d rows; %d labels: %s",
+        log.info("data: %s — train %d, validation %d, test %d rows; targets: %s",
                  cfg.path, *(len(frames[s]) for s in ("train", "validation", "test")),
-                 len(self.label_names), self.label_names[:10])
+                 _summary(self.targets.describe()))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         batch = self.config.batch_size if split == "train" else self.config.eval_batch_size
