@@ -27,6 +27,8 @@ def test_each_option_composes_and_validates(group: str, option: str, tmp_path: P
     overrides = [f"+{group}={option}" if group == "experiment" else f"{group}={option}"]
     if group == "quant" and option != "none":
         overrides.append("adapter=lora")  # a k-bit base trains through an adapter
+    if group == "task" and option == "causal_lm":
+        overrides.append("data=code_alpaca")  # SFT needs a prompt template
     if group == "data" and option == "custom":
         overrides.append(f"data.path={tmp_path / 'x.csv'}")
     cfg = compose_config(overrides, output_dir=tmp_path)
@@ -67,6 +69,14 @@ BAD_CONFIGS = [
      "cannot load model '/no/model': not a local directory and not in the Hugging Face cache"),
     (["data.path=/no/such/file.csv"], "data file '/no/such/file.csv' does not exist; check data.path."),
     (["task.threshold=1.5"], "task.threshold=1.5 must be in (0, 1)."),
+    (["task=causal_lm"], "task=causal_lm needs data.prompt_template and data.response_template"),
+    (["data.packing=true"], "data.packing=true applies to task=causal_lm / pretrain"),
+    (["task=causal_lm", "data=code_alpaca", "adapter=prefix_tuning", "data.packing=true"],
+     "data.packing=true with adapter=prefix_tuning"),
+    (["task=causal_lm", "data=code_alpaca", "model=tiny_bloom", "data.packing=true"],
+     "data.packing=true is not supported for 'bloom' models"),
+    (["task=causal_lm", "data=code_alpaca", "data.empty_fields=skip"],
+     "'data.empty_fields=skip' is not a valid choice."),
     (["task=regression", "data.label_column=sentence"],
      "task=regression needs numbers in 'sentence', but the train split has 2000 that are not"),
 ]

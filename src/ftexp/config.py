@@ -39,6 +39,8 @@ class ModelConfig:
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None = default
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    # Jinja chat template for tokenizers that have none (conversation data, data.messages_column).
+    chat_template: Optional[str] = None
 
 
 @dataclass
@@ -63,7 +65,8 @@ class StrategyConfig:
 @dataclass
 class TaskConfig:
     # classification: one class per row, or several when the label column holds lists
-    # (multi-label) | regression: a number per row
+    # (multi-label) | regression: a number per row | causal_lm: supervised fine-tuning on
+    # prompt → response | pretrain: next-token prediction on raw text
     name: str = "classification"
     # How the backbone's hidden states become one vector per text:
     # auto (mean for encoders, last non-padding token for decoders) | cls | mean | last
@@ -76,6 +79,21 @@ class TaskConfig:
     # Metric the best checkpoint is chosen by, and whether larger is better.
     monitor: str = "val/acc"
     monitor_mode: str = "max"
+    # causal_lm: also learn to predict the prompt tokens (off: loss on the response only).
+    train_on_prompt: bool = False
+    # causal_lm / pretrain: generate from this many fixed validation prompts at each evaluation.
+    sample_generations: int = 3
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings for sample generations during training and for `ftexp.generate`."""
+    max_new_tokens: int = 128
+    do_sample: bool = False  # false: greedy decoding
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -103,6 +121,20 @@ class DataConfig:
     num_workers: int = 0
     # Keep at most this many training rows (None = all); handy for smoke runs.
     max_train_samples: Optional[int] = None
+    # -- causal_lm / pretrain -------------------------------------------------------------------
+    # Prompt and response text built from columns: "{instruction}" is the row's instruction.
+    prompt_template: Optional[str] = None
+    response_template: Optional[str] = None
+    # An empty placeholder (e.g. no `input`): keep (render it empty) | drop_paragraph (drop the
+    # blank-line-separated paragraph holding it) | error.
+    empty_fields: str = "drop_paragraph"
+    # Conversation data instead: a column of [{role, content}, …] rendered by the tokenizer's
+    # chat template (model.chat_template sets one); loss on assistant turns only.
+    messages_column: Optional[str] = None
+    # Samples longer than max_length: cut (keep the first max_length tokens) | drop.
+    truncation: str = "cut"
+    # Several samples per row, each attending only to itself (position ids restart per sample).
+    packing: bool = False
 
 
 @dataclass
@@ -152,6 +184,7 @@ class FtexpConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -175,11 +208,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quant.compute_dtype": ("float32", "bfloat16", "float16"),
     "quant.storage_dtype": ("uint8", "float32", "bfloat16", "float16"),
     "strategy.name": ("auto",),
-    "task.name": ("classification", "regression"),
+    "task.name": ("classification", "regression", "causal_lm", "pretrain"),
     "task.pooling": ("auto", "cls", "mean", "last"),
     "task.monitor_mode": ("max", "min"),
     "scheduler.name": ("linear", "constant"),
     "data.format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
+    "data.empty_fields": ("keep", "drop_paragraph", "error"),
+    "data.truncation": ("cut", "drop"),
     "trainer.precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"),
 }
 
@@ -331,6 +366,39 @@ def _check_semantics(cfg: DictConfig) -> None:
         raise ConfigError(f"quant={cfg.quant.method} with adapter={cfg.adapter.method}: quantized "
                           "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
                           "i.e. QLoRA), adapter=frozen, or quant=none.")
+    _check_language_modeling(cfg)
     if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
         raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
                           "set at least one of them.")
+
+
+LM_TASKS = ("causal_lm", "pretrain")
+# PEFT methods that prepend virtual tokens: packed rows and their position ids do not fit them.
+PROMPT_LEARNING_ADAPTERS = ("prefix_tuning", "prompt_tuning", "llama_adapter")
+
+
+def _check_language_modeling(cfg: DictConfig) -> None:
+    data, task = cfg.data, cfg.task
+    if task.name == "causal_lm":
+        has_template = data.prompt_template is not None and data.response_template is not None
+        if not has_template and data.messages_column is None:
+            raise ConfigError("task=causal_lm needs data.prompt_template and data.response_template "
+                              "(e.g. data=code_alpaca), or data.messages_column for conversations.")
+    if task.name in LM_TASKS:
+        if cfg.adapter.method == "frozen":
+            raise ConfigError(f"adapter=frozen trains nothing under task={task.name} (there is no "
+                              "head); use adapter=lora, freeze or none.")
+        if task.monitor not in ("val/loss", "val/perplexity"):
+            raise ConfigError(f"task.monitor={task.monitor} is not reported by task={task.name}; "
+                              "use val/loss (task=causal_lm sets it).")
+        if data.packing and cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
+            raise ConfigError(f"data.packing=true with adapter={cfg.adapter.method}: its virtual "
+                              "tokens cannot be shared by packed samples; set data.packing=false "
+                              "or use a weight adapter such as adapter=lora.")
+    elif data.packing:
+        raise ConfigError(f"data.packing=true applies to task=causal_lm / pretrain, not "
+                          f"task={task.name}; remove the override.")
+    if task.sample_generations < 0:
+        raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+    if cfg.generation.max_new_tokens < 1:
+        raise ConfigError(f"generation.max_new_tokens={cfg.generation.max_new_tokens} must be at least 1.")

@@ -1,4 +1,5 @@
-"""What a person reads in the terminal: the config tree at start and the metrics table at the end."""
+"""What a person reads in the terminal: the config tree at start, sample generations while a
+language model trains, and the metrics table at the end."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from rich.tree import Tree
 console = Console()
 
 # Groups shown first in the config tree, in the order a reader thinks of them.
-_GROUP_ORDER = ("model", "adapter", "quant", "strategy", "task", "scheduler", "data", "trainer",
-                "callbacks", "logger", "paths")
+_GROUP_ORDER = ("model", "adapter", "quant", "strategy", "task", "scheduler", "generation", "data",
+                "trainer", "callbacks", "logger", "paths")
 
 
 def print_config_tree(cfg: DictConfig) -> None:
@@ -48,6 +49,15 @@ def print_metrics_table(metrics: Mapping[str, Any], title: str = "results") -> N
     console.print(table)
 
 
+def print_generations(prompts: list[str], texts: list[str], title: str) -> None:
+    table = Table(title=title, show_header=True, header_style="bold", show_lines=True)
+    table.add_column("prompt (end)", max_width=60, overflow="fold")
+    table.add_column("generation", overflow="fold")
+    for prompt, text in zip(prompts, texts, strict=True):
+        table.add_row("…" + prompt[-200:] if len(prompt) > 200 else prompt, text or "[dim](empty)")
+    console.print(table)
+
+
 def quiet_third_party() -> None:
     """Keep the console for our progress bar and tables, not third-party chatter."""
     import transformers
@@ -55,6 +65,7 @@ def quiet_third_party() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated.*")  # PEFT
     # A frozen backbone stays in eval mode on purpose (no dropout in a fixed feature extractor).
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -56,13 +56,13 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
                              f"(expected {needed}).")
     cfg = OmegaConf.load(config_path)
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    task = task_class(saved["hyper_parameters"]["target"])(**saved["hyper_parameters"])
+    task = task_class(saved["hyper_parameters"].get("target"))(**saved["hyper_parameters"])
     task.configure_model()
     task.load_trained_state(saved["state_dict"])
     task.eval()
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
-                               trust_remote_code=cfg.model.trust_remote_code,
-                               revision=cfg.model.revision)
+    m = cfg.model
+    tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code,
+                               revision=m.revision, chat_template=m.get("chat_template"))
     return task, tokenizer, cfg
 
 
@@ -75,6 +75,9 @@ def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int
     from ftexp.data.readers import read_table
 
     task, tokenizer, cfg = load_trained(run)
+    if not hasattr(task, "prediction_columns"):
+        raise FtexpError(f"'{run}' is a task={cfg.task.name} run, which writes text, not labels; "
+                         "use `python -m ftexp.generate` on it.")
     columns = text_columns or list(cfg.data.text_columns)
     frame = read_table(input_path)
     check_text_columns(frame, columns, f"'{input_path}'")

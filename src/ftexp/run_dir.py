@@ -14,10 +14,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_FILE = "config.yaml"      # the resolved, validated config
-LABELS_FILE = "labels.json"      # label id → original label value
+LABELS_FILE = "labels.json"      # the target: label values in head order, or a number's scale
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 PREDICTIONS_FILE = "predictions_test.csv"
+GENERATIONS_FILE = "generations.jsonl"  # causal LM: sample generations at each evaluation
 BEST_CHECKPOINT = "checkpoints/best.ckpt"
 
 _PACKAGES = ("ftexp", "torch", "transformers", "lightning", "torchmetrics", "hydra-core",

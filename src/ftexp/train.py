@@ -20,7 +20,7 @@ def _plain(node: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str):
+def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_callbacks: list[Any]):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -28,7 +28,7 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str):
     from ftexp.builders.strategy import build_strategy, resolve_precision
 
     t = cfg.trainer
-    callbacks: list[Any] = []
+    callbacks: list[Any] = list(extra_callbacks)
     if cfg.callbacks.checkpoint:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_weights_only=True,
@@ -53,6 +53,41 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str):
         num_sanity_val_steps=0)
 
 
+def _labeled_text(cfg: DictConfig, tokenizer: Any, out: Path):
+    """DataModule and task for classification / regression, and the run's target description."""
+    from ftexp.data.labeled_text import LabeledTextDataModule
+    from ftexp.tasks import task_class
+
+    datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed,
+                                       task_name=cfg.task.name)
+    datamodule.setup()  # read and check the data before spending time on the model
+    target = datamodule.targets.describe()
+    run_dir.write_json(out / run_dir.LABELS_FILE, target)
+    task = task_class(target)(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
+                              task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
+                              target=target, quant=_plain(cfg.quant))
+    return datamodule, task, []
+
+
+def _language_modeling(cfg: DictConfig, tokenizer: Any, out: Path):
+    """DataModule and task for causal_lm / pretrain, with the sample-generation callback."""
+    from ftexp.callbacks.sample_generations import SampleGenerations
+    from ftexp.data.causal_lm import CausalLMDataModule
+    from ftexp.tasks.causal_lm import CausalLMTask
+
+    datamodule = CausalLMDataModule(OmegaConf.to_object(cfg.data), tokenizer, cfg.task.name,
+                                    cfg.task.train_on_prompt, seed=cfg.seed)
+    datamodule.setup()
+    task = CausalLMTask(model=_plain(cfg.model), adapter=_plain(cfg.adapter), task=_plain(cfg.task),
+                        scheduler=_plain(cfg.scheduler), quant=_plain(cfg.quant),
+                        generation=_plain(cfg.generation))
+    prompts = datamodule.validation_prompts(cfg.task.sample_generations)
+    callbacks = [SampleGenerations(tokenizer, prompts,
+                                   [datamodule.encoder.prompt_ids(p) for p in prompts],
+                                   _plain(cfg.generation), out / run_dir.GENERATIONS_FILE)] if prompts else []
+    return datamodule, task, callbacks
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune as `cfg` says; write config, checkpoint, metrics and predictions; return metrics."""
     out = Path(cfg.paths.output_dir)
@@ -67,29 +102,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ftexp.builders.adapter import validate_adapter
     from ftexp.builders.backbone import load_tokenizer, model_type_of
     from ftexp.builders.quant import quantization_config
-    from ftexp.data.labeled_text import LabeledTextDataModule
+    from ftexp.config import LM_TASKS
     from ftexp.predict import write_predictions
-    from ftexp.tasks import task_class
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     quantization_config(_plain(cfg.quant))  # bitsandbytes present and settings valid
     m = cfg.model
-    validate_adapter(_plain(cfg.adapter), model_type_of(
-        m.name_or_path, _plain(m.random_init) if m.random_init else None,
-        trust_remote_code=m.trust_remote_code, revision=m.revision))
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
-                               trust_remote_code=cfg.model.trust_remote_code,
-                               revision=cfg.model.revision)
-    datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed,
-                                       task_name=cfg.task.name)
-    datamodule.setup()  # read and check the data before spending time on the model
-    target = datamodule.targets.describe()
-    run_dir.write_json(out / run_dir.LABELS_FILE, target)
+    model_type = model_type_of(m.name_or_path, _plain(m.random_init) if m.random_init else None,
+                               trust_remote_code=m.trust_remote_code, revision=m.revision)
+    validate_adapter(_plain(cfg.adapter), model_type)
+    if cfg.data.packing:
+        from ftexp.data.packing import check_packing_supported
 
-    task = task_class(target)(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
-                              task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
-                              target=target, quant=_plain(cfg.quant))
-    trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode)
+        check_packing_supported(model_type)
+    tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code,
+                               revision=m.revision, chat_template=m.chat_template)
+    build = _language_modeling if cfg.task.name in LM_TASKS else _labeled_text
+    datamodule, task, callbacks = build(cfg, tokenizer, out)
+    trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode, callbacks)
 
     started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
@@ -103,12 +133,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best_path:
         metrics[f"best/{cfg.task.monitor}"] = float(checkpoint.best_model_score)
 
-    if len(datamodule.frames["test"]):
+    if len(datamodule.datasets["test"]):
         ckpt = best_path or None
         test_results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in test_results[0].items()})
-        write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"], task,
-                          task.test_predictions)
+        if hasattr(task, "test_predictions"):
+            write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"], task,
+                              task.test_predictions)
 
     metrics.update(task.parameter_counts)
     if best_path:

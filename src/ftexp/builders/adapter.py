@@ -51,8 +51,12 @@ def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, An
     return getattr(peft, name), implied
 
 
-def peft_config(method: str, params: dict[str, Any]) -> Any:
-    """Build the PEFT config for `method` from the adapter group's keys, or say which key is wrong."""
+def peft_config(method: str, params: dict[str, Any], task_type: str | None = None) -> Any:
+    """Build the PEFT config for `method` from the adapter group's keys, or say which key is wrong.
+
+    `task_type="CAUSAL_LM"` makes PEFT wrap a language model so that `generate` works (prompt
+    methods then feed their virtual tokens to generation too); None keeps a headless wrapper.
+    """
     params = dict(params)
     if method == "adalora":
         # Its rank schedule needs the run's step count; training passes the real one, a model
@@ -65,6 +69,8 @@ def peft_config(method: str, params: dict[str, Any]) -> Any:
             raise ConfigError(f"adapter key '{key}' is not a {cls.__name__} setting."
                               f"{did_you_mean(key, valid, 'adapter.')} See the PEFT docs of "
                               f"{cls.__name__} for its keys.")
+    if task_type is not None:
+        implied = {**implied, "task_type": task_type}
     try:
         return cls(**{**params, **implied})
     except (TypeError, ValueError) as err:
@@ -118,7 +124,7 @@ def freeze_all_but(backbone: nn.Module, last_n_layers: int, patterns: list[str])
             param.requires_grad_(True)
 
 
-def apply_adapter(backbone: nn.Module, adapter: dict[str, Any]) -> nn.Module:
+def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str | None = None) -> nn.Module:
     """Return the backbone prepared for adapter['method']; PEFT methods wrap it."""
     params = {k: v for k, v in adapter.items() if k != "method"}
     method = adapter["method"]
@@ -134,7 +140,7 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any]) -> nn.Module:
     import peft
 
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
-    return peft.get_peft_model(backbone, peft_config(method, params))
+    return peft.get_peft_model(backbone, peft_config(method, params, task_type))
 
 
 def backbone_is_frozen(method: str) -> bool:

@@ -7,7 +7,7 @@ import tempfile
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -39,10 +39,14 @@ def _from_pretrained(auto_class: Any, what: str, source: str,
         raise _not_found(what, source, err) from err
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
-    """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one)."""
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None,
+                   chat_template: str | None = None) -> Any:
+    """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one) and the
+    given chat template, if any, replacing its own."""
     tokenizer = _from_pretrained(AutoTokenizer, "tokenizer", source,
                                  trust_remote_code=trust_remote_code, revision=revision)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -86,10 +90,13 @@ def load_backbone(
     trust_remote_code: bool = False,
     revision: str | None = None,
     quantization_config: Any = None,
+    causal_lm: bool = False,
 ) -> PreTrainedModel:
     """Pretrained weights from a Hub id / local path, or a random-init architecture from a config;
-    quantized on load when a bitsandbytes config is given."""
+    quantized on load when a bitsandbytes config is given. Headless (AutoModel) for pooled heads,
+    or with its LM head (AutoModelForCausalLM) when `causal_lm`."""
     torch_dtype = DTYPES[dtype]
+    auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if random_init is not None:
         params = dict(random_init)
@@ -98,17 +105,17 @@ def load_backbone(
         # seed, so a checkpoint need not carry their frozen base to be reloaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = AutoModel.from_config(config, dtype=torch_dtype, **extra)
+            model = auto_class.from_config(config, dtype=torch_dtype, **extra)
         if quantization_config is None:
             return _drop_pooler(model)
         # bitsandbytes quantizes while loading weights, so a random-init model goes through disk.
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
             return load_backbone(tmp, dtype=dtype, attn_implementation=attn_implementation,
-                                 quantization_config=quantization_config)
+                                 quantization_config=quantization_config, causal_lm=causal_lm)
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
     # Only OSError means "not there" here; a ValueError from a bad setting should surface as is.
-    return _drop_pooler(_from_pretrained(AutoModel, "model", name_or_path, not_found=(OSError,),
+    return _drop_pooler(_from_pretrained(auto_class, "model", name_or_path, not_found=(OSError,),
                                          dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                          revision=revision, **extra))

@@ -6,31 +6,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning as L
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from ftexp.config import DataConfig
 from ftexp.data.encoding import check_text_columns, encode
 from ftexp.data.readers import read_table
+from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
 from ftexp.data.targets import fit_targets
 from ftexp.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict[str, Any]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
 
 
 def _summary(target: dict[str, Any]) -> str:
@@ -39,21 +26,17 @@ def _summary(target: dict[str, Any]) -> str:
     return f"{target['kind']}, mean {target['mean']:.4g}, std {target['std']:.4g}"
 
 
-class LabeledTextDataModule(L.LightningDataModule):
+class LabeledTextDataModule(RowsDataModule):
     """`task_name` picks what the label column means: classes (`classification`; lists of classes
     make it multi-label) or numbers (`regression`). See `ftexp.data.targets`."""
 
     def __init__(self, config: DataConfig, tokenizer: Any, seed: int = 42,
                  task_name: str = "classification"):
-        super().__init__()
-        self.config = config
+        super().__init__(config, seed, DataCollatorWithPadding(tokenizer))
         self.tokenizer = tokenizer
-        self.seed = seed
         self.task_name = task_name
         self.frames: dict[str, pd.DataFrame] = {}
-        self.datasets: dict[str, _Rows] = {}
         self.targets: Any = None
-        self.collate = DataCollatorWithPadding(tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # idempotent: Lightning calls setup for fit and again for test
@@ -76,7 +59,7 @@ class LabeledTextDataModule(L.LightningDataModule):
             rows, truncated = encode(self.tokenizer, frame, list(cfg.text_columns), cfg.max_length)
             for row, target in zip(rows, self.targets.encode(frame[cfg.label_column]), strict=True):
                 row["labels"] = target
-            self.datasets[split] = _Rows(rows)
+            self.datasets[split] = Rows(rows)
             if truncated:
                 log.warning("%s split: %d of %d rows are longer than data.max_length=%d tokens and "
                             "are truncated.", split, truncated, len(frame), cfg.max_length)
@@ -85,21 +68,3 @@ class LabeledTextDataModule(L.LightningDataModule):
                  cfg.path, *(len(frames[s]) for s in ("train", "validation", "test")),
                  _summary(self.targets.describe()))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        batch = self.config.batch_size if split == "train" else self.config.eval_batch_size
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=batch, shuffle=shuffle,
-                          collate_fn=self.collate, num_workers=self.config.num_workers,
-                          generator=generator, persistent_workers=self.config.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

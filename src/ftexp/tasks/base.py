@@ -21,15 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class FinetuneTask(L.LightningModule):
-    """Holds plain dicts of the model / adapter / task / scheduler / quant settings and the
-    target description, so a checkpoint alone says how to rebuild the model (`ftexp.predict`).
+    """Holds plain dicts of the model / adapter / task / scheduler / quant / generation settings
+    and the target description, so a checkpoint alone says how to rebuild the model
+    (`ftexp.predict`, `ftexp.generate`, `ftexp.export`).
 
     Subclasses build `self.network` in `build_network` and say where the (PEFT) backbone is.
     """
 
     def __init__(self, model: dict[str, Any], adapter: dict[str, Any], task: dict[str, Any],
                  scheduler: dict[str, Any], target: dict[str, Any] | None = None,
-                 quant: dict[str, Any] | None = None):
+                 quant: dict[str, Any] | None = None, generation: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         # With an adapter, checkpoints keep only what trains (adapter + head); the frozen rest
@@ -50,19 +51,20 @@ class FinetuneTask(L.LightningModule):
         """The (possibly PEFT-wrapped) transformer inside `self.network`."""
         raise NotImplementedError
 
-    def adapted_backbone(self, **load_kwargs: Any) -> nn.Module:
-        """The configured transformer, quantized and k-bit-prepared if asked, with its adapter."""
+    def adapted_backbone(self, causal_lm: bool = False) -> nn.Module:
+        """The configured transformer, quantized and k-bit-prepared if asked, with its adapter;
+        with its LM head (and a generation-ready PEFT wrapper) when `causal_lm`."""
         m, a = self.hparams.model, self.hparams.adapter
         quant = self.hparams.quant or {"method": "none"}
         backbone = load_backbone(m["name_or_path"], random_init=m.get("random_init"),
                                  dtype=m["dtype"], attn_implementation=m.get("attn_implementation"),
                                  trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                                 quantization_config=quantization_config(quant), **load_kwargs)
+                                 quantization_config=quantization_config(quant), causal_lm=causal_lm)
         if quant["method"] != "none":
             backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
         if a["method"] == "adalora" and self._trainer is not None:
             a = {**a, "total_step": int(self.trainer.estimated_stepping_batches)}
-        return apply_adapter(backbone, a)
+        return apply_adapter(backbone, a, task_type="CAUSAL_LM" if causal_lm else None)
 
     # Built here rather than in __init__ so sharded strategies can build it on each rank.
     def configure_model(self) -> None:

@@ -1,0 +1,164 @@
+"""DataModule for causal-LM fine-tuning: read → split → render (template or chat) → tokenize with
+prompt tokens masked → truncate by policy → optionally pack → padded batches."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import pandas as pd
+
+from ftexp.config import DataConfig
+from ftexp.data.packing import pack, pad_batch
+from ftexp.data.readers import read_table
+from ftexp.data.rows import Rows, RowsDataModule
+from ftexp.data.splits import split_frame
+from ftexp.data.targets import IGNORE
+from ftexp.data.templates import chat_ids_and_mask, check_columns, render
+from ftexp.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_eos(tokenizer: Any) -> int:
+    """The id appended to every target so the model learns to stop. BERT-style vocabularies
+    (the tiny test models') have no EOS; their [SEP] plays the part."""
+    if tokenizer.eos_token_id is None:
+        if tokenizer.sep_token is None:
+            raise ConfigError("the tokenizer has no EOS (or SEP) token to end responses with; "
+                              "use a tokenizer that defines eos_token.")
+        tokenizer.eos_token = tokenizer.sep_token
+    return int(tokenizer.eos_token_id)
+
+
+class PromptFormatter:
+    """Renders a row's prompt (what the model is given) and response (what it learns to write)."""
+
+    def __init__(self, config: DataConfig, task_name: str):
+        self.config = config
+        self.task_name = task_name
+
+    def columns(self) -> list[str]:
+        c = self.config
+        if self.task_name == "pretrain":
+            return [c.text_columns[0]]
+        if c.messages_column:
+            return [c.messages_column]
+        from ftexp.data.templates import placeholders
+
+        return placeholders(c.prompt_template) + placeholders(c.response_template)
+
+    def prompt(self, row: dict[str, Any], row_number: int = 0) -> str:
+        return render(self.config.prompt_template, row, self.config.empty_fields, row_number)
+
+    def response(self, row: dict[str, Any], row_number: int = 0) -> str:
+        return render(self.config.response_template, row, self.config.empty_fields, row_number)
+
+
+class LanguageModelingEncoder:
+    """Rows → {input_ids, labels}: BOS (if the tokenizer has one) + prompt + response + EOS, with
+    labels -100 on the prompt unless train_on_prompt."""
+
+    def __init__(self, tokenizer: Any, formatter: PromptFormatter, train_on_prompt: bool):
+        self.tokenizer = tokenizer
+        self.formatter = formatter
+        self.train_on_prompt = train_on_prompt
+        self.eos = ensure_eos(tokenizer)
+        bos = tokenizer.bos_token_id
+        self.prefix = [bos] if bos is not None and bos != self.eos else []
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """What generation starts from: the same ids the prompt had in training."""
+        return self.prefix + self._ids(prompt)
+
+    def encode_row(self, row: dict[str, Any], row_number: int) -> dict[str, list[int]]:
+        cfg = self.formatter.config
+        if self.formatter.task_name == "pretrain":
+            ids = self.prefix + self._ids(str(row[cfg.text_columns[0]])) + [self.eos]
+            return {"input_ids": ids, "labels": list(ids)}
+        if cfg.messages_column:
+            messages = row[cfg.messages_column]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise DataError(f"row {row_number}: '{cfg.messages_column}' must hold a list of "
+                                "{role, content} messages.")
+            ids, trained = chat_ids_and_mask(self.tokenizer, messages)
+            return {"input_ids": ids, "labels": [t if (keep or self.train_on_prompt) else IGNORE
+                                                 for t, keep in zip(ids, trained, strict=True)]}
+        prompt = self.prompt_ids(self.formatter.prompt(row, row_number))
+        response = self._ids(self.formatter.response(row, row_number)) + [self.eos]
+        prompt_labels = list(prompt) if self.train_on_prompt else [IGNORE] * len(prompt)
+        return {"input_ids": prompt + response, "labels": prompt_labels + response}
+
+    def encode(self, frame: pd.DataFrame, max_length: int,
+               policy: str) -> tuple[list[dict[str, list[int]]], int, int]:
+        """Encoded rows, and how many were cut and dropped. `cut` keeps the first max_length
+        tokens (a row left with nothing to learn is dropped); `drop` drops every long row."""
+        rows, cut, dropped = [], 0, 0
+        for i, row in enumerate(frame.to_dict(orient="records")):
+            encoded = self.encode_row(row, i)
+            too_long = len(encoded["input_ids"]) > max_length
+            if too_long and policy == "cut":
+                encoded = {k: v[:max_length] for k, v in encoded.items()}
+            # Dropped: too long under `drop`, or nothing left to learn (the prompt filled it all).
+            if (too_long and policy == "drop") or all(t == IGNORE for t in encoded["labels"][1:]):
+                dropped += 1
+                continue
+            cut += too_long
+            rows.append(encoded)
+        return rows, cut, dropped
+
+
+
+
+class CausalLMDataModule(RowsDataModule):
+    def __init__(self, config: DataConfig, tokenizer: Any, task_name: str = "causal_lm",
+                 train_on_prompt: bool = False, seed: int = 42):
+        super().__init__(config, seed, partial(pad_batch, pad_id=int(tokenizer.pad_token_id)))
+        self.tokenizer = tokenizer
+        self.formatter = PromptFormatter(config, task_name)
+        self.encoder = LanguageModelingEncoder(tokenizer, self.formatter, train_on_prompt)
+        self.frames: dict[str, pd.DataFrame] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cfg = self.config
+        table = read_table(cfg.path, cfg.format)
+        where = f"'{cfg.path}'"
+        if self.formatter.task_name == "causal_lm" and not cfg.messages_column:
+            check_columns(cfg.prompt_template + cfg.response_template, list(table.columns), where)
+        for column in self.formatter.columns():
+            if column not in table.columns:
+                raise DataError(f"column '{column}' not found in {where}; columns are: "
+                                f"{', '.join(map(str, table.columns))}.")
+        frames = split_frame(table, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
+        if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
+            frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
+        for split, frame in frames.items():
+            rows, cut, dropped = self.encoder.encode(frame, cfg.max_length, cfg.truncation)
+            if cut or dropped:
+                log.warning("%s split: %d of %d samples are longer than data.max_length=%d tokens: "
+                            "%d cut, %d dropped (data.truncation=%s).", split, cut + dropped,
+                            len(frame), cfg.max_length, cut, dropped, cfg.truncation)
+            if split == "train" and not rows:
+                raise DataError("no training sample is left after truncation; raise data.max_length.")
+            n_samples = len(rows)
+            if cfg.packing:
+                rows = pack(rows, cfg.max_length)
+            self.datasets[split] = Rows(rows)
+            log.info("%s split: %d samples%s", split, n_samples,
+                     f" packed into {len(rows)} rows of ≤ {cfg.max_length} tokens" if cfg.packing else "")
+        self.frames = frames
+
+    def validation_prompts(self, n: int) -> list[str]:
+        """The first n validation prompts, rendered as in training (for sample generations)."""
+        frame = self.frames.get("validation")
+        if frame is None or n == 0 or self.formatter.task_name != "causal_lm" or self.config.messages_column:
+            return []
+        return [self.formatter.prompt(row, i)
+                for i, row in enumerate(frame.head(n).to_dict(orient="records"))]
+

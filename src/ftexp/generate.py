@@ -1,0 +1,110 @@
+"""Generate text with a trained causal-LM run:
+
+    python -m ftexp.generate <run dir> --prompt "Write a function that reverses a string."
+    python -m ftexp.generate <run dir> --file prompts.jsonl [-o generations.jsonl]
+    python -m ftexp.generate <run dir>                # interactive: one prompt per line
+
+A prompt goes through the run's prompt template the way training data did: `--prompt` fills
+the template's main column (data.text_columns[0]; other placeholders stay empty), a file's rows
+fill every column they have. `--raw` sends the text as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ftexp.console import quiet_third_party
+from ftexp.errors import FtexpError, reported_as_one_line
+
+
+class RunGenerator:
+    """A finished run's model, tokenizer and prompt formatting, ready to generate."""
+
+    def __init__(self, run: Path, overrides: dict[str, Any] | None = None):
+        import torch
+        from omegaconf import OmegaConf
+
+        from ftexp.data.causal_lm import LanguageModelingEncoder, PromptFormatter
+        from ftexp.predict import load_trained
+
+        task, self.tokenizer, cfg = load_trained(run)
+        if cfg.task.name not in ("causal_lm", "pretrain"):
+            raise FtexpError(f"'{run}' is a task={cfg.task.name} run; generate needs a causal_lm or "
+                             "pretrain run (use `python -m ftexp.predict` for labels).")
+        self.model = task.network.to("cuda" if torch.cuda.is_available() else "cpu")
+        from ftexp.config import DataConfig
+
+        data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
+        self.formatter = PromptFormatter(data, cfg.task.name)
+        self.encoder = LanguageModelingEncoder(self.tokenizer, self.formatter, train_on_prompt=False)
+        self.main_column = data.text_columns[0]
+        self.uses_template = cfg.task.name == "causal_lm" and data.prompt_template is not None
+        self.settings = {**task.hparams.generation, **(overrides or {})}
+
+    def prompt_text(self, row: dict[str, Any], raw: bool = False) -> str:
+        return self.formatter.prompt(row) if self.uses_template and not raw else str(row[self.main_column])
+
+    def generate(self, rows: list[dict[str, Any]], raw: bool = False) -> list[str]:
+        from ftexp.generation import generate_texts
+
+        prompts = [self.encoder.prompt_ids(self.prompt_text(row, raw)) for row in rows]
+        return generate_texts(self.model, self.tokenizer, prompts, self.settings)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+             "top_p": args.top_p, "top_k": args.top_k}
+    settings = {k: v for k, v in given.items() if v is not None}
+    if args.sample:
+        settings["do_sample"] = True
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ftexp-generate", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a causal_lm / pretrain run directory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="one prompt (fills the template's main column)")
+    source.add_argument("--file", type=Path, help="CSV / JSONL / … whose rows fill the template")
+    parser.add_argument("-o", "--output", type=Path, help="with --file: where to write JSONL "
+                        "(default: <run dir>/generations_<file name>.jsonl)")
+    parser.add_argument("--raw", action="store_true", help="send prompts as is, without the template")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+
+    with reported_as_one_line(args.debug):
+        quiet_third_party()
+        generator = RunGenerator(args.run_dir, _settings(args))
+        column = generator.main_column
+        if args.prompt is not None:
+            print(generator.generate([{column: args.prompt}], args.raw)[0])
+        elif args.file is not None:
+            from ftexp.data.readers import read_table
+
+            frame = read_table(args.file)
+            if column not in frame.columns and not args.raw:
+                raise FtexpError(f"'{args.file}' has no '{column}' column to fill the prompt "
+                                 f"template with; columns are: {', '.join(map(str, frame.columns))}.")
+            frame["generation"] = generator.generate(frame.to_dict(orient="records"), args.raw)
+            output = args.output or args.run_dir / f"generations_{args.file.stem}.jsonl"
+            tmp = output.with_name(output.name + ".tmp")
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            tmp.replace(output)
+            print(f"wrote {len(frame)} generations to {output}")
+        else:
+            print("ftexp generate — one prompt per line, Ctrl-D to quit", file=sys.stderr)
+            for line in sys.stdin:
+                if line.strip():
+                    print(generator.generate([{column: line.strip()}], args.raw)[0], flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

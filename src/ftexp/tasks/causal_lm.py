@@ -1,0 +1,81 @@
+"""Causal-LM fine-tuning (SFT) and continued pretraining: next-token cross-entropy on the tokens
+whose label is not -100, averaged over tokens (not rows), so a packed and an unpacked batch of
+the same samples give the same loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ftexp.data.targets import IGNORE
+from ftexp.tasks.base import FinetuneTask
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token loss of predicting labels[t + 1] from position t, and the mask of trained
+    tokens; both (batch, seq - 1). Ignored tokens have loss 0."""
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                             ignore_index=IGNORE, reduction="none").view_as(targets)
+    return losses, targets != IGNORE
+
+
+class CausalLMTask(FinetuneTask):
+    """Metrics: `loss` and `perplexity` (exp of the token-weighted mean loss of the split)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+
+    def build_network(self) -> nn.Module:
+        return self.adapted_backbone(causal_lm=True)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Unpacked rows carry an attention mask; packed rows carry position ids instead (see
+        # data/packing.py), from which transformers builds the block-diagonal mask.
+        extra = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+        return self.network(input_ids=batch["input_ids"], use_cache=False, **extra).logits
+
+    def _sum_and_count(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, trained = token_losses(self(batch), batch["labels"])
+        return losses.sum(), trained.sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        total, count = self._sum_and_count(batch)
+        loss = total / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["input_ids"].size(0))
+        return loss + self.adapter_penalty()
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
+        total, count = self._sum_and_count(batch)
+        if count > 0:  # weighting by tokens makes the epoch value the mean over all tokens
+            metric.update(total / count, weight=count)
+
+    def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/perplexity", torch.exp(loss.clamp(max=math.log(1e9))))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_loss)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val", self.val_loss)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_loss)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", self.test_loss)
