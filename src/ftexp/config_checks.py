@@ -1,0 +1,88 @@
+"""Checks a typed config needs beyond its types: contradictions, out-of-range values, and
+combinations a task or method cannot serve. Called by `ftexp.config.validate`."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ftexp.config import LM_TASKS, PROMPT_LEARNING_ADAPTERS
+from ftexp.errors import ConfigError
+
+
+def check_semantics(cfg: DictConfig) -> None:
+    """Contradictions and out-of-range values that the types alone cannot catch."""
+    data = cfg.data
+    if not data.text_columns:
+        raise ConfigError("data.text_columns is empty: name at least one text column, "
+                          "e.g. data.text_columns=[sentence].")
+    if data.split_column is None:
+        probs = list(data.split_probabilities)
+        if len(probs) != 3 or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split_probabilities={probs} must be three non-negative numbers "
+                "(train, validation, test) that sum to 1, e.g. [0.9,0.05,0.05]."
+            )
+        if probs[0] == 0:
+            raise ConfigError("data.split_probabilities gives the train split no rows; "
+                              "make its first number positive.")
+    for key in ("max_length", "batch_size", "eval_batch_size"):
+        if data[key] < 1:
+            raise ConfigError(f"data.{key}={data[key]} must be at least 1.")
+    if data.max_train_samples is not None and data.max_train_samples < 1:
+        raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
+                          "(or null for all rows).")
+    if not 0.0 <= cfg.scheduler.warmup_fraction < 1.0:
+        raise ConfigError(f"scheduler.warmup_fraction={cfg.scheduler.warmup_fraction} "
+                          "must be in [0, 1).")
+    if cfg.task.learning_rate <= 0:
+        raise ConfigError(f"task.learning_rate={cfg.task.learning_rate} must be positive.")
+    if not 0.0 < cfg.task.threshold < 1.0:
+        raise ConfigError(f"task.threshold={cfg.task.threshold} must be in (0, 1).")
+    if cfg.data.label_separator == "":
+        raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
+    if not 0.0 <= cfg.task.head_dropout < 1.0:
+        raise ConfigError(f"task.head_dropout={cfg.task.head_dropout} must be in [0, 1).")
+    if cfg.model.random_init is not None and "model_type" not in cfg.model.random_init:
+        raise ConfigError("model.random_init needs a 'model_type' (e.g. bert, llama) to know "
+                          "which architecture to build.")
+    if "method" not in cfg.adapter:
+        raise ConfigError("adapter.method is missing: choose an adapter, e.g. adapter=lora.")
+    if cfg.adapter.method == "freeze" and not (cfg.adapter.get("last_n_layers")
+                                               or cfg.adapter.get("trainable_patterns")):
+        raise ConfigError("adapter=freeze trains nothing: set adapter.last_n_layers=N or "
+                          "adapter.trainable_patterns=[regex,...].")
+    if cfg.quant.method != "none" and cfg.adapter.method in ("none", "freeze"):
+        raise ConfigError(f"quant={cfg.quant.method} with adapter={cfg.adapter.method}: quantized "
+                          "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
+                          "i.e. QLoRA), adapter=frozen, or quant=none.")
+    _check_language_modeling(cfg)
+    if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
+        raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
+                          "set at least one of them.")
+
+
+def _check_language_modeling(cfg: DictConfig) -> None:
+    data, task = cfg.data, cfg.task
+    if task.name == "causal_lm":
+        has_template = data.prompt_template is not None and data.response_template is not None
+        if not has_template and data.messages_column is None:
+            raise ConfigError("task=causal_lm needs data.prompt_template and data.response_template "
+                              "(e.g. data=code_alpaca), or data.messages_column for conversations.")
+    if task.name in LM_TASKS:
+        if cfg.adapter.method == "frozen":
+            raise ConfigError(f"adapter=frozen trains nothing under task={task.name} (there is no "
+                              "head); use adapter=lora, freeze or none.")
+        if task.monitor not in ("val/loss", "val/perplexity"):
+            raise ConfigError(f"task.monitor={task.monitor} is not reported by task={task.name}; "
+                              "use val/loss (task=causal_lm sets it).")
+        if data.packing and cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
+            raise ConfigError(f"data.packing=true with adapter={cfg.adapter.method}: its virtual "
+                              "tokens cannot be shared by packed samples; set data.packing=false "
+                              "or use a weight adapter such as adapter=lora.")
+    elif data.packing:
+        raise ConfigError(f"data.packing=true applies to task=causal_lm / pretrain, not "
+                          f"task={task.name}; remove the override.")
+    if task.sample_generations < 0:
+        raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+    if cfg.generation.max_new_tokens < 1:
+        raise ConfigError(f"generation.max_new_tokens={cfg.generation.max_new_tokens} must be at least 1.")
