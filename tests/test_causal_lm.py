@@ -272,3 +272,14 @@ def test_a_4bit_lora_run_exports_dequantized_and_merged(tmp_path: Path):
     out = export_run(run, tmp_path / "model", dtype="float32")
     # The merged fp32 model computes what 4-bit base + LoRA computed, up to float rounding.
     _logits_match(run, out, atol=1e-3)
+
+
+def test_a_column_the_template_needs_is_named_when_missing(tmp_path: Path, minilm_tokenizer):
+    from omegaconf import OmegaConf
+
+    data = tmp_path / "no_output.jsonl"
+    facts_frame().drop(columns=["output"]).to_json(data, orient="records", lines=True)
+    cfg = compose_config(lm_overrides(data), output_dir=tmp_path)
+    module = CausalLMDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
+    with pytest.raises(DataError, match=r"column\(s\) \['output'\] not found .* Fix data.prompt_template"):
+        module.setup()

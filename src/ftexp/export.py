@@ -26,14 +26,12 @@ from ftexp.errors import FtexpError, reported_as_one_line
 
 def _merged_model(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: str):
     from ftexp.builders.adapter import apply_adapter
-    from ftexp.builders.backbone import DTYPES, load_backbone
+    from ftexp.builders.backbone import DTYPES, load_configured_backbone
     from ftexp.builders.quant import quantization_config
 
-    m, adapter = hparams["model"], hparams["adapter"]
+    adapter = hparams["adapter"]
     quant = hparams.get("quant") or {"method": "none"}
-    base = load_backbone(m["name_or_path"], random_init=m.get("random_init"), dtype=m["dtype"],
-                         trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                         quantization_config=quantization_config(quant), causal_lm=True)
+    base = load_configured_backbone(hparams["model"], quantization_config(quant), causal_lm=True)
     if quant["method"] != "none":
         base = base.dequantize()  # bitsandbytes layers → plain Linear with the dequantized weights
     base = base.to(DTYPES[dtype])

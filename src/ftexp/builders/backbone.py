@@ -119,3 +119,12 @@ def load_backbone(
     return _drop_pooler(_from_pretrained(auto_class, "model", name_or_path, not_found=(OSError,),
                                          dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                          revision=revision, **extra))
+
+
+def load_configured_backbone(model: dict[str, Any], quantization_config: Any = None,
+                             causal_lm: bool = False) -> PreTrainedModel:
+    """`load_backbone` from the model group's settings (a plain dict, as checkpoints keep it)."""
+    return load_backbone(model["name_or_path"], random_init=model.get("random_init"),
+                         dtype=model["dtype"], attn_implementation=model.get("attn_implementation"),
+                         trust_remote_code=model["trust_remote_code"], revision=model.get("revision"),
+                         quantization_config=quantization_config, causal_lm=causal_lm)

@@ -15,7 +15,7 @@ from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
 from ftexp.data.targets import IGNORE
-from ftexp.data.templates import chat_ids_and_mask, check_columns, render
+from ftexp.data.templates import chat_ids_and_mask, placeholders, render
 from ftexp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ class PromptFormatter:
             return [c.text_columns[0]]
         if c.messages_column:
             return [c.messages_column]
-        from ftexp.data.templates import placeholders
-
         return placeholders(c.prompt_template) + placeholders(c.response_template)
 
     def prompt(self, row: dict[str, Any], row_number: int = 0) -> str:
@@ -128,13 +126,11 @@ class CausalLMDataModule(RowsDataModule):
             return
         cfg = self.config
         table = read_table(cfg.path, cfg.format)
-        where = f"'{cfg.path}'"
-        if self.formatter.task_name == "causal_lm" and not cfg.messages_column:
-            check_columns(cfg.prompt_template + cfg.response_template, list(table.columns), where)
-        for column in self.formatter.columns():
-            if column not in table.columns:
-                raise DataError(f"column '{column}' not found in {where}; columns are: "
-                                f"{', '.join(map(str, table.columns))}.")
+        missing = [c for c in self.formatter.columns() if c not in table.columns]
+        if missing:
+            raise DataError(f"column(s) {missing} not found in '{cfg.path}'; columns are: "
+                            f"{', '.join(map(str, table.columns))}. Fix data.prompt_template / "
+                            "response_template, data.messages_column or data.text_columns.")
         frames = split_frame(table, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)

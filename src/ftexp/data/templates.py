@@ -45,13 +45,6 @@ def render(template: str, row: dict[str, Any], empty_fields: str, row_number: in
     return template.format(**values)
 
 
-def check_columns(template: str, columns: list[str], where: str) -> None:
-    missing = [name for name in placeholders(template) if name not in columns]
-    if missing:
-        raise DataError(f"template column(s) {missing} not found in {where}; columns are: "
-                        f"{', '.join(map(str, columns))}. Fix data.prompt_template / "
-                        "data.response_template.")
-
 
 def chat_ids_and_mask(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
     """Token ids of a conversation through the tokenizer's chat template, and which of them the

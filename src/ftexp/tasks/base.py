@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter, count_parameters
-from ftexp.builders.backbone import load_backbone
+from ftexp.builders.backbone import load_configured_backbone
 from ftexp.builders.optim import build_optimizer
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
@@ -54,12 +54,9 @@ class FinetuneTask(L.LightningModule):
     def adapted_backbone(self, causal_lm: bool = False) -> nn.Module:
         """The configured transformer, quantized and k-bit-prepared if asked, with its adapter;
         with its LM head (and a generation-ready PEFT wrapper) when `causal_lm`."""
-        m, a = self.hparams.model, self.hparams.adapter
+        a = self.hparams.adapter
         quant = self.hparams.quant or {"method": "none"}
-        backbone = load_backbone(m["name_or_path"], random_init=m.get("random_init"),
-                                 dtype=m["dtype"], attn_implementation=m.get("attn_implementation"),
-                                 trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                                 quantization_config=quantization_config(quant), causal_lm=causal_lm)
+        backbone = load_configured_backbone(self.hparams.model, quantization_config(quant), causal_lm)
         if quant["method"] != "none":
             backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
         if a["method"] == "adalora" and self._trainer is not None:

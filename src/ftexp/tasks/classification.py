@@ -46,11 +46,11 @@ class ClassificationTask(PooledHeadTask):
 
     def prediction_columns(self, predictions: torch.Tensor) -> dict[str, list[Any]]:
         probs = predictions.float().cpu().numpy()
-        columns: dict[str, list[Any]] = {
-            "predicted_label": [self.label_names[i] for i in probs.argmax(axis=1)]}
-        for j, name in enumerate(self.label_names):
-            columns[f"prob_{name}"] = probs[:, j].round(6).tolist()
-        return columns
+        return {"predicted_label": [self.label_names[i] for i in probs.argmax(axis=1)],
+                **self.probability_columns(probs)}
+
+    def probability_columns(self, probs: Any) -> dict[str, list[float]]:
+        return {f"prob_{name}": probs[:, j].round(6).tolist() for j, name in enumerate(self.label_names)}
 
 
 class MultiLabelClassificationTask(ClassificationTask):
@@ -78,9 +78,6 @@ class MultiLabelClassificationTask(ClassificationTask):
         probs = predictions.float().cpu().numpy()
         threshold = self.hparams.task.get("threshold", 0.5)
         separator = self.hparams.target.get("separator") or "|"
-        columns: dict[str, list[Any]] = {"predicted_labels": [
-            separator.join(str(name) for name, p in zip(self.label_names, row, strict=True)
-                           if p >= threshold) for row in probs]}
-        for j, name in enumerate(self.label_names):
-            columns[f"prob_{name}"] = probs[:, j].round(6).tolist()
-        return columns
+        predicted = [separator.join(str(name) for name, p in zip(self.label_names, row, strict=True)
+                                    if p >= threshold) for row in probs]
+        return {"predicted_labels": predicted, **self.probability_columns(probs)}
