@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,8 @@ from ftexp.paths import config_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs started by the tests (in process or not) share one fresh cache, never the user's.
+os.environ["FTEXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="ftexp-test-cache-")
 
 POSITIVE = ["good", "great", "wonderful", "superb", "delightful", "excellent"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "dreadful"]
@@ -52,7 +55,7 @@ def compose_config(overrides: list[str], output_dir: Path | None = None, resolve
 def tiny_overrides(data_path: Path, *extra: str) -> list[str]:
     """A fast CPU run of the tiny random-init BERT on a toy file."""
     return ["model=tiny_bert", "data=custom", f"data.path={data_path}", "data.max_length=16",
-            "data.batch_size=16", "task.learning_rate=3e-3", "scheduler.warmup_fraction=0.0",
+            "data.batch_size=16", "optimizer.learning_rate=3e-3", "scheduler.warmup_fraction=0.0",
             "trainer.precision=32", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
             *extra]
 

@@ -16,6 +16,7 @@ from ftexp.config import CHOICES
 from ftexp.data.labeled_text import LabeledTextDataModule
 from ftexp.errors import ConfigError
 from ftexp.tasks.classification import ClassificationTask
+from ftexp.train import task_settings
 
 # Methods a given architecture cannot serve, refused up front (tested below).
 NOT_FOR = {"tiny_bert": {"llama_adapter"}}
@@ -53,12 +54,12 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
     data = tmp_path / "toy.csv"
     sentiment_rows(320, seed=1).to_csv(data, index=False)
     cfg = compose_config(tiny_overrides(data, f"model={model}", f"adapter={method}",
-                                        f"task.learning_rate={LEARNING_RATES.get(method, 1e-2)}",
+                                        f"optimizer.learning_rate={LEARNING_RATES.get(method, 1e-2)}",
                                         "data.batch_size=32", *extra),
                          output_dir=tmp_path)
     datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer)
     datamodule.setup()
-    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
+    plain = task_settings(cfg)
     L.seed_everything(0, verbose=False)
     task = ClassificationTask(**plain, target=datamodule.targets.describe())
     task.configure_model()
@@ -107,7 +108,7 @@ def test_kbit_preparation_upcasts_norms_only(tmp_path: Path):
     pytest.importorskip("bitsandbytes")
     cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "model=tiny_llama", "model.dtype=bfloat16",
                                         "adapter=lora", "quant=4bit"), output_dir=tmp_path)
-    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler", "quant")}
+    plain = task_settings(cfg)
     task = ClassificationTask(**plain, target={"kind": "single_label", "labels": [0, 1]})
     task.configure_model()
     dtypes = {n: p.dtype for n, p in task.network.backbone.named_parameters()}
@@ -124,7 +125,7 @@ def test_llama_adapter_is_refused_on_an_encoder_before_loading():
 def test_freeze_trains_the_last_layers_only(tmp_path: Path):
     cfg = compose_config(tiny_overrides(tmp_path / "x.csv", "adapter=freeze",
                                         "adapter.last_n_layers=1"), output_dir=tmp_path)
-    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+    plain = task_settings(cfg)
     task = ClassificationTask(**plain, target={"kind": "single_label", "labels": [0, 1]})
     task.configure_model()
     trainable = {n for n, p in task.named_parameters() if p.requires_grad}

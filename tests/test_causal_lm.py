@@ -23,6 +23,7 @@ from ftexp.data.templates import chat_ids_and_mask, render
 from ftexp.errors import ConfigError, DataError
 from ftexp.paths import config_dir
 from ftexp.tasks.causal_lm import token_losses
+from ftexp.train import task_settings
 
 ALPACA = yaml.safe_load((config_dir() / "data" / "code_alpaca.yaml").read_text())["prompt_template"]
 THINGS = {"apple": "red", "sky": "blue", "grass": "green", "snow": "white", "coal": "black",
@@ -165,7 +166,7 @@ def test_validation_loss_is_the_same_packed_or_not(tmp_path: Path, minilm_tokeni
                              output_dir=tmp_path)
         module = CausalLMDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
         module.setup()
-        plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+        plain = task_settings(cfg)
         task = CausalLMTask(**plain)
         result = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                            enable_checkpointing=False).validate(task, module, verbose=False)
@@ -185,7 +186,7 @@ def trained_run(tmp_path_factory) -> Path:
     data = root / "facts.jsonl"
     facts_frame().to_json(data, orient="records", lines=True)
     out = root / "run"
-    cfg = compose_config(lm_overrides(data, "adapter=none", "task.learning_rate=3e-3",
+    cfg = compose_config(lm_overrides(data, "adapter=none", "optimizer.learning_rate=3e-3",
                                       "trainer.max_epochs=40", "data.batch_size=2",
                                       # A 2-layer model finds the question faster without
                                       # Alpaca's long preamble in front of it.
@@ -267,7 +268,7 @@ def test_a_4bit_lora_run_exports_dequantized_and_merged(tmp_path: Path):
     facts_frame().to_json(data, orient="records", lines=True)
     run = tmp_path / "run"
     train(compose_config(lm_overrides(data, "adapter=lora", "quant=4bit", "quant.compute_dtype=float32",
-                                      "task.learning_rate=1e-2", "trainer.max_epochs=2",
+                                      "optimizer.learning_rate=1e-2", "trainer.max_epochs=2",
                                       "task.sample_generations=0"), output_dir=run))
     out = export_run(run, tmp_path / "model", dtype="float32")
     # The merged fp32 model computes what 4-bit base + LoRA computed, up to float rounding.

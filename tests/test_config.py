@@ -79,6 +79,17 @@ BAD_CONFIGS = [
      "'data.empty_fields=skip' is not a valid choice."),
     (["task=regression", "data.label_column=sentence"],
      "task=regression needs numbers in 'sentence', but the train split has 2000 that are not"),
+    (["adapter=lora", "data.cache_encoder_embeddings=true"],
+     "data.cache_encoder_embeddings=true needs a frozen encoder, but adapter=lora trains it"),
+    (["scheduler=constant", "scheduler.warmup_steps=10"],
+     "scheduler=constant has no warmup; use scheduler=constant_with_warmup"),
+    (["optimizer.learning_rate=fast"], "optimizer.learning_rate=fast must be a positive number, auto"),
+    (["optimizer=adamw8"], "unknown option 'adamw8' for config group 'optimizer'. Did you mean 'adamw'?"),
+    (["data.batch_size=big"], "data.batch_size=big must be a whole number of at least 1, or auto."),
+    (["task.neftune_noise_alpha=5"], "NEFTune takes a positive value and applies to task=causal_lm"),
+    (["callbacks.early_stopping_patience=0"], "callbacks.early_stopping_patience=0 must be at least 1"),
+    (["task.learning_rate=1e-3"],
+     "unknown config key 'task.learning_rate': it is now 'optimizer.learning_rate'."),
 ]
 
 

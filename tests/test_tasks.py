@@ -135,7 +135,7 @@ def test_every_tiny_decoder_classifies(model: str, adapter: str, toy_csv: Path, 
     # LoRA starts as the identity (B = 0) and steers a random-init base more slowly.
     lr, epochs = ("3e-3", 4) if adapter == "none" else ("1e-2", 10)
     cfg = compose_config(tiny_overrides(toy_csv, f"model={model}", f"adapter={adapter}",
-                                        f"task.learning_rate={lr}", f"trainer.max_epochs={epochs}"),
+                                        f"optimizer.learning_rate={lr}", f"trainer.max_epochs={epochs}"),
                          output_dir=out)
     metrics = train(cfg)
     assert metrics["val/acc"] >= 0.9 and metrics["test/acc"] >= 0.8, metrics

@@ -16,7 +16,7 @@ from conftest import compose_config, sentiment_rows, tiny_overrides
 from ftexp import run_dir
 from ftexp.builders.backbone import load_backbone
 from ftexp.predict import predict_file
-from ftexp.train import train
+from ftexp.train import task_settings, train
 
 
 def _train_losses(out: Path) -> list[float]:
@@ -45,7 +45,7 @@ def test_tiny_model_learns_a_learnable_task(model: str, toy_csv: Path, tmp_path:
 def test_frozen_minilm_keeps_every_backbone_weight_and_trains_the_head(tmp_path: Path):
     out = tmp_path / "run"
     cfg = compose_config(["adapter=frozen", "data.max_train_samples=64", "trainer=smoke",
-                          "trainer.enable_progress_bar=false", "task.learning_rate=1e-2"],
+                          "trainer.enable_progress_bar=false", "optimizer.learning_rate=1e-2"],
                          output_dir=out)
     metrics = train(cfg)
     assert set(_checkpoint_state(out)) == {"network.head.weight", "network.head.bias"}
@@ -68,7 +68,7 @@ def test_frozen_adapter_changes_the_head_and_nothing_else(toy_csv: Path, tmp_pat
     cfg = compose_config(tiny_overrides(toy_csv, "adapter=frozen"), output_dir=tmp_path)
     datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
     datamodule.setup()
-    plain = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "adapter", "task", "scheduler")}
+    plain = task_settings(cfg)
     task = ClassificationTask(**plain, target=datamodule.targets.describe())
     task.configure_model()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}

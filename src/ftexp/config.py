@@ -41,6 +41,9 @@ class ModelConfig:
     revision: Optional[str] = None
     # Jinja chat template for tokenizers that have none (conversation data, data.messages_column).
     chat_template: Optional[str] = None
+    # Recompute activations in the backward pass instead of storing them (non-reentrant): less
+    # memory for some more compute.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -74,8 +77,6 @@ class TaskConfig:
     head_dropout: float = 0.1
     # Multi-label: a class is predicted when its sigmoid probability reaches this.
     threshold: float = 0.5
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
     # Metric the best checkpoint is chosen by, and whether larger is better.
     monitor: str = "val/acc"
     monitor_mode: str = "max"
@@ -83,6 +84,9 @@ class TaskConfig:
     train_on_prompt: bool = False
     # causal_lm / pretrain: generate from this many fixed validation prompts at each evaluation.
     sample_generations: int = 3
+    # causal_lm / pretrain: NEFTune — uniform noise of this scale on the input embeddings while
+    # training (alpha / sqrt(seq_len * dim) per element); null turns it off. 5 is the paper's pick.
+    neftune_noise_alpha: Optional[float] = None
 
 
 @dataclass
@@ -97,9 +101,26 @@ class GenerationConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    # adamw (fused on GPU where Lightning allows) | adamw_8bit (bitsandbytes) | adafactor
+    name: str = "adamw"
+    # A number, `auto` (the documented default of the adapter method, see builders/optim.py) or
+    # `find` (an LR range test before training; its plot goes to the run dir).
+    learning_rate: Any = 2e-4
+    weight_decay: float = 0.01  # never applied to biases and norm weights
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: Any = "auto"  # auto | true | false — the fused CUDA AdamW kernel
+
+
+@dataclass
 class SchedulerConfig:
-    name: str = "linear"  # linear: warmup then linear decay to 0 | constant: warmup then flat
+    # linear / cosine: warmup then decay to 0 | constant: flat | constant_with_warmup
+    name: str = "linear"
     warmup_fraction: float = 0.0  # share of the total optimizer steps spent warming up
+    warmup_steps: Optional[int] = None  # a step count instead (wins over warmup_fraction)
+    # Multiply the learning rate by the number of training processes (linear) or its root (sqrt).
+    learning_rate_scaling: str = "none"
 
 
 @dataclass
@@ -116,7 +137,10 @@ class DataConfig:
     split_probabilities: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
     split_seed: int = 42
     max_length: int = 128
-    batch_size: int = 32
+    # A number, or `auto`: the largest power of two that fits in memory, at most max_batch_size
+    # and the training set's size, found before training.
+    batch_size: Any = 32
+    max_batch_size: int = 256
     eval_batch_size: int = 64
     num_workers: int = 0
     # Keep at most this many training rows (None = all); handy for smoke runs.
@@ -135,6 +159,12 @@ class DataConfig:
     truncation: str = "cut"
     # Several samples per row, each attending only to itself (position ids restart per sample).
     packing: bool = False
+    # -- caches (under paths.cache_dir, keyed by a content hash of all they depend on) ------------
+    # Reuse tokenized splits across runs with the same data file contents, tokenizer and settings.
+    cache_tokenized: bool = True
+    # adapter=frozen only: run the frozen encoder once, store the pooled embeddings, and train the
+    # head on them; later runs with the same key do no encoder passes at all.
+    cache_encoder_embeddings: bool = False
 
 
 @dataclass
@@ -154,12 +184,16 @@ class TrainerConfig:
     limit_test_batches: Any = None
     deterministic: bool = False
     enable_progress_bar: bool = True
+    compile: bool = False  # torch.compile the network (in place: checkpoint keys are unchanged)
 
 
 @dataclass
 class CallbacksConfig:
     checkpoint: bool = True  # keep the best model (by task.monitor) in checkpoints/best.ckpt
     rich_progress: bool = True
+    # Stop when task.monitor has not improved by min_delta for this many evaluations (null: off).
+    early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0
 
 
 @dataclass
@@ -172,6 +206,7 @@ class PathsConfig:
     root_dir: str = MISSING
     data_dir: str = MISSING
     output_dir: str = MISSING
+    cache_dir: str = MISSING  # content-addressed caches shared by runs (tokenized data, embeddings)
 
 
 @dataclass
@@ -183,6 +218,7 @@ class FtexpConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -214,7 +250,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task.name": ("classification", "regression", "causal_lm", "pretrain"),
     "task.pooling": ("auto", "cls", "mean", "last"),
     "task.monitor_mode": ("max", "min"),
-    "scheduler.name": ("linear", "constant"),
+    "optimizer.name": ("adamw", "adamw_8bit", "adafactor"),
+    "scheduler.name": ("linear", "cosine", "constant", "constant_with_warmup"),
+    "scheduler.learning_rate_scaling": ("none", "linear", "sqrt"),
     "data.format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
     "data.empty_fields": ("keep", "drop_paragraph", "error"),
     "data.truncation": ("cut", "drop"),
@@ -232,6 +270,11 @@ def _schema_keys(schema: type) -> list[str]:
     return [f.name for f in fields(schema)]
 
 
+# Keys that moved to another group: the error names the new place.
+MOVED_KEYS = {"task.learning_rate": "optimizer.learning_rate",
+              "task.weight_decay": "optimizer.weight_decay"}
+
+
 def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
     """Raise on the first key of `node` that `schema` does not declare, with a did-you-mean."""
     if not isinstance(node, DictConfig) or not is_dataclass(schema):
@@ -239,6 +282,8 @@ def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
     known = {f.name: f for f in fields(schema)}
     for key in node.keys():
         full = f"{prefix}{key}"
+        if full in MOVED_KEYS:
+            raise ConfigError(f"unknown config key '{full}': it is now '{MOVED_KEYS[full]}'.")
         if key not in known:
             valid = _schema_keys(schema)
             raise ConfigError(

@@ -25,17 +25,16 @@ def check_semantics(cfg: DictConfig) -> None:
         if probs[0] == 0:
             raise ConfigError("data.split_probabilities gives the train split no rows; "
                               "make its first number positive.")
-    for key in ("max_length", "batch_size", "eval_batch_size"):
+    for key in ("max_length", "max_batch_size", "eval_batch_size"):
         if data[key] < 1:
             raise ConfigError(f"data.{key}={data[key]} must be at least 1.")
+    if not (data.batch_size == "auto" or _is_number(data.batch_size, integer=True) and data.batch_size >= 1):
+        raise ConfigError(f"data.batch_size={data.batch_size} must be a whole number of at least 1, "
+                          "or auto.")
     if data.max_train_samples is not None and data.max_train_samples < 1:
         raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
                           "(or null for all rows).")
-    if not 0.0 <= cfg.scheduler.warmup_fraction < 1.0:
-        raise ConfigError(f"scheduler.warmup_fraction={cfg.scheduler.warmup_fraction} "
-                          "must be in [0, 1).")
-    if cfg.task.learning_rate <= 0:
-        raise ConfigError(f"task.learning_rate={cfg.task.learning_rate} must be positive.")
+    _check_optimization(cfg)
     if not 0.0 < cfg.task.threshold < 1.0:
         raise ConfigError(f"task.threshold={cfg.task.threshold} must be in (0, 1).")
     if cfg.data.label_separator == "":
@@ -56,9 +55,52 @@ def check_semantics(cfg: DictConfig) -> None:
                           "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
                           "i.e. QLoRA), adapter=frozen, or quant=none.")
     _check_language_modeling(cfg)
+    _check_caches(cfg)
+    patience = cfg.callbacks.early_stopping_patience
+    if patience is not None and patience < 1:
+        raise ConfigError(f"callbacks.early_stopping_patience={patience} must be at least 1 (or null).")
     if cfg.trainer.max_epochs < 1 and cfg.trainer.max_steps < 1:
         raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
                           "set at least one of them.")
+
+
+def _is_number(value: object, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _check_optimization(cfg: DictConfig) -> None:
+    opt, sched = cfg.optimizer, cfg.scheduler
+    lr = opt.learning_rate
+    if not (lr in ("auto", "find") or _is_number(lr) and lr > 0):
+        raise ConfigError(f"optimizer.learning_rate={lr} must be a positive number, auto (the "
+                          "adapter method's default) or find (an LR range test).")
+    if opt.fused not in ("auto", True, False):
+        raise ConfigError(f"optimizer.fused={opt.fused} must be auto, true or false.")
+    if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
+        raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1), "
+                          "e.g. [0.9,0.999].")
+    if opt.weight_decay < 0:
+        raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be 0 or more.")
+    if not 0.0 <= sched.warmup_fraction < 1.0:
+        raise ConfigError(f"scheduler.warmup_fraction={sched.warmup_fraction} must be in [0, 1).")
+    if sched.warmup_steps is not None and sched.warmup_steps < 0:
+        raise ConfigError(f"scheduler.warmup_steps={sched.warmup_steps} must be 0 or more (or null).")
+    if sched.name == "constant" and (sched.warmup_fraction > 0 or (sched.warmup_steps or 0) > 0):
+        raise ConfigError("scheduler=constant has no warmup; use scheduler=constant_with_warmup "
+                          "to warm up, or set the warmup to 0.")
+
+
+def _check_caches(cfg: DictConfig) -> None:
+    if not cfg.data.cache_encoder_embeddings:
+        return
+    if cfg.task.name in LM_TASKS:
+        raise ConfigError(f"data.cache_encoder_embeddings=true applies to classification and "
+                          f"regression heads, not task={cfg.task.name}; remove the override.")
+    if cfg.adapter.method != "frozen":
+        raise ConfigError(f"data.cache_encoder_embeddings=true needs a frozen encoder, but "
+                          f"adapter={cfg.adapter.method} trains it (its embeddings change every "
+                          "step); use adapter=frozen, or set data.cache_encoder_embeddings=false.")
 
 
 def _check_language_modeling(cfg: DictConfig) -> None:
@@ -82,6 +124,10 @@ def _check_language_modeling(cfg: DictConfig) -> None:
     elif data.packing:
         raise ConfigError(f"data.packing=true applies to task=causal_lm / pretrain, not "
                           f"task={task.name}; remove the override.")
+    alpha = task.neftune_noise_alpha
+    if alpha is not None and (task.name not in LM_TASKS or alpha <= 0):
+        raise ConfigError(f"task.neftune_noise_alpha={alpha}: NEFTune takes a positive value and "
+                          "applies to task=causal_lm / pretrain; set it to null otherwise.")
     if task.sample_generations < 0:
         raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
     if cfg.generation.max_new_tokens < 1:

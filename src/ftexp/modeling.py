@@ -36,6 +36,8 @@ class PooledHeadModel(nn.Module):
         self.freeze_backbone = freeze_backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.hidden_size, num_outputs)
+        # Backbone forward passes so far: a run on cached embeddings shows 0 here.
+        self.encoder_forward_passes = 0
 
     def train(self, mode: bool = True) -> "PooledHeadModel":
         super().train(mode)
@@ -46,6 +48,7 @@ class PooledHeadModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        self.encoder_forward_passes += 1
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                **extra).last_hidden_state
         virtual = hidden.size(1) - attention_mask.size(1)
@@ -54,6 +57,10 @@ class PooledHeadModel(nn.Module):
                                         attention_mask], dim=1)
         return pool(hidden, attention_mask, self.pooling).float()
 
+    def head_outputs(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The head alone, on pooled embeddings (computed now or read from the cache)."""
+        return self.head(self.dropout(embeddings))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
+        return self.head_outputs(self.embed(input_ids, attention_mask, token_type_ids))

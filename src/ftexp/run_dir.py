@@ -19,6 +19,7 @@ METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 PREDICTIONS_FILE = "predictions_test.csv"
 GENERATIONS_FILE = "generations.jsonl"  # causal LM: sample generations at each evaluation
+LR_FIND_PLOT = "lr_find.png"     # learning_rate=find: the LR range test
 BEST_CHECKPOINT = "checkpoints/best.ckpt"
 
 _PACKAGES = ("ftexp", "torch", "transformers", "lightning", "torchmetrics", "hydra-core",

@@ -22,17 +22,28 @@ def _plain(node: DictConfig) -> dict[str, Any]:
 
 def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_callbacks: list[Any]):
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from lightning.pytorch.loggers import CSVLogger
 
     from ftexp.builders.strategy import build_strategy, resolve_precision
+    from ftexp.callbacks.compile import CompileNetwork
 
-    t = cfg.trainer
+    t, c = cfg.trainer, cfg.callbacks
     callbacks: list[Any] = list(extra_callbacks)
-    if cfg.callbacks.checkpoint:
+    if c.checkpoint:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_weights_only=True,
                                          enable_version_counter=False))
+    if c.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=c.early_stopping_patience,
+                                       min_delta=c.early_stopping_min_delta))
+    if t.compile:
+        callbacks.append(CompileNetwork())
     if cfg.callbacks.rich_progress and t.enable_progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     loggers: list[Any] = []
@@ -50,6 +61,7 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_cal
         limit_test_batches=t.limit_test_batches, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         callbacks=callbacks, logger=loggers or False, default_root_dir=out,
+        enable_checkpointing=bool(c.checkpoint),  # else Lightning adds its own, unmonitored one
         num_sanity_val_steps=0)
 
 
@@ -59,14 +71,50 @@ def _labeled_text(cfg: DictConfig, tokenizer: Any, out: Path):
     from ftexp.tasks import task_class
 
     datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed,
-                                       task_name=cfg.task.name)
+                                       task_name=cfg.task.name, cache_dir=cfg.paths.cache_dir)
     datamodule.setup()  # read and check the data before spending time on the model
     target = datamodule.targets.describe()
     run_dir.write_json(out / run_dir.LABELS_FILE, target)
-    task = task_class(target)(model=_plain(cfg.model), adapter=_plain(cfg.adapter),
-                              task=_plain(cfg.task), scheduler=_plain(cfg.scheduler),
-                              target=target, quant=_plain(cfg.quant))
+    task = task_class(target)(target=target, **task_settings(cfg))
     return datamodule, task, []
+
+
+def task_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The groups a task keeps in its checkpoint (see tasks/base.py)."""
+    return {group: _plain(cfg[group]) for group in
+            ("model", "adapter", "task", "scheduler", "optimizer", "quant", "generation")}
+
+
+def _use_cached_embeddings(cfg: DictConfig, datamodule: Any, task: Any, precision: str) -> None:
+    """Train the head on stored encoder embeddings, computing them (once per key) if needed."""
+    import torch
+
+    from ftexp.data.cache import ContentCache
+    from ftexp.data.embeddings import embed_rows, embedding_key
+    from ftexp.data.rows import rows_loader
+
+    cache = ContentCache(cfg.paths.cache_dir, "embeddings")
+    key = embedding_key(datamodule.encoding_key, _plain(cfg.model), _plain(cfg.quant),
+                        cfg.task.pooling, precision, cfg.paths.cache_dir)
+    use_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    def compute() -> dict[str, torch.Tensor]:
+        task.configure_model()
+        network = task.network.to(device)
+        # fork_rng: each DataLoader draws a seed from the global generator; computing here must
+        # not shift the run's random stream, or a cache miss would train unlike a cache hit.
+        with torch.random.fork_rng(devices=[]):
+            embeddings = {split: embed_rows(network, rows_loader(rows, cfg.data.eval_batch_size, False,
+                                                                 datamodule.collate, 0, cfg.seed),
+                                            device, autocast, f"{split} split")
+                          for split, rows in datamodule.datasets.items()}
+        network.to("cpu")
+        return embeddings
+
+    datamodule.use_embeddings(cache.get_or_compute(key, compute, "encoder embeddings"))
+    datamodule.embedding_cache = cache
 
 
 def _language_modeling(cfg: DictConfig, tokenizer: Any, out: Path):
@@ -76,16 +124,41 @@ def _language_modeling(cfg: DictConfig, tokenizer: Any, out: Path):
     from ftexp.tasks.causal_lm import CausalLMTask
 
     datamodule = CausalLMDataModule(OmegaConf.to_object(cfg.data), tokenizer, cfg.task.name,
-                                    cfg.task.train_on_prompt, seed=cfg.seed)
+                                    cfg.task.train_on_prompt, seed=cfg.seed, cache_dir=cfg.paths.cache_dir)
     datamodule.setup()
-    task = CausalLMTask(model=_plain(cfg.model), adapter=_plain(cfg.adapter), task=_plain(cfg.task),
-                        scheduler=_plain(cfg.scheduler), quant=_plain(cfg.quant),
-                        generation=_plain(cfg.generation))
+    task = CausalLMTask(**task_settings(cfg))
     prompts = datamodule.validation_prompts(cfg.task.sample_generations)
     callbacks = [SampleGenerations(tokenizer, prompts,
                                    [datamodule.encoder.prompt_ids(p) for p in prompts],
                                    _plain(cfg.generation), out / run_dir.GENERATIONS_FILE)] if prompts else []
     return datamodule, task, callbacks
+
+
+def _tune(cfg: DictConfig, trainer: Any, task: Any, datamodule: Any, out: Path) -> dict[str, Any]:
+    """Resolve `batch_size: auto` and the learning rate (a number, auto or find) on the real
+    setup, batch size first (the best rate depends on it); return what was chosen."""
+    from ftexp.tuning import configured_learning_rate, find_batch_size, find_learning_rate
+
+    if cfg.data.batch_size == "auto":
+        find_batch_size(trainer, task, datamodule, cfg.data.max_batch_size)
+    task.learning_rate = configured_learning_rate(cfg.optimizer.learning_rate, cfg.adapter.method,
+                                                  trainer.world_size, cfg.scheduler.learning_rate_scaling)
+    if task.learning_rate is None:
+        task.learning_rate = find_learning_rate(trainer, task, datamodule, out / run_dir.LR_FIND_PLOT)
+    return {"batch_size": datamodule.batch_size, "learning_rate": task.learning_rate}
+
+
+def _cache_metrics(datamodule: Any, task: Any) -> dict[str, Any]:
+    """What the caches did this run, and how many encoder forward passes it took."""
+    found: dict[str, Any] = {}
+    for name in ("tokenized_cache", "embedding_cache"):
+        cache = getattr(datamodule, name, None)
+        if cache is not None and cache.events:
+            found[f"cache_{cache.kind}"] = cache.events[-1]
+    passes = getattr(task.network, "encoder_forward_passes", None)
+    if passes is not None:
+        found["encoder_forward_passes"] = passes
+    return found
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -102,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ftexp.builders.adapter import validate_adapter
     from ftexp.builders.backbone import load_tokenizer, model_type_of
     from ftexp.builders.quant import quantization_config
+    from ftexp.callbacks.throughput import ThroughputMonitor
     from ftexp.config import LM_TASKS
     from ftexp.predict import write_predictions
 
@@ -119,7 +193,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                revision=m.revision, chat_template=m.chat_template)
     build = _language_modeling if cfg.task.name in LM_TASKS else _labeled_text
     datamodule, task, callbacks = build(cfg, tokenizer, out)
-    trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode, callbacks)
+    throughput = ThroughputMonitor()
+    trainer = build_trainer(cfg, out, cfg.task.monitor, cfg.task.monitor_mode, [*callbacks, throughput])
+    if cfg.data.cache_encoder_embeddings:
+        _use_cached_embeddings(cfg, datamodule, task, str(trainer.precision))
+    datamodule.count_loss_items = task.loss_items
+    tuned = _tune(cfg, trainer, task, datamodule, out)
 
     started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
@@ -142,6 +221,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                               task.test_predictions)
 
     metrics.update(task.parameter_counts)
+    metrics.update(tuned)
+    metrics.update(throughput.summary())
+    metrics.update(_cache_metrics(datamodule, task))
     if best_path:
         metrics["checkpoint_mb"] = round(Path(best_path).stat().st_size / 2**20, 3)
     metrics["fit_seconds"] = round(fit_seconds, 2)

@@ -1,9 +1,36 @@
-"""AdamW over the trainable parameters, with no weight decay on biases and norm weights."""
+"""Optimizers over the trainable parameters, and the learning-rate defaults that go with them."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from ftexp.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
+
+# Default peak learning rates by fine-tuning method, from common practice:
+#   full fine-tuning 2e-5: BERT paper's {2,3,5}e-5 sweep and the HF Trainer/run_glue examples;
+#   head only 1e-3: usual Adam rate for training a fresh linear probe on frozen features;
+#   LoRA family 2e-4: LoRA/QLoRA papers and the PEFT examples (1e-4 to 3e-4);
+#   IA3 3e-3: the (IA)^3 / T-Few paper;
+#   prompt learning 1e-2: prefix-tuning / prompt-tuning papers and the PEFT examples (1e-2 to 3e-2).
+_FULL, _HEAD, _LORA, _IA3, _PROMPT = 2e-5, 1e-3, 2e-4, 3e-3, 1e-2
+AUTO_LEARNING_RATES: dict[str, float] = {
+    "none": _FULL,
+    "freeze": _FULL,
+    "frozen": _HEAD,
+    **{m: _LORA for m in ("lora", "dora", "adalora", "loha", "lokr", "oft", "boft", "peft")},
+    "ia3": _IA3,
+    **{m: _PROMPT for m in ("prefix_tuning", "prompt_tuning", "llama_adapter")},
+}
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+# Lightning 2.x still accepts the legacy "16" / "bf16" spellings and runs them as mixed precision.
+_MIXED_PRECISIONS = frozenset({"16-mixed", "bf16-mixed", "16", "bf16"})
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -18,7 +45,54 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    # torch picks its multi-tensor (foreach) kernel on GPU. Not `fused=True`: Lightning's mixed
-    # precision refuses gradient clipping with fused optimizers (seen on an H100).
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
+def build_optimizer(model: nn.Module, name: str, learning_rate: float, weight_decay: float,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """`name` from OPTIMIZERS; weight decay is per group (see parameter_groups)."""
+    groups = parameter_groups(model, weight_decay)
+    if name == "adamw":
+        # None (not False) lets torch pick its foreach kernel on GPU; fused only when asked,
+        # see use_fused_adamw for when that is safe.
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps,
+                                 fused=True if fused else None)
+    if name == "adamw_8bit":
+        # Lazy: bitsandbytes is an optional extra and slow to import.
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ConfigError("optimizer=adamw_8bit needs bitsandbytes, which is not installed; "
+                              "pip install 'ftexp[quant]' or use optimizer=adamw.") from err
+        return bnb.optim.AdamW8bit(groups, lr=learning_rate, betas=betas, eps=eps)
+    if name == "adafactor":
+        # betas/eps do not apply: Adafactor has no first moment and its own factored second-moment
+        # decay (beta2_decay) and eps pair; its defaults are the paper's.
+        return torch.optim.Adafactor(groups, lr=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def auto_learning_rate(adapter_method: str) -> float:
+    """Default peak learning rate for a fine-tuning method; unknown methods get the LoRA value
+    since most adapters train a small number of new weights like LoRA does."""
+    return AUTO_LEARNING_RATES.get(adapter_method, _LORA)
+
+
+def scale_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:
+    """Scale for data-parallel training, where the global batch grows with world_size."""
+    if rule == "none":
+        return learning_rate
+    if rule == "linear":
+        return learning_rate * world_size
+    if rule == "sqrt":
+        return learning_rate * math.sqrt(world_size)
+    raise ValueError(f"unknown learning-rate scaling rule {rule!r}; expected one of "
+                     f"{', '.join(LR_SCALING_RULES)}")
+
+
+def use_fused_adamw(accelerator_is_cuda: bool, precision: str, gradient_clip_val: float | None) -> bool:
+    """Fused AdamW is the fastest CUDA kernel, but it unscales gradients inside its own step, and
+    Lightning's MixedPrecision plugin raises on gradient clipping with such optimizers (it must
+    unscale before clipping). So: CUDA only, and not mixed precision together with clipping."""
+    if not accelerator_is_cuda:
+        return False
+    clipping = gradient_clip_val is not None and gradient_clip_val > 0
+    return not (str(precision) in _MIXED_PRECISIONS and clipping)

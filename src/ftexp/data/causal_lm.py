@@ -114,9 +114,9 @@ class LanguageModelingEncoder:
 
 class CausalLMDataModule(RowsDataModule):
     def __init__(self, config: DataConfig, tokenizer: Any, task_name: str = "causal_lm",
-                 train_on_prompt: bool = False, seed: int = 42):
-        super().__init__(config, seed, partial(pad_batch, pad_id=int(tokenizer.pad_token_id)))
-        self.tokenizer = tokenizer
+                 train_on_prompt: bool = False, seed: int = 42, cache_dir: str | None = None):
+        super().__init__(config, seed, partial(pad_batch, pad_id=int(tokenizer.pad_token_id)),
+                         tokenizer, cache_dir)
         self.formatter = PromptFormatter(config, task_name)
         self.encoder = LanguageModelingEncoder(tokenizer, self.formatter, train_on_prompt)
         self.frames: dict[str, pd.DataFrame] = {}
@@ -134,21 +134,28 @@ class CausalLMDataModule(RowsDataModule):
         frames = split_frame(table, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
+        encoded = self.encode_cached(
+            lambda: {split: self._encode_split(frame) for split, frame in frames.items()},
+            "language_modeling", self.formatter.task_name, self.encoder.train_on_prompt)
         for split, frame in frames.items():
-            rows, cut, dropped = self.encoder.encode(frame, cfg.max_length, cfg.truncation)
+            rows, n_samples, cut, dropped = encoded[split]
             if cut or dropped:
                 log.warning("%s split: %d of %d samples are longer than data.max_length=%d tokens: "
                             "%d cut, %d dropped (data.truncation=%s).", split, cut + dropped,
                             len(frame), cfg.max_length, cut, dropped, cfg.truncation)
             if split == "train" and not rows:
                 raise DataError("no training sample is left after truncation; raise data.max_length.")
-            n_samples = len(rows)
-            if cfg.packing:
-                rows = pack(rows, cfg.max_length)
             self.datasets[split] = Rows(rows)
             log.info("%s split: %d samples%s", split, n_samples,
                      f" packed into {len(rows)} rows of ≤ {cfg.max_length} tokens" if cfg.packing else "")
         self.frames = frames
+
+    def _encode_split(self, frame: pd.DataFrame) -> tuple[list[dict[str, list[int]]], int, int, int]:
+        """Rows (packed if asked), the number of samples in them, and how many were cut / dropped."""
+        cfg = self.config
+        rows, cut, dropped = self.encoder.encode(frame, cfg.max_length, cfg.truncation)
+        n_samples = len(rows)
+        return (pack(rows, cfg.max_length) if cfg.packing else rows), n_samples, cut, dropped
 
     def validation_prompts(self, n: int) -> list[str]:
         """The first n validation prompts, rendered as in training (for sample generations)."""

@@ -7,9 +7,11 @@ import logging
 from typing import Any
 
 import pandas as pd
+import torch
 from transformers import DataCollatorWithPadding
 
 from ftexp.config import DataConfig
+from ftexp.data.embeddings import EmbeddingRows, pass_through
 from ftexp.data.encoding import check_text_columns, encode
 from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
@@ -31,12 +33,12 @@ class LabeledTextDataModule(RowsDataModule):
     make it multi-label) or numbers (`regression`). See `ftexp.data.targets`."""
 
     def __init__(self, config: DataConfig, tokenizer: Any, seed: int = 42,
-                 task_name: str = "classification"):
-        super().__init__(config, seed, DataCollatorWithPadding(tokenizer))
-        self.tokenizer = tokenizer
+                 task_name: str = "classification", cache_dir: str | None = None):
+        super().__init__(config, seed, DataCollatorWithPadding(tokenizer), tokenizer, cache_dir)
         self.task_name = task_name
         self.frames: dict[str, pd.DataFrame] = {}
         self.targets: Any = None
+        self.embedding_cache: Any = None  # set when training on cached encoder embeddings
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # idempotent: Lightning calls setup for fit and again for test
@@ -55,8 +57,11 @@ class LabeledTextDataModule(RowsDataModule):
             {s: frames[s][cfg.label_column] for s in ("validation", "test")}, cfg.label_column,
             cfg.label_separator)
 
+        encoded = self.encode_cached(lambda: {
+            split: encode(self.tokenizer, frame, list(cfg.text_columns), cfg.max_length)
+            for split, frame in frames.items()}, "labeled_text")
         for split, frame in frames.items():
-            rows, truncated = encode(self.tokenizer, frame, list(cfg.text_columns), cfg.max_length)
+            rows, truncated = encoded[split]
             for row, target in zip(rows, self.targets.encode(frame[cfg.label_column]), strict=True):
                 row["labels"] = target
             self.datasets[split] = Rows(rows)
@@ -67,4 +72,11 @@ class LabeledTextDataModule(RowsDataModule):
         log.info("data: %s — train %d, validation %d, test %d rows; targets: %s",
                  cfg.path, *(len(frames[s]) for s in ("train", "validation", "test")),
                  _summary(self.targets.describe()))
+
+    def use_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
+        """Serve stored encoder embeddings (and the same targets) instead of token ids."""
+        for split, rows in self.datasets.items():
+            labels = torch.tensor([row["labels"] for row in rows])
+            self.datasets[split] = EmbeddingRows(embeddings[split], labels)
+        self.collate = pass_through
 

@@ -1,13 +1,21 @@
 """Encoded rows as a Dataset, the DataLoader built from them, and the DataModule base that
-serves the train / validation / test splits."""
+serves the train / validation / test splits and caches their encoding."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any, Callable, TypeVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ftexp.data.cache import FORMAT_VERSION, ContentCache, digest, file_digest, tokenizer_fingerprint
+
+T = TypeVar("T")
+# Data settings that change how rows are served, not what they encode to.
+_SERVING_KEYS = ("path", "batch_size", "max_batch_size", "eval_batch_size", "num_workers",
+                 "cache_tokenized", "cache_encoder_embeddings")
 
 
 class Rows(Dataset):
@@ -21,32 +29,97 @@ class Rows(Dataset):
         return self.rows[i]
 
 
-def rows_loader(rows: Rows, batch_size: int, shuffle: bool, collate: Callable, num_workers: int,
-                seed: int) -> DataLoader:
+class WindowedLoader(DataLoader):
+    """A DataLoader whose batches also carry `window_items`: the number of loss items (trained
+    tokens, labelled rows) in the gradient-accumulation window the batch belongs to.
+
+    Averaging the loss per micro-batch and then over micro-batches weighs a token of a short
+    batch more than one of a long batch, so 4 accumulated batches of 8 would not train like one
+    batch of 32. Dividing each micro-batch's loss sum by the window's item count makes them
+    equal; that count needs the whole window, hence the read-ahead of `accumulate` batches.
+    """
+
+    def __init__(self, *args: Any, accumulate: int = 1,
+                 count_items: Callable[[dict[str, Any]], int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.accumulate = accumulate
+        self.count_items = count_items
+
+    def __iter__(self):  # noqa: ANN204 - a generator of batches
+        window: list[dict[str, Any]] = []
+        for batch in super().__iter__():
+            window.append(batch)
+            if len(window) == self.accumulate:
+                yield from self._annotated(window)
+                window = []
+        yield from self._annotated(window)  # the epoch's last, shorter window
+
+    def _annotated(self, window: list[dict[str, Any]]):  # noqa: ANN202
+        if self.count_items is not None and window:
+            total = torch.tensor(sum(int(self.count_items(b)) for b in window))
+            for batch in window:
+                batch["window_items"] = total
+        return window
+
+
+def rows_loader(rows: Dataset, batch_size: int, shuffle: bool, collate: Callable, num_workers: int,
+                seed: int, accumulate: int = 1,
+                count_items: Callable[[dict[str, Any]], int] | None = None) -> DataLoader:
     # A seeded generator makes the shuffle order a function of the run's seed alone.
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      num_workers=num_workers, generator=generator,
-                      persistent_workers=num_workers > 0)
+    return WindowedLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                          num_workers=num_workers, generator=generator,
+                          persistent_workers=num_workers > 0, accumulate=accumulate,
+                          count_items=count_items)
 
 
 class RowsDataModule(L.LightningDataModule):
-    """Loaders over the encoded splits in `self.datasets`; subclasses fill them in `setup`."""
+    """Loaders over the encoded splits in `self.datasets`; subclasses fill them in `setup`,
+    encoding through `encode_cached` so runs with the same inputs share the work.
 
-    def __init__(self, config: Any, seed: int, collate: Callable):
+    `batch_size` is an attribute so Lightning's batch-size finder can change it."""
+
+    def __init__(self, config: Any, seed: int, collate: Callable, tokenizer: Any,
+                 cache_dir: str | None = None):
         super().__init__()
         self.config = config
         self.seed = seed
         self.collate = collate
-        self.datasets: dict[str, Rows] = {}
+        self.tokenizer = tokenizer
+        self.batch_size = config.batch_size
+        self.datasets: dict[str, Dataset] = {}
+        self.cache_dir = cache_dir
+        self.tokenized_cache = (ContentCache(cache_dir, "tokenized")
+                                if cache_dir is not None and config.cache_tokenized else None)
+        self.encoding_key: str | None = None
+        # Set by the training job to the task's count of loss items in a batch, so training
+        # batches carry their accumulation window's count (see WindowedLoader).
+        self.count_loss_items: Callable[[dict[str, Any]], int] | None = None
+
+    def encoding_settings(self) -> dict[str, Any]:
+        settings = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
+        return {k: v for k, v in settings.items() if k not in _SERVING_KEYS}
+
+    def encode_cached(self, compute: Callable[[], T], *key_parts: Any) -> T:
+        """`compute()` — the encoded splits — or its stored result for the same data file
+        contents, tokenizer, encoding settings and `key_parts`. Sets `self.encoding_key`."""
+        self.encoding_key = digest("tokenized", FORMAT_VERSION, file_digest(self.config.path),
+                                   tokenizer_fingerprint(self.tokenizer), self.encoding_settings(),
+                                   key_parts)
+        if self.tokenized_cache is None:
+            return compute()
+        return self.tokenized_cache.get_or_compute(self.encoding_key, compute,
+                                                   f"tokenized {self.config.path}")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        batch = self.config.batch_size if split == "train" else self.config.eval_batch_size
+        batch = self.batch_size if split == "train" else self.config.eval_batch_size
         return rows_loader(self.datasets[split], batch, shuffle, self.collate,
                            self.config.num_workers, self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
+                           self.config.num_workers, self.seed, accumulate, self.count_loss_items)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

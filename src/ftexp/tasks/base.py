@@ -9,11 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric
 
 from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter, count_parameters
 from ftexp.builders.backbone import load_configured_backbone
-from ftexp.builders.optim import build_optimizer
+from ftexp.builders.optim import build_optimizer, use_fused_adamw
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 
@@ -30,9 +30,14 @@ class FinetuneTask(L.LightningModule):
 
     def __init__(self, model: dict[str, Any], adapter: dict[str, Any], task: dict[str, Any],
                  scheduler: dict[str, Any], target: dict[str, Any] | None = None,
-                 quant: dict[str, Any] | None = None, generation: dict[str, Any] | None = None):
+                 quant: dict[str, Any] | None = None, generation: dict[str, Any] | None = None,
+                 optimizer: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
+        # The number the optimizer starts from. `auto` / `find` in the config are resolved by the
+        # training job before fitting; Lightning's LR finder sets this attribute too.
+        lr = (optimizer or {}).get("learning_rate")
+        self.learning_rate: float | None = lr if isinstance(lr, (int, float)) else None
         # With an adapter, checkpoints keep only what trains (adapter + head); the frozen rest
         # comes back from the base weights (random-init bases are rebuilt identically), so
         # loading is not strict.
@@ -40,6 +45,7 @@ class FinetuneTask(L.LightningModule):
         self.strict_loading = not self.saves_trainable_only
         self.network: nn.Module | None = None
         self.parameter_counts: dict[str, int] = {}
+        self.train_loss = MeanMetric()
 
     # -- building -------------------------------------------------------------------------------
 
@@ -57,6 +63,14 @@ class FinetuneTask(L.LightningModule):
         a = self.hparams.adapter
         quant = self.hparams.quant or {"method": "none"}
         backbone = load_configured_backbone(self.hparams.model, quantization_config(quant), causal_lm)
+        if self.hparams.model.get("gradient_checkpointing"):
+            # Non-reentrant: works with frozen inputs (adapters) without forcing input grads.
+            # transformers renamed it activation checkpointing; older 5.x releases lack the new name.
+            non_reentrant = {"use_reentrant": False}
+            if hasattr(backbone, "activation_checkpointing_enable"):
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
         if quant["method"] != "none":
             backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
         if a["method"] == "adalora" and self._trainer is not None:
@@ -76,14 +90,35 @@ class FinetuneTask(L.LightningModule):
 
     # -- metrics helpers --------------------------------------------------------------------------
 
-    def stage_metrics(self, stage: str) -> MetricCollection:
-        return getattr(self, f"{stage}_metrics")
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        """Mask of the label entries the loss counts (trained tokens, labelled rows)."""
+        raise NotImplementedError
 
-    def log_stage(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=batch_size)
-        self.log_dict(self.stage_metrics(stage), on_step=False, on_epoch=True,
-                      prog_bar=stage != "train")
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(self.trained(batch["labels"]).sum())
+
+    def log_train_loss(self, mean_loss: torch.Tensor, weight: torch.Tensor, batch_idx: int) -> None:
+        """The step's loss every trainer.log_every_n_steps steps (`train/loss_step`: progress bar and
+        curves) and the epoch's item-weighted mean at its end (`train/loss`). Lightning's own
+        per-step `self.log` costs about a millisecond — more than a head-only step on cached
+        embeddings — so it is called only when a value is due."""
+        self.train_loss.update(mean_loss.detach(), weight=weight)
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", mean_loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_loss.update_called:
+            self.log("train/loss", self.train_loss.compute())
+        self.train_loss.reset()
+
+    def normalized_loss(self, total: torch.Tensor, count: torch.Tensor,
+                        batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss to backpropagate: the mean over the batch's items, or, in training batches
+        that carry their accumulation window's item count, this batch's share of the window's
+        mean (Lightning divides by the number of accumulated batches, hence the product)."""
+        if "window_items" in batch and self.training:
+            return total / batch["window_items"].clamp(min=1) * self.trainer.accumulate_grad_batches
+        return total / count.clamp(min=1)
 
     # -- optimisation and checkpoints ------------------------------------------------------------
 
@@ -100,10 +135,17 @@ class FinetuneTask(L.LightningModule):
             self.backbone.base_model.update_and_allocate(self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        t, s = self.hparams.task, self.hparams.scheduler
-        optimizer = build_optimizer(self.network, t["learning_rate"], t["weight_decay"])
-        scheduler = build_scheduler(optimizer, s["name"], s["warmup_fraction"],
-                                    int(self.trainer.estimated_stepping_batches))
+        o, s = self.hparams.optimizer, self.hparams.scheduler
+        if self.learning_rate is None:
+            raise RuntimeError("learning rate not resolved: the training job sets it before fitting")
+        fused = o["fused"]
+        if fused == "auto":
+            fused = use_fused_adamw(self.device.type == "cuda", str(self.trainer.precision),
+                                    self.trainer.gradient_clip_val)
+        optimizer = build_optimizer(self.network, o["name"], self.learning_rate, o["weight_decay"],
+                                    tuple(o["betas"]), o["eps"], fused=bool(fused) and o["name"] == "adamw")
+        scheduler = build_scheduler(optimizer, s["name"], int(self.trainer.estimated_stepping_batches),
+                                    warmup_fraction=s["warmup_fraction"], warmup_steps=s.get("warmup_steps"))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -34,7 +34,14 @@ class CausalLMTask(FinetuneTask):
         self.test_loss = MeanMetric()
 
     def build_network(self) -> nn.Module:
-        return self.adapted_backbone(causal_lm=True)
+        network = self.adapted_backbone(causal_lm=True)
+        alpha = self.hparams.task.get("neftune_noise_alpha")
+        if alpha:
+            from transformers.integrations.neftune import activate_neftune
+
+            # Noise on the input embeddings in training mode only; generation stays clean.
+            activate_neftune(network, alpha)
+        return network
 
     @property
     def backbone(self) -> nn.Module:
@@ -46,16 +53,17 @@ class CausalLMTask(FinetuneTask):
         extra = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
         return self.network(input_ids=batch["input_ids"], use_cache=False, **extra).logits
 
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels[:, 1:] != IGNORE
+
     def _sum_and_count(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         losses, trained = token_losses(self(batch), batch["labels"])
         return losses.sum(), trained.sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, count = self._sum_and_count(batch)
-        loss = total / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=batch["input_ids"].size(0))
-        return loss + self.adapter_penalty()
+        self.log_train_loss(total / count.clamp(min=1), count, batch_idx)
+        return self.normalized_loss(total, count, batch) + self.adapter_penalty()
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
         total, count = self._sum_and_count(batch)

@@ -34,8 +34,11 @@ class ClassificationTask(PooledHeadTask):
              "f1_macro": MulticlassF1Score(num_classes=n, average="macro", ignore_index=IGNORE)},
             prefix=prefix)
 
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, labels, ignore_index=IGNORE)
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels != IGNORE
+
+    def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), labels, ignore_index=IGNORE, reduction="none")
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor,
                        labels: torch.Tensor) -> None:
@@ -64,8 +67,11 @@ class MultiLabelClassificationTask(ClassificationTask):
              "f1_macro": MultilabelF1Score(num_labels=n, threshold=threshold, average="macro")},
             prefix=prefix)
 
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype))
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(labels, dtype=torch.bool)
+
+    def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.float(), labels.float(), reduction="none")
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor,
                        labels: torch.Tensor) -> None:

@@ -35,7 +35,12 @@ class PooledHeadTask(FinetuneTask):
     def make_metrics(self, prefix: str) -> MetricCollection:
         raise NotImplementedError
 
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        """Mask of the label entries the loss counts (a row with no target counts for nothing)."""
+        raise NotImplementedError
+
+    def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss per label entry, shaped like `trained(labels)`, 0 where it is False."""
         raise NotImplementedError
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor,
@@ -67,20 +72,54 @@ class PooledHeadTask(FinetuneTask):
         return self.network.backbone
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "embeddings" in batch:  # data.cache_encoder_embeddings: the encoder ran beforehand
+            return self.network.head_outputs(batch["embeddings"])
         return self.network(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_terms(self, batch: dict[str, torch.Tensor],
+                   outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss summed over the batch's label entries, and how many entries count."""
+        labels = batch["labels"]
+        return self.elementwise_loss(outputs, labels).sum(), self.trained(labels).sum()
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str,
+              batch_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self(batch)
-        loss = self.loss(outputs, batch["labels"])
+        total, count = self.loss_terms(batch, outputs)
         self.update_metrics(self.stage_metrics(stage), outputs.detach(), batch["labels"])
-        self.log_stage(stage, loss, batch_size=batch["labels"].size(0))
-        return loss, outputs
+        mean = total / count.clamp(min=1)
+        if stage == "train":
+            self.log_train_loss(mean, count, batch_idx)
+        else:
+            self.log(f"{stage}/loss", mean, prog_bar=True, batch_size=len(batch["labels"]))
+        return self.normalized_loss(total, count, batch), outputs
+
+    def stage_metrics(self, stage: str) -> MetricCollection:
+        return getattr(self, f"{stage}_metrics")
+
+    def _log_metrics(self, stage: str) -> None:
+        # Computed and logged once per epoch: handing Lightning the metric objects every step
+        # costs more than a head-only step on cached embeddings.
+        metrics = self.stage_metrics(stage)
+        if any(m.update_called for m in metrics.values()):
+            self.log_dict(metrics.compute(), prog_bar=stage != "train")
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0] + self.adapter_penalty()
+        return self._step(batch, "train", batch_idx)[0] + self.adapter_penalty()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions: list[torch.Tensor] = []

@@ -25,10 +25,14 @@ class RegressionTask(PooledHeadTask):
     def _scale(self) -> tuple[float, float]:
         return self.hparams.target["mean"], self.hparams.target["std"]
 
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(labels)
+
+    def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         mean, std = self._scale()
-        known = torch.isfinite(labels)
-        return F.mse_loss(outputs.squeeze(-1)[known].float(), (labels[known].float() - mean) / std)
+        known = self.trained(labels)
+        target = (torch.where(known, labels, mean).float() - mean) / std
+        return F.mse_loss(outputs.squeeze(-1).float(), target, reduction="none") * known
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor,
                        labels: torch.Tensor) -> None:

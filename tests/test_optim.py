@@ -1,0 +1,211 @@
+"""Optimizers optimise, schedules follow their closed forms, and the LR helpers keep their contracts."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ftexp.builders.optim import (
+    OPTIMIZERS,
+    auto_learning_rate,
+    build_optimizer,
+    parameter_groups,
+    scale_learning_rate,
+    use_fused_adamw,
+)
+from ftexp.builders.schedulers import SCHEDULES, build_scheduler, warmup_steps_for
+from ftexp.errors import ConfigError
+
+LR, T = 1e-3, 100
+CHECK_STEPS = (0, 5, 10, 55, 99, 100)
+
+
+def _expected_lr(name: str, s: int, w: int) -> float:
+    """The schedules written out, independent of transformers."""
+    if name != "constant" and s < w:
+        return LR * s / w
+    if name == "linear":
+        return LR * (T - s) / (T - w)
+    if name == "cosine":
+        return LR * 0.5 * (1 + math.cos(math.pi * (s - w) / (T - w)))
+    return LR  # constant, constant_with_warmup after warmup
+
+
+def _lrs_at(name: str, steps: tuple[int, ...], **warmup) -> dict[int, float]:
+    optimizer = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=LR)
+    scheduler = build_scheduler(optimizer, name, T, **warmup)
+    seen = {}
+    for s in range(max(steps) + 1):
+        if s in steps:
+            seen[s] = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # no grads: a no-op, but keeps the step-before-scheduler order torch expects
+        scheduler.step()
+    return seen
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_follows_its_formula(name):
+    fraction = 0.0 if name == "constant" else 0.1
+    w = 0 if name == "constant" else 10
+    got = _lrs_at(name, CHECK_STEPS, warmup_fraction=fraction)
+    for s in CHECK_STEPS:
+        assert got[s] == pytest.approx(_expected_lr(name, s, w), abs=1e-12), (name, s)
+
+
+def test_schedules_differ_where_they_should():
+    # Guards against every name silently mapping to one schedule.
+    at = {name: _lrs_at(name, (0, 30), warmup_fraction=0.0 if name == "constant" else 0.1)
+          for name in SCHEDULES}
+    assert at["linear"][0] == at["cosine"][0] == at["constant_with_warmup"][0] == 0.0
+    assert at["constant"][0] == LR
+    # Step 30, not the midpoint 55 where linear and cosine both sit at LR / 2.
+    assert len({round(at[name][30], 15) for name in ("linear", "cosine", "constant_with_warmup")}) == 3
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant_with_warmup"])
+def test_explicit_warmup_steps_override_the_fraction(name):
+    got = _lrs_at(name, CHECK_STEPS + (3, 7), warmup_fraction=0.5, warmup_steps=7)
+    for s in CHECK_STEPS + (3, 7):
+        assert got[s] == pytest.approx(_expected_lr(name, s, 7), abs=1e-12), (name, s)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((100, 0.1, None), 10),
+    ((100, 0.0, None), 0),
+    ((10, 0.25, None), 3),      # 2.5 rounds up
+    ((100, 0.07, None), 7),     # 0.07 * 100 is 7.000000000000001 in floats
+    ((100, 0.1, 7), 7),         # explicit steps win
+    ((100, 0.1, 0), 0),         # ... including an explicit 0
+    ((100, 2.0, None), 100),    # capped at total_steps
+    ((100, 0.0, 500), 100),
+])
+def test_warmup_steps_for(args, expected):
+    assert warmup_steps_for(*args) == expected
+
+
+def test_constant_with_warmup_is_refused():
+    optimizer = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=LR)
+    with pytest.raises(ValueError, match="constant_with_warmup"):
+        build_scheduler(optimizer, "constant", T, warmup_fraction=0.1)
+    with pytest.raises(ValueError, match="constant_with_warmup"):
+        build_scheduler(optimizer, "constant", T, warmup_steps=5)
+
+
+def test_unknown_schedule_is_refused():
+    optimizer = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=LR)
+    with pytest.raises(ValueError, match="cosine"):
+        build_scheduler(optimizer, "polynomial", T)
+
+
+def test_parameter_groups_split_decay_and_skip_frozen():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model[2].weight.requires_grad_(False)
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert ids(decay["params"]) == {id(model[0].weight)}
+    assert ids(no_decay["params"]) == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                       id(model[2].bias)}
+
+
+def _least_squares(in_features: int, out_features: int) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A realisable regression: the targets come from a hidden linear map."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, in_features, generator=g)
+    y = x @ torch.randn(in_features, out_features, generator=g) + torch.randn(out_features, generator=g)
+    torch.manual_seed(0)
+    return nn.Linear(in_features, out_features), x, y
+
+
+def _loss_ratio(model: nn.Linear, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                steps: int = 50) -> float:
+    def loss() -> torch.Tensor:
+        return nn.functional.mse_loss(model(x), y)
+
+    first = loss().item()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    return first / loss().item()
+
+
+@pytest.mark.parametrize(("name", "lr"), [("adamw", 0.1), ("adafactor", 0.1)])
+def test_optimizer_drives_loss_down(name, lr):
+    model, x, y = _least_squares(8, 2)
+    optimizer = build_optimizer(model, name, learning_rate=lr, weight_decay=0.0)
+    assert _loss_ratio(model, optimizer, x, y) > 10
+
+
+def test_adamw_passes_its_hyperparameters():
+    model = nn.Linear(4, 2)
+    optimizer = build_optimizer(model, "adamw", 3e-4, 0.05, betas=(0.8, 0.95), eps=1e-6)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    hyper = (group["lr"], group["betas"], group["eps"], group["weight_decay"])
+    assert hyper == (3e-4, (0.8, 0.95), 1e-6, 0.05)
+    assert not group["fused"]
+
+
+def test_adamw_8bit_drives_loss_down():
+    bnb = pytest.importorskip("bitsandbytes")
+    # 8-bit state is kept only for tensors of >= 4096 elements; 128 x 64 = 8192 qualifies.
+    model, x, y = _least_squares(128, 64)
+    optimizer = build_optimizer(model, "adamw_8bit", learning_rate=0.05, weight_decay=0.0)
+    assert isinstance(optimizer, bnb.optim.AdamW8bit)
+    try:
+        ratio = _loss_ratio(model, optimizer, x, y)
+    except (RuntimeError, NotImplementedError, AttributeError) as err:
+        pytest.skip(f"bitsandbytes 8-bit AdamW cannot step on this device: {err}")
+    assert optimizer.state[model.weight]["state1"].dtype == torch.uint8  # really 8-bit
+    assert ratio > 10
+
+
+def test_adamw_8bit_without_bitsandbytes_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    with pytest.raises(ConfigError, match="pip install") as info:
+        build_optimizer(nn.Linear(4, 2), "adamw_8bit", 1e-3, 0.0)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_optimizer_lists_the_choices():
+    with pytest.raises(ValueError) as info:
+        build_optimizer(nn.Linear(4, 2), "sgd", 1e-3, 0.0)
+    assert all(name in str(info.value) for name in OPTIMIZERS)
+
+
+@pytest.mark.parametrize(("method", "lr"), [
+    ("none", 2e-5), ("freeze", 2e-5), ("frozen", 1e-3), ("lora", 2e-4), ("dora", 2e-4),
+    ("peft", 2e-4), ("ia3", 3e-3), ("prefix_tuning", 1e-2), ("prompt_tuning", 1e-2),
+    ("some_new_adapter", 2e-4),
+])
+def test_auto_learning_rate(method, lr):
+    assert auto_learning_rate(method) == lr
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("linear", 8e-4), ("sqrt", 4e-4), ("none", 2e-4)])
+def test_scale_learning_rate(rule, expected):
+    assert scale_learning_rate(2e-4, 4, rule) == pytest.approx(expected, rel=1e-12)
+
+
+def test_scale_learning_rate_refuses_unknown_rules():
+    with pytest.raises(ValueError, match="sqrt"):
+        scale_learning_rate(2e-4, 4, "cubic")
+
+
+@pytest.mark.parametrize(("cuda", "precision", "clip", "expected"), [
+    (False, "32", None, False),
+    (False, "bf16-mixed", None, False),
+    (True, "bf16-mixed", 1.0, False),
+    (True, "16-mixed", 1.0, False),
+    (True, "bf16-mixed", None, True),
+    (True, "bf16-mixed", 0.0, True),
+    (True, "32", 1.0, True),
+    (True, "bf16-true", 1.0, True),
+])
+def test_use_fused_adamw(cuda, precision, clip, expected):
+    assert use_fused_adamw(cuda, precision, clip) is expected
