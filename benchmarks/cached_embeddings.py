@@ -26,8 +26,12 @@ import pandas as pd
 def sst2_table(data_dir: Path, train_rows: int | None, out: Path) -> Path:
     train = pd.read_csv(data_dir / "train.tsv", sep="\t", quoting=3)
     dev = pd.read_csv(data_dir / "dev.tsv", sep="\t", quoting=3)
+    dev = dev.rename(columns={"content": "sentence"})  # the shared dev.tsv calls its text column so
     if train_rows is not None:
         train = train.sample(n=min(train_rows, len(train)), random_state=0)
+    if "sentence" not in dev.columns or "sentence" not in train.columns:
+        raise SystemExit(f"expected a 'sentence' (or 'content') column in {data_dir}/train.tsv "
+                         "and dev.tsv")
     table = pd.concat([train.assign(split="train"), dev.assign(split="validation")], ignore_index=True)
     path = out / "sst2.tsv"
     table[["sentence", "label", "split"]].to_csv(path, sep="\t", index=False)

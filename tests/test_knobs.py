@@ -14,6 +14,7 @@ import torch
 from conftest import compose_config, sentiment_rows, tiny_overrides
 from ftexp import run_dir
 from ftexp.data.causal_lm import CausalLMDataModule
+from ftexp.predict import predict_file
 from ftexp.tasks.causal_lm import CausalLMTask
 from ftexp.train import task_settings, train
 
@@ -116,7 +117,8 @@ def test_batch_size_auto_picks_a_power_of_two_and_trains(tmp_path: Path):
     assert capped["global_steps"] == -(-capped["train_samples"] // 16)  # the run used it
     # No memory limit on this CPU: the training set's size caps it (largest power of two ≤ rows).
     by_data = train(compose_config(tiny_overrides(data, "data.batch_size=auto", "data.max_batch_size=4096",
-                                                  "trainer.max_epochs=1"), output_dir=tmp_path / "b"))
+                                                  "optimizer.learning_rate=find", "trainer.max_epochs=1"),
+                                   output_dir=tmp_path / "b"))
     assert by_data["batch_size"] == 1 << (by_data["train_samples"].bit_length() - 1)
 
 
@@ -157,3 +159,21 @@ def test_compiled_network_trains_and_keeps_checkpoint_names(tmp_path: Path):
     assert metrics["val/acc"] > 0.8
     state = torch.load(tmp_path / "run" / run_dir.BEST_CHECKPOINT, weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
+
+
+def test_evaluate_training_set_scores_the_training_rows_in_eval_mode(tmp_path: Path):
+    data = tmp_path / "toy.csv"
+    rows = sentiment_rows(200)
+    rows["split"] = ["train"] * 160 + ["validation"] * 20 + ["test"] * 20
+    rows.to_csv(data, index=False)
+    metrics = train(compose_config(tiny_overrides(data, "data.split_column=split", "trainer.max_epochs=1",
+                                                  "trainer.evaluate_training_set=true"),
+                                   output_dir=tmp_path / "run"))
+    assert {"train_eval/acc", "train_eval/loss", "val/acc", "train/acc"} <= metrics.keys()
+    # One epoch: the evaluation pass scores the final (= best) model, so predicting the training
+    # rows with the saved model gives the same accuracy.
+    train_rows = tmp_path / "train_rows.csv"
+    rows[rows["split"] == "train"].to_csv(train_rows, index=False)
+    predicted = predict_file(tmp_path / "run", train_rows, tmp_path / "predicted.csv")
+    accuracy = (predicted["predicted_label"] == predicted["label"]).mean()
+    assert metrics["train_eval/acc"] == pytest.approx(accuracy, abs=1e-6)

@@ -185,6 +185,9 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     compile: bool = False  # torch.compile the network (in place: checkpoint keys are unchanged)
+    # At each evaluation also score the whole training set in eval mode (train_eval/* metrics);
+    # off: train/* are running values over the epoch's training batches.
+    evaluate_training_set: bool = False
 
 
 @dataclass

@@ -139,11 +139,13 @@ def _tune(cfg: DictConfig, trainer: Any, task: Any, datamodule: Any, out: Path) 
     setup, batch size first (the best rate depends on it); return what was chosen."""
     from ftexp.tuning import configured_learning_rate, find_batch_size, find_learning_rate
 
+    configured = configured_learning_rate(cfg.optimizer.learning_rate, cfg.adapter.method,
+                                          trainer.world_size, cfg.scheduler.learning_rate_scaling)
+    # The batch-size search takes optimizer steps; with `find` any rate serves until it is found.
+    task.learning_rate = configured if configured is not None else 1e-7
     if cfg.data.batch_size == "auto":
         find_batch_size(trainer, task, datamodule, cfg.data.max_batch_size)
-    task.learning_rate = configured_learning_rate(cfg.optimizer.learning_rate, cfg.adapter.method,
-                                                  trainer.world_size, cfg.scheduler.learning_rate_scaling)
-    if task.learning_rate is None:
+    if configured is None:
         task.learning_rate = find_learning_rate(trainer, task, datamodule, out / run_dir.LR_FIND_PLOT)
     return {"batch_size": datamodule.batch_size, "learning_rate": task.learning_rate}
 
@@ -198,6 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.cache_encoder_embeddings:
         _use_cached_embeddings(cfg, datamodule, task, str(trainer.precision))
     datamodule.count_loss_items = task.loss_items
+    datamodule.evaluate_training_set = cfg.trainer.evaluate_training_set
     tuned = _tune(cfg, trainer, task, datamodule, out)
 
     started = time.perf_counter()
@@ -205,7 +208,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - started
     # Lightning also reports `*_step` / `*_epoch` twins of step-logged values; keep the plain ones.
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                               if k.startswith(("train/", "val/"))
+                               if k.startswith(("train/", "train_eval/", "val/"))
                                and not k.endswith(("_step", "_epoch"))}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""

@@ -56,7 +56,6 @@ def find_learning_rate(trainer: Any, task: Any, datamodule: Any, plot_path: Path
     from lightning.pytorch.tuner import Tuner
 
     steps = min(100, max(10, len(datamodule.datasets["train"]) // max(1, datamodule.batch_size)))
-    task.learning_rate = 1e-7  # a start for configure_optimizers; the finder drives the rate itself
     finder = Tuner(trainer).lr_find(task, datamodule=datamodule, min_lr=1e-7, max_lr=1.0,
                                     num_training=steps, update_attr=False)
     suggestion = finder.suggestion() if finder is not None else None

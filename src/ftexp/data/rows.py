@@ -95,6 +95,8 @@ class RowsDataModule(L.LightningDataModule):
         # Set by the training job to the task's count of loss items in a batch, so training
         # batches carry their accumulation window's count (see WindowedLoader).
         self.count_loss_items: Callable[[dict[str, Any]], int] | None = None
+        # trainer.evaluate_training_set: serve the training set as a second validation loader.
+        self.evaluate_training_set = False
 
     def encoding_settings(self) -> dict[str, Any]:
         settings = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
@@ -121,8 +123,11 @@ class RowsDataModule(L.LightningDataModule):
         return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
                            self.config.num_workers, self.seed, accumulate, self.count_loss_items)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        validation = self._loader("validation", shuffle=False)
+        if self.evaluate_training_set:
+            return [validation, self._loader("train", shuffle=False)]
+        return validation
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

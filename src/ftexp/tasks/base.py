@@ -19,6 +19,10 @@ from ftexp.builders.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 
+# Validation loaders in order: the validation split, then (trainer.evaluate_training_set) the
+# training set scored in eval mode.
+EVAL_STAGES = ("val", "train_eval")
+
 
 class FinetuneTask(L.LightningModule):
     """Holds plain dicts of the model / adapter / task / scheduler / quant / generation settings

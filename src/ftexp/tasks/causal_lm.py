@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ftexp.data.targets import IGNORE
-from ftexp.tasks.base import FinetuneTask
+from ftexp.tasks.base import EVAL_STAGES, FinetuneTask
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,7 @@ class CausalLMTask(FinetuneTask):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.val_loss = MeanMetric()
+        self.train_eval_loss = MeanMetric()
         self.test_loss = MeanMetric()
 
     def build_network(self) -> nn.Module:
@@ -71,16 +72,20 @@ class CausalLMTask(FinetuneTask):
             metric.update(total / count, weight=count)
 
     def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+        if not metric.update_called:
+            return
         loss = metric.compute()
         metric.reset()
-        self.log(f"{stage}/loss", loss, prog_bar=True)
-        self.log(f"{stage}/perplexity", torch.exp(loss.clamp(max=math.log(1e9))))
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", add_dataloader_idx=False)
+        self.log(f"{stage}/perplexity", torch.exp(loss.clamp(max=math.log(1e9))), add_dataloader_idx=False)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_loss)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, getattr(self, f"{EVAL_STAGES[dataloader_idx]}_loss"))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val", self.val_loss)
+        for stage in EVAL_STAGES:
+            self._log_eval(stage, getattr(self, f"{stage}_loss"))
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_loss)

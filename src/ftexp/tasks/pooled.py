@@ -16,7 +16,7 @@ from torchmetrics import MetricCollection
 from ftexp.builders.adapter import backbone_is_frozen
 from ftexp.builders.backbone import is_decoder_only
 from ftexp.modeling import PooledHeadModel
-from ftexp.tasks.base import FinetuneTask
+from ftexp.tasks.base import EVAL_STAGES, FinetuneTask
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class PooledHeadTask(FinetuneTask):
         super().__init__(*args, **kwargs)
         self.train_metrics = self.make_metrics("train/")
         self.val_metrics = self.make_metrics("val/")
+        self.train_eval_metrics = self.make_metrics("train_eval/")
         self.test_metrics = self.make_metrics("test/")
 
     # -- what a subclass defines ------------------------------------------------------------------
@@ -91,7 +92,8 @@ class PooledHeadTask(FinetuneTask):
         if stage == "train":
             self.log_train_loss(mean, count, batch_idx)
         else:
-            self.log(f"{stage}/loss", mean, prog_bar=True, batch_size=len(batch["labels"]))
+            self.log(f"{stage}/loss", mean, prog_bar=stage == "val", batch_size=len(batch["labels"]),
+                     add_dataloader_idx=False)
         return self.normalized_loss(total, count, batch), outputs
 
     def stage_metrics(self, stage: str) -> MetricCollection:
@@ -102,7 +104,7 @@ class PooledHeadTask(FinetuneTask):
         # costs more than a head-only step on cached embeddings.
         metrics = self.stage_metrics(stage)
         if any(m.update_called for m in metrics.values()):
-            self.log_dict(metrics.compute(), prog_bar=stage != "train")
+            self.log_dict(metrics.compute(), prog_bar=stage == "val", add_dataloader_idx=False)
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -110,13 +112,15 @@ class PooledHeadTask(FinetuneTask):
         self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
+        for stage in EVAL_STAGES:
+            self._log_metrics(stage)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", batch_idx)[0] + self.adapter_penalty()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        self._step(batch, EVAL_STAGES[dataloader_idx])
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
