@@ -51,13 +51,19 @@ def find_batch_size(trainer: Any, task: Any, datamodule: Any, max_batch_size: in
 
 
 def find_learning_rate(trainer: Any, task: Any, datamodule: Any, plot_path: Path) -> float:
-    """Lightning's LR range test: the rate rises exponentially over up to 100 steps while the
+    """Lightning's LR range test: the rate rises exponentially over 100 steps while the
     loss is recorded; the suggestion is the steepest descent. The plot is saved beside the run."""
     from lightning.pytorch.tuner import Tuner
 
-    steps = min(100, max(10, len(datamodule.datasets["train"]) // max(1, datamodule.batch_size)))
-    finder = Tuner(trainer).lr_find(task, datamodule=datamodule, min_lr=1e-7, max_lr=1.0,
-                                    num_training=steps, update_attr=False)
+    steps = 100  # Lightning's default
+    # The test stops at trainer.max_epochs too: lift it so a small training set is cycled through.
+    max_epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = max(max_epochs, steps)
+    try:
+        finder = Tuner(trainer).lr_find(task, datamodule=datamodule, min_lr=1e-7, max_lr=1.0,
+                                        num_training=steps, update_attr=False)
+    finally:
+        trainer.fit_loop.max_epochs = max_epochs
     suggestion = finder.suggestion() if finder is not None else None
     if finder is not None:
         import matplotlib
@@ -69,7 +75,7 @@ def find_learning_rate(trainer: Any, task: Any, datamodule: Any, plot_path: Path
     if suggestion is None:
         from ftexp.errors import ConfigError
 
-        raise ConfigError("learning_rate=find could not suggest a rate (the loss did not fall over "
-                          "the range test); set optimizer.learning_rate to a number.")
+        raise ConfigError("learning_rate=find could not suggest a rate from the range test (the "
+                          "loss never fell steadily); set optimizer.learning_rate to a number.")
     log.info("learning rate found: %.3g (steepest loss descent over %d steps)", suggestion, steps)
     return float(suggestion)
