@@ -105,7 +105,7 @@ class RowsDataModule(L.LightningDataModule):
     def encode_cached(self, compute: Callable[[], T], *key_parts: Any) -> T:
         """`compute()` — the encoded splits — or its stored result for the same data file
         contents, tokenizer, encoding settings and `key_parts`. Sets `self.encoding_key`."""
-        self.encoding_key = digest("tokenized", FORMAT_VERSION, file_digest(self.config.path),
+        self.encoding_key = digest("tokenized", FORMAT_VERSION, file_digest(self.config.path, self.cache_dir),
                                    tokenizer_fingerprint(self.tokenizer), self.encoding_settings(),
                                    key_parts)
         if self.tokenized_cache is None:
