@@ -119,6 +119,8 @@ class RowsDataModule(L.LightningDataModule):
                            self.config.num_workers, self.seed)
 
     def train_dataloader(self) -> DataLoader:
+        # Window settings go through the constructor (not set afterwards) so that Lightning, which
+        # re-creates loaders from their init arguments for distributed sampling, keeps them.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
                            self.config.num_workers, self.seed, accumulate, self.count_loss_items)

@@ -36,10 +36,6 @@ class PooledHeadTask(FinetuneTask):
     def make_metrics(self, prefix: str) -> MetricCollection:
         raise NotImplementedError
 
-    def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        """Mask of the label entries the loss counts (a row with no target counts for nothing)."""
-        raise NotImplementedError
-
     def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss per label entry, shaped like `trained(labels)`, 0 where it is False."""
         raise NotImplementedError
