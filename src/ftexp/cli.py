@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -128,14 +129,23 @@ def _wants_preflight(argv: list[str]) -> bool:
     return not any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv if a.startswith("-"))
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def _run_job(cfg: DictConfig) -> float | None:
-    with reported_as_one_line(cfg.get("debug", False)):
+def _run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One job; returns its metrics, which sweepers read their objectives from."""
+    # In a multirun a bad job must not end the sweep: its one-line error is logged and the
+    # exception handed to Hydra, which records the job as failed and lets the sweeper go on.
+    with reported_as_one_line(cfg.get("debug", False), exit_on_error=not _in_multirun()):
         cfg = validate(cfg)
         from ftexp.train import train  # heavy imports (torch, transformers) start here
 
-        metrics = train(cfg)
-        return metrics.get(f"best/{cfg.task.monitor}")
+        return train(cfg)
 
 
 def main() -> None:

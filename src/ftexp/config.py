@@ -213,6 +213,17 @@ class PathsConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Set by the Optuna sweeper for each trial it launches (left empty otherwise), so the run
+    knows its trial: it reports `monitor` to the study after every evaluation and stops when the
+    pruner says so."""
+    study_name: Optional[str] = None
+    storage: Optional[str] = None  # Optuna storage URL (sqlite:///…, journal file, …)
+    number: Optional[int] = None   # the trial's number in the study
+    monitor: Optional[str] = None  # metric reported for pruning (null: no pruning)
+
+
+@dataclass
 class FtexpConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # Open: each method has its own keys (PEFT's), checked against the PEFT config class when
@@ -229,6 +240,7 @@ class FtexpConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 42
     # Print full tracebacks instead of one-line errors.
     debug: bool = False

@@ -28,12 +28,15 @@ def debug_requested(debug_flag: bool = False) -> bool:
 
 
 @contextlib.contextmanager
-def reported_as_one_line(debug: bool = False) -> Iterator[None]:
-    """Turn an FtexpError into `ftexp: error: …` on stderr and exit code 2 (unless debugging)."""
+def reported_as_one_line(debug: bool = False, exit_on_error: bool = True) -> Iterator[None]:
+    """Turn an FtexpError into `ftexp: error: …` on stderr and exit code 2 (unless debugging).
+    With `exit_on_error=False` the line is written and the error re-raised (sweep jobs)."""
     try:
         yield
     except FtexpError as err:
         if debug_requested(debug):
             raise
         sys.stderr.write(f"ftexp: error: {err}\n")
+        if not exit_on_error:
+            raise
         sys.exit(EXIT_USER_ERROR)

@@ -28,8 +28,7 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_cal
         ModelCheckpoint,
         RichProgressBar,
     )
-    from lightning.pytorch.loggers import CSVLogger
-
+    from ftexp.builders.loggers import build_loggers
     from ftexp.builders.strategy import build_strategy, resolve_precision
     from ftexp.callbacks.compile import CompileNetwork
 
@@ -46,9 +45,8 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_cal
         callbacks.append(CompileNetwork())
     if cfg.callbacks.rich_progress and t.enable_progress_bar:
         callbacks.append(RichProgressBar(leave=True))
-    loggers: list[Any] = []
-    if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=out, name="csv", version=""))
+    loggers = build_loggers(_plain(cfg.logger), out)
+    if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     precision = resolve_precision(t.precision, t.accelerator)
     log.info("precision: %s", precision)
