@@ -8,11 +8,13 @@ any problem into one line (see `ftexp.errors`). Nothing heavy is imported until 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, OverrideParseException
@@ -23,6 +25,33 @@ from ftexp.errors import ConfigError, debug_requested, reported_as_one_line
 from ftexp.paths import config_dir, project_root
 
 OmegaConf.register_new_resolver("ftexp_root", lambda: str(project_root()), replace=True)
+
+
+def _register_plugins() -> None:
+    """Hydra finds ftexp's sweeper and the `sweep` group's config source by scanning the
+    `hydra_plugins` namespace package. Some editable installs (import-hook ones) hide that
+    namespace from the scan: then load them from beside the ftexp package and register them."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    sweeper = "hydra_plugins.ftexp_optuna_sweeper.ftexp_optuna_sweeper.FtexpOptunaSweeper"
+    if sweeper in plugins.class_name_to_class:
+        return
+    beside = Path(__file__).resolve().parents[1]  # the folder holding ftexp/ and hydra_plugins/
+    try:
+        import hydra_plugins
+
+        if str(beside / "hydra_plugins") not in list(hydra_plugins.__path__):
+            hydra_plugins.__path__.append(str(beside / "hydra_plugins"))
+    except ImportError:
+        sys.path.append(str(beside))
+    from hydra_plugins.ftexp_optuna_sweeper import ftexp_optuna_sweeper, sweep_configs
+
+    plugins.register(ftexp_optuna_sweeper.FtexpOptunaSweeper)
+    plugins.register(sweep_configs.SweepsConfigSource)
+
+
+_register_plugins()
 
 # Hydra flags after which we let Hydra alone speak (help, info, shell completion, custom config).
 _HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--package",
@@ -60,6 +89,8 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(f"cannot parse override: {str(err).splitlines()[0]}") from err
 
     groups = group_options(config_dir())
+    # The `sweep` group is the top-level sweeps/ folder (served by our config source, see conf/config.yaml).
+    groups["sweep"] = sorted(f.stem for f in (project_root() / "sweeps").glob("*.yaml"))
     variants: list[list[tuple[str, str, str]]] = []  # per override: (as given, as checked, value)
     for override in parsed:
         key = override.key_or_group
@@ -142,16 +173,86 @@ def _run_job(cfg: DictConfig) -> dict[str, Any]:
     # In a multirun a bad job must not end the sweep: its one-line error is logged and the
     # exception handed to Hydra, which records the job as failed and lets the sweeper go on.
     with reported_as_one_line(cfg.get("debug", False), exit_on_error=not _in_multirun()):
+        if cfg.get("resume"):
+            from hydra.core.hydra_config import HydraConfig
+
+            cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
         cfg = validate(cfg)
         from ftexp.train import train  # heavy imports (torch, transformers) start here
 
         return train(cfg)
 
 
+def check_launch(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """The command line to run, made safe for multi-process launches, or a ConfigError.
+
+    torchrun starts every rank with the same command; Hydra's default run dir carries a
+    timestamp that can differ between ranks, so the run dir is pinned to the launch's id.
+    A `-m` sweep cannot hold multi-process jobs: Lightning's launcher would re-run the whole sweep
+    in each child process."""
+    # The SLURM launcher is the exception: it runs each job's ranks as tasks of one SLURM job.
+    multirun = any(a in ("-m", "--multirun") for a in argv) and "hydra/launcher=slurm" not in argv
+    strategies = [a.split("=", 1)[1] for a in argv if a.startswith("strategy=")]
+    if multirun and any(value.split(",")[0] != "auto" or "," in value for value in strategies):
+        raise ConfigError("a -m sweep runs single-device trials (strategy=auto); launch multi-process "
+                          "runs one at a time, e.g. torchrun --nproc-per-node 2 -m ftexp strategy=ddp "
+                          "(README, 'Several devices').")
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if resume and resume != "null":
+        run = resume_target(resume)
+        argv = [f"resume={run}" if a.startswith("resume=") else a for a in argv]
+        if not any(a.startswith("hydra.run.dir=") for a in argv):
+            argv.append(f"hydra.run.dir={run}")  # the resumed run keeps writing to its own dir
+        return argv
+    if "TORCHELASTIC_RUN_ID" in environ and not any(a.startswith("hydra.run.dir=") for a in argv):
+        run_id = environ["TORCHELASTIC_RUN_ID"]
+        if run_id in ("", "none"):
+            raise ConfigError("torchrun without --standalone or --rdzv-id gives the ranks no shared id "
+                              "to name the run dir: add hydra.run.dir=outputs/runs/<name>.")
+        return [*argv, f"hydra.run.dir=outputs/runs/torchrun-{run_id}"]
+    return argv
+
+
+def resume_target(value: str, runs: Path = Path("outputs/runs")) -> Path:
+    """The run directory `resume=<value>` names (`last`: the newest one with a checkpoint)."""
+    if value == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ConfigError(f"resume=last: no run under {runs} has a checkpoint to resume from; "
+                              "name the run directory: resume=<run dir>.")
+        return candidates[-1].parent.parent.resolve()
+    run = Path(value).expanduser().resolve()
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"resume={value}: not an ftexp run directory (no config.yaml in {run}).")
+    return run
+
+
+def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
+    """The config a resumed run continues with: its own saved config, with the command line's
+    key=value changes (e.g. more epochs) on top; swapping a group would make it another run."""
+    run = Path(cfg.resume)
+    saved = OmegaConf.load(run / "config.yaml")
+    groups = group_options(config_dir())
+    for override in task_overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in ("resume", "debug") or key.startswith("hydra"):
+            continue
+        if key in groups:
+            raise ConfigError(f"resume continues a run with its own config; '{override}' swaps a "
+                              "config group — start a new run for that, or change keys only "
+                              "(e.g. trainer.max_epochs=5).")
+        OmegaConf.update(saved, key, yaml.safe_load(value) if value else None, merge=True)
+    saved.resume = str(run)
+    saved.paths.output_dir = str(run)
+    return saved
+
+
 def main() -> None:
     argv = sys.argv[1:]
     debug = debug_requested() or any(a.lower() in ("debug=true", "debug=1") for a in argv)
-    if _wants_preflight(argv):
-        with reported_as_one_line(debug):
+    with reported_as_one_line(debug):
+        argv = check_launch(argv, dict(os.environ))
+        if _wants_preflight(argv):
             preflight(argv)
+    sys.argv[1:] = argv
     _run_job()

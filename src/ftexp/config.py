@@ -37,7 +37,13 @@ class ModelConfig:
     random_init: Optional[dict[str, Any]] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16 — dtype the backbone is loaded in
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None = default
+    # Run Python code shipped with the model repository (custom architectures). Off: such models
+    # are refused with a message; read the code before turning this on.
     trust_remote_code: bool = False
+    # Load pickled weights (pytorch_model.bin, *.pt), which can run code when unpickled, when the
+    # model has no safetensors. Off: such models are refused. Not in the model YAML files, so set
+    # it with a leading '+': +model.allow_pickled_weights=true.
+    allow_pickled_weights: bool = False
     revision: Optional[str] = None
     # Jinja chat template for tokenizers that have none (conversation data, data.messages_column).
     chat_template: Optional[str] = None
@@ -62,7 +68,20 @@ class QuantConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"
+    """How training is spread over devices (builders/strategy.py). Each option's file lists only
+    the keys its strategy reads."""
+    name: str = "auto"  # auto (one device) | ddp | fsdp | deepspeed
+    # ddp: let DDP skip parameters that got no gradient this step (slower; some adapters need it).
+    find_unused_parameters: bool = False
+    # fsdp: full_shard | shard_grad_op | hybrid_shard | no_shard
+    sharding: str = "full_shard"
+    auto_wrap: bool = True  # fsdp: wrap each transformer block (found from the model) as a unit
+    activation_checkpointing: bool = False  # fsdp: recompute each block's activations
+    cpu_offload: bool = False  # fsdp: keep sharded parameters and gradients in CPU memory
+    state_dict: str = "full"  # fsdp checkpoints: full (one file) | sharded (a folder per save)
+    stage: int = 2  # deepspeed: ZeRO stage 2 (optimizer + gradients sharded) or 3 (+ parameters)
+    offload_optimizer: bool = False  # deepspeed: optimizer state in CPU memory
+    offload_parameters: bool = False  # deepspeed stage 3: parameters in CPU memory
 
 
 @dataclass
@@ -170,7 +189,8 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = "auto"  # per node; under torchrun / SLURM taken from the launcher
+    num_nodes: int = 1
     # 32 | bf16-mixed | 16-mixed | bf16-true | auto (bf16-mixed where the hardware has bf16 units)
     precision: str = "auto"
     max_epochs: int = 1
@@ -197,11 +217,26 @@ class CallbacksConfig:
     # Stop when task.monitor has not improved by min_delta for this many evaluations (null: off).
     early_stopping_patience: Optional[int] = None
     early_stopping_min_delta: float = 0.0
+    # Full training state in checkpoints/last.ckpt (for resume=<run dir>) every N optimizer steps
+    # and/or every M minutes of training; both null: never.
+    resume_every_n_steps: Optional[int] = None
+    resume_every_minutes: Optional[float] = 5.0
+    on_nonfinite: str = "stop"  # NaN/inf gradients: stop (naming the step) | skip the step
+    nonfinite_max_skips: int = 10  # skip: stop anyway after this many skipped steps
 
 
 @dataclass
 class LoggerConfig:
     csv: bool = True  # metrics per step in csv/metrics.csv
+    # Weights & Biases (logger=wandb; `pip install 'ftexp[wandb]'`), files in <run dir>/wandb/.
+    wandb: bool = False
+    # auto: online when WANDB_API_KEY is set, else offline (no network) | offline | online | disabled
+    wandb_mode: str = "auto"
+    wandb_project: str = "ftexp"
+    wandb_entity: Optional[str] = None  # null: the API key's default entity
+    wandb_name: Optional[str] = None  # null: <study>-<trial> for sweep trials, else the run dir's name
+    wandb_group: Optional[str] = None  # null: the study name for sweep trials, else no group
+    wandb_tags: list[str] = field(default_factory=list)  # besides one `group:option` per chosen group
 
 
 @dataclass
@@ -241,6 +276,8 @@ class FtexpConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
+    # A run directory to continue from its last checkpoint (`last`: the newest run in outputs/runs).
+    resume: Optional[str] = None
     seed: int = 42
     # Print full tracebacks instead of one-line errors.
     debug: bool = False
@@ -261,16 +298,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quant.quant_type": ("nf4", "fp4"),
     "quant.compute_dtype": ("float32", "bfloat16", "float16"),
     "quant.storage_dtype": ("uint8", "float32", "bfloat16", "float16"),
-    "strategy.name": ("auto",),
+    "strategy.name": ("auto", "ddp", "fsdp", "deepspeed"),
+    "strategy.sharding": ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard"),
+    "strategy.state_dict": ("full", "sharded"),
     "task.name": ("classification", "regression", "causal_lm", "pretrain"),
     "task.pooling": ("auto", "cls", "mean", "last"),
     "task.monitor_mode": ("max", "min"),
     "optimizer.name": ("adamw", "adamw_8bit", "adafactor"),
+    "callbacks.on_nonfinite": ("stop", "skip"),
     "scheduler.name": ("linear", "cosine", "constant", "constant_with_warmup"),
     "scheduler.learning_rate_scaling": ("none", "linear", "sqrt"),
     "data.format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
     "data.empty_fields": ("keep", "drop_paragraph", "error"),
     "data.truncation": ("cut", "drop"),
+    "logger.wandb_mode": ("auto", "offline", "online", "disabled"),
     "trainer.precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"),
 }
 

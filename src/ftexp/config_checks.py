@@ -35,10 +35,15 @@ def check_semantics(cfg: DictConfig) -> None:
         raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
                           "(or null for all rows).")
     _check_optimization(cfg)
+    _check_strategy(cfg)
     if not 0.0 < cfg.task.threshold < 1.0:
         raise ConfigError(f"task.threshold={cfg.task.threshold} must be in (0, 1).")
     if cfg.data.label_separator == "":
         raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
+    if cfg.data.label_separator is not None and cfg.task.name == "regression":
+        raise ConfigError(f"data.label_separator={cfg.data.label_separator!r} reads several labels per "
+                          "row (multi-label classification), but task=regression needs one number per "
+                          "row; set data.label_separator=null or use task=classification.")
     if not 0.0 <= cfg.task.head_dropout < 1.0:
         raise ConfigError(f"task.head_dropout={cfg.task.head_dropout} must be in [0, 1).")
     if cfg.model.random_init is not None and "model_type" not in cfg.model.random_init:
@@ -55,6 +60,7 @@ def check_semantics(cfg: DictConfig) -> None:
                           "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
                           "i.e. QLoRA), adapter=frozen, or quant=none.")
     _check_language_modeling(cfg)
+    _check_monitor(cfg)
     _check_caches(cfg)
     patience = cfg.callbacks.early_stopping_patience
     if patience is not None and patience < 1:
@@ -67,6 +73,18 @@ def check_semantics(cfg: DictConfig) -> None:
 def _is_number(value: object, integer: bool = False) -> bool:
     kinds = (int,) if integer else (int, float)
     return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from ftexp.builders.strategy import strategy_conflict
+
+    plain = OmegaConf.to_container
+    conflict = strategy_conflict(plain(cfg.strategy), plain(cfg.quant), cfg.trainer.accelerator,
+                                 cfg.data.batch_size, cfg.optimizer.learning_rate)
+    if conflict:
+        raise ConfigError(conflict)
 
 
 def _check_optimization(cfg: DictConfig) -> None:
@@ -89,6 +107,30 @@ def _check_optimization(cfg: DictConfig) -> None:
     if sched.name == "constant" and (sched.warmup_fraction > 0 or (sched.warmup_steps or 0) > 0):
         raise ConfigError("scheduler=constant has no warmup; use scheduler=constant_with_warmup "
                           "to warm up, or set the warmup to 0.")
+
+
+# Metrics each task reports per evaluation stage, and whether lower is better.
+_TASK_METRICS = {"classification": ("acc", "f1_macro", "loss"),
+                 "regression": ("mse", "mae", "r2", "loss"),
+                 "causal_lm": ("loss", "perplexity"), "pretrain": ("loss", "perplexity")}
+_LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae")
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    """task.monitor must be a metric the task reports (else the best checkpoint, early stopping
+    and sweep pruning fail only after the first epoch), watched in its own direction."""
+    task, monitor = cfg.task, cfg.task.monitor
+    stages = ["val"] + (["train_eval"] if cfg.trainer.evaluate_training_set else [])
+    known = [f"{stage}/{m}" for stage in stages for m in _TASK_METRICS.get(task.name, ())]
+    # (LM tasks: _check_language_modeling has said which metrics they report.)
+    if task.name not in LM_TASKS and monitor not in known + ["train/loss"]:
+        raise ConfigError(f"task.monitor={monitor} is not reported by task={task.name}; choose one of "
+                          f"{', '.join(known + ['train/loss'])}.")
+    lower = monitor.rsplit("/", 1)[-1] in _LOWER_IS_BETTER
+    if task.monitor_mode != ("min" if lower else "max"):
+        raise ConfigError(f"task.monitor={monitor} is better when {'lower' if lower else 'higher'}, "
+                          f"but task.monitor_mode={task.monitor_mode} would keep the worst "
+                          f"checkpoint; set task.monitor_mode={'min' if lower else 'max'}.")
 
 
 def _check_caches(cfg: DictConfig) -> None:

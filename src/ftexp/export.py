@@ -66,11 +66,11 @@ def _model_card(cfg_text: str, metrics: dict[str, Any], hparams: dict[str, Any])
 
 
 def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
-    import torch
     from transformers import GenerationConfig
 
     from ftexp.builders.backbone import load_tokenizer
     from ftexp.data.causal_lm import ensure_eos
+    from ftexp.predict import load_checkpoint
 
     ckpt_path, config_path = run / run_dir.BEST_CHECKPOINT, run / run_dir.CONFIG_FILE
     for needed in (config_path, ckpt_path):
@@ -78,7 +78,7 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
             raise FtexpError(f"'{run}' is not a finished ftexp run: {needed.name} is missing.")
     if output.exists() and any(output.iterdir()):
         raise FtexpError(f"output directory '{output}' is not empty; choose another with -o.")
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved = load_checkpoint(ckpt_path)  # weights_only: tensors and plain containers
     hparams = saved["hyper_parameters"]
     task, method = hparams["task"]["name"], hparams["adapter"]["method"]
     if task not in ("causal_lm", "pretrain"):

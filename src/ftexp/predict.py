@@ -41,9 +41,30 @@ def write_predictions(path: Path, frame: pd.DataFrame, task: Any, predictions: l
     return out
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, unpickled with `weights_only=True`: tensors and plain containers
+    only, so a tampered file cannot run code (ftexp's checkpoints hold nothing else)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise FtexpError(f"checkpoint '{path}' holds objects other than tensors and plain "
+                         "containers, which could run code when loaded, so it is refused; load only "
+                         "checkpoints written by ftexp.") from err
+    except (RuntimeError, EOFError) as err:
+        from ftexp.errors import is_out_of_memory
+
+        if is_out_of_memory(err):
+            raise
+        raise FtexpError(f"checkpoint '{path}' cannot be read ({str(err).splitlines()[0][:160]}); "
+                         "it may be truncated: train again or pick another run.") from err
+
+
 def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
     """(task in eval mode, tokenizer, resolved config) of a finished run directory."""
-    import torch
     from omegaconf import OmegaConf
 
     from ftexp.builders.backbone import load_tokenizer
@@ -55,7 +76,7 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
             raise FtexpError(f"'{run}' is not a finished ftexp run: {needed.name} is missing "
                              f"(expected {needed}).")
     cfg = OmegaConf.load(config_path)
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved = load_checkpoint(ckpt_path)
     task = task_class(saved["hyper_parameters"].get("target"))(**saved["hyper_parameters"])
     task.configure_model()
     task.load_trained_state(saved["state_dict"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,12 +23,94 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _not_found(what: str, source: str, err: Exception) -> ConfigError:
+# Weight files that are Python pickles: loading one can run arbitrary code.
+_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _offline_variable() -> str | None:
+    """The environment variable that forbids downloads (HF_HUB_OFFLINE=1), if one does."""
+    return next((v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                 if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")), None)
+
+
+def _causes(err: BaseException) -> list[str]:
+    """Class names along the exception chain (huggingface_hub's errors hide behind an OSError)."""
+    names, seen = [], set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names.append(type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return names
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", "\\")) or source.count("/") > 1 or ":" in source[1:3]
+
+
+def _pickled_weights_refused(source: str, found: str) -> ConfigError:
     return ConfigError(
-        f"cannot load {what} '{source}': not a local directory and not in the Hugging Face cache "
-        f"({type(err).__name__}); if there is no network, download it elsewhere and set "
-        "model.name_or_path=/path/to/model."
+        f"model '{source}' has no safetensors weights, only pickled ones ({found}), which can run "
+        "arbitrary code when loaded; ftexp loads safetensors only. Convert them (load where you "
+        "trust them, then save_pretrained) or, if you trust the source, set "
+        "+model.allow_pickled_weights=true."
     )
+
+
+def check_weights_format(path: str, source: str, allow_pickled_weights: bool = False) -> None:
+    """Refuse a local model directory that holds pickled weights (*.bin, …) and no safetensors,
+    unless the user opted in. Hub repositories are checked by transformers (use_safetensors)."""
+    folder = Path(path).expanduser()
+    if allow_pickled_weights or not folder.is_dir():
+        return
+    names = [f.name for f in folder.iterdir() if f.is_file()]
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith(_PICKLED_WEIGHTS)
+                     or n.endswith(tuple(s + ".index.json" for s in _PICKLED_WEIGHTS)))
+    if pickled:
+        raise _pickled_weights_refused(source, ", ".join(pickled[:3]))
+
+
+def _not_found(what: str, source: str, err: Exception) -> ConfigError:
+    """One line saying why `source` could not be loaded and what to set instead."""
+    text, causes = str(err), _causes(err)
+    if "trust_remote_code" in text:
+        return ConfigError(
+            f"{what} '{source}' needs its own Python code from the model repository, which ftexp "
+            "does not run unless told to: read that code, and if you trust it set "
+            "model.trust_remote_code=true."
+        )
+    key = "model.tokenizer" if what == "tokenizer" else "model.name_or_path"
+    folder = Path(resolve_model_path(source)).expanduser()
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if folder.is_dir():
+        return ConfigError(
+            f"cannot load {what} '{source}': the directory is there but holds no usable {what} "
+            f"({first_line[:160]}); point {key} at a directory written by "
+            "save_pretrained (config.json, model.safetensors, tokenizer files)."
+        )
+    base = f"cannot load {what} '{source}': not a local directory and not in the Hugging Face cache"
+    download = (f"download it where there is network (hf download {source} --local-dir DIR) "
+                f"and set {key}=DIR")
+    if "HFValidationError" in causes or _looks_like_path(source):
+        return ConfigError(f"{base} (there is no directory '{source}'); check {key}, "
+                           "or give a Hub id such as bert-base-uncased.")
+    if "GatedRepoError" in causes:
+        return ConfigError(f"{base}, and it is gated on the Hub: accept its terms on huggingface.co, "
+                           "then log in (hf auth login) or set HF_TOKEN.")
+    if "RepositoryNotFoundError" in causes:
+        return ConfigError(f"{base}, and the Hub has no such repository (a private one needs "
+                           f"hf auth login or HF_TOKEN); check {key}.")
+    if "RevisionNotFoundError" in causes:
+        return ConfigError(f"{base}, and the Hub repository has no revision like that; check "
+                           "model.revision.")
+    offline = _offline_variable()
+    if offline:
+        return ConfigError(f"{base}, and {offline}=1 says there is no network to download it "
+                           f"from; {download}, or unset {offline}.")
+    return ConfigError(f"{base}, and the Hugging Face Hub cannot be reached ({causes[-1]}: no "
+                       f"network?); {download}.")
 
 
 def _from_pretrained(auto_class: Any, what: str, source: str,
@@ -36,7 +120,15 @@ def _from_pretrained(auto_class: Any, what: str, source: str,
     try:
         return auto_class.from_pretrained(resolve_model_path(source), **kwargs)
     except not_found as err:
+        local = Path(resolve_model_path(source)).expanduser().is_dir()
+        if kwargs.get("use_safetensors") and "safetensors" in str(err) and not local:
+            # A Hub repository without safetensors weights.
+            raise _pickled_weights_refused(source, "*.bin on the Hub") from err
         raise _not_found(what, source, err) from err
+    except ValueError as err:  # not "not there": a setting it refused, unless remote code
+        if "trust_remote_code" in str(err):
+            raise _not_found(what, source, err) from err
+        raise
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None,
@@ -52,7 +144,10 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: st
         if fallback is None:
             raise ConfigError(f"tokenizer '{source}' has no pad, eos or unk token to pad batches with; "
                               "use a tokenizer that defines one.")
-        log.info("tokenizer has no pad token; padding with %r", fallback)
+        # Decoder LLMs (Llama, GPT-2, …) ship without one; padding with EOS is the usual fix, and
+        # safe: padded positions are masked out of attention, loss and pooling.
+        log.info("tokenizer '%s' has no pad token: padding with %s %r", source,
+                 "its EOS token" if tokenizer.eos_token else "its UNK token", fallback)
         tokenizer.pad_token = fallback
     return tokenizer
 
@@ -91,10 +186,12 @@ def load_backbone(
     revision: str | None = None,
     quantization_config: Any = None,
     causal_lm: bool = False,
+    allow_pickled_weights: bool = False,
 ) -> PreTrainedModel:
     """Pretrained weights from a Hub id / local path, or a random-init architecture from a config;
     quantized on load when a bitsandbytes config is given. Headless (AutoModel) for pooled heads,
-    or with its LM head (AutoModelForCausalLM) when `causal_lm`."""
+    or with its LM head (AutoModelForCausalLM) when `causal_lm`. Weights load from safetensors
+    only, unless `allow_pickled_weights` (pickled *.bin files can run code when unpickled)."""
     torch_dtype = DTYPES[dtype]
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -115,6 +212,9 @@ def load_backbone(
                                  quantization_config=quantization_config, causal_lm=causal_lm)
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
+    if not allow_pickled_weights:
+        check_weights_format(resolve_model_path(name_or_path), name_or_path)
+        extra["use_safetensors"] = True
     # Only OSError means "not there" here; a ValueError from a bad setting should surface as is.
     return _drop_pooler(_from_pretrained(auto_class, "model", name_or_path, not_found=(OSError,),
                                          dtype=torch_dtype, trust_remote_code=trust_remote_code,
@@ -127,4 +227,5 @@ def load_configured_backbone(model: dict[str, Any], quantization_config: Any = N
     return load_backbone(model["name_or_path"], random_init=model.get("random_init"),
                          dtype=model["dtype"], attn_implementation=model.get("attn_implementation"),
                          trust_remote_code=model["trust_remote_code"], revision=model.get("revision"),
-                         quantization_config=quantization_config, causal_lm=causal_lm)
+                         quantization_config=quantization_config, causal_lm=causal_lm,
+                         allow_pickled_weights=bool(model.get("allow_pickled_weights", False)))

@@ -143,8 +143,12 @@ class CausalLMDataModule(RowsDataModule):
                 log.warning("%s split: %d of %d samples are longer than data.max_length=%d tokens: "
                             "%d cut, %d dropped (data.truncation=%s).", split, cut + dropped,
                             len(frame), cfg.max_length, cut, dropped, cfg.truncation)
-            if split == "train" and not rows:
-                raise DataError("no training sample is left after truncation; raise data.max_length.")
+            if split in ("train", "validation") and not rows:
+                fix = ("raise data.max_length or set data.truncation=cut" if cfg.truncation == "drop"
+                       else "raise data.max_length (the prompts fill it)")
+                raise DataError(f"no {split} sample is left after truncation: all {len(frame)} are "
+                                f"over data.max_length={cfg.max_length} tokens (data.truncation="
+                                f"{cfg.truncation}); {fix}.")
             self.datasets[split] = Rows(rows)
             log.info("%s split: %d samples%s", split, n_samples,
                      f" packed into {len(rows)} rows of ≤ {cfg.max_length} tokens" if cfg.packing else "")

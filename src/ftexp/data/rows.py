@@ -29,6 +29,19 @@ class Rows(Dataset):
         return self.rows[i]
 
 
+class LoaderPosition:
+    """Where the training loader stands, shared by the loader and its DataModule, so that a run
+    resumed mid-epoch draws the same shuffle and continues after the batches already trained.
+
+    `epoch_start_state` is the shuffle generator's state when the current epoch began; `resume`
+    holds (generator state, batches to skip) from a checkpoint until the next epoch starts."""
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | None = None
+        self.epoch_start_state: torch.Tensor | None = None
+        self.resume: tuple[torch.Tensor | None, int] | None = None
+
+
 class WindowedLoader(DataLoader):
     """A DataLoader whose batches also carry `window_items`: the number of loss items (trained
     tokens, labelled rows) in the gradient-accumulation window the batch belongs to.
@@ -40,37 +53,57 @@ class WindowedLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, accumulate: int = 1,
-                 count_items: Callable[[dict[str, Any]], int] | None = None, **kwargs: Any):
+                 count_items: Callable[[dict[str, Any]], int] | None = None,
+                 position: LoaderPosition | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.accumulate = accumulate
         self.count_items = count_items
+        self.position = position
 
     def __iter__(self):  # noqa: ANN204 - a generator of batches
+        skip = self._start_epoch()
         window: list[dict[str, Any]] = []
         for batch in super().__iter__():
             window.append(batch)
             if len(window) == self.accumulate:
-                yield from self._annotated(window)
+                yield from self._annotated(window, skip)
+                skip = max(0, skip - len(window))
                 window = []
-        yield from self._annotated(window)  # the epoch's last, shorter window
+        yield from self._annotated(window, skip)  # the epoch's last, shorter window
 
-    def _annotated(self, window: list[dict[str, Any]]):  # noqa: ANN202
+    def _start_epoch(self) -> int:
+        """Record (or, when resuming, restore) the shuffle state; return the batches to skip.
+        Skipped batches are still read: their window's item count needs them."""
+        if self.position is None:
+            return 0
+        skip = 0
+        if self.position.resume is not None:
+            state, skip = self.position.resume
+            self.position.resume = None
+            if state is not None and self.generator is not None:
+                self.generator.set_state(state)
+        self.position.generator = self.generator
+        self.position.epoch_start_state = self.generator.get_state() if self.generator is not None else None
+        return skip
+
+    def _annotated(self, window: list[dict[str, Any]], skip: int = 0):  # noqa: ANN202
         if self.count_items is not None and window:
             total = torch.tensor(sum(int(self.count_items(b)) for b in window))
             for batch in window:
                 batch["window_items"] = total
-        return window
+        return window[skip:]
 
 
 def rows_loader(rows: Dataset, batch_size: int, shuffle: bool, collate: Callable, num_workers: int,
                 seed: int, accumulate: int = 1,
-                count_items: Callable[[dict[str, Any]], int] | None = None) -> DataLoader:
+                count_items: Callable[[dict[str, Any]], int] | None = None,
+                position: LoaderPosition | None = None) -> DataLoader:
     # A seeded generator makes the shuffle order a function of the run's seed alone.
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return WindowedLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                           num_workers=num_workers, generator=generator,
                           persistent_workers=num_workers > 0, accumulate=accumulate,
-                          count_items=count_items)
+                          count_items=count_items, position=position)
 
 
 class RowsDataModule(L.LightningDataModule):
@@ -97,6 +130,7 @@ class RowsDataModule(L.LightningDataModule):
         self.count_loss_items: Callable[[dict[str, Any]], int] | None = None
         # trainer.evaluate_training_set: serve the training set as a second validation loader.
         self.evaluate_training_set = False
+        self.train_position = LoaderPosition()
 
     def encoding_settings(self) -> dict[str, Any]:
         settings = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
@@ -123,7 +157,28 @@ class RowsDataModule(L.LightningDataModule):
         # re-creates loaders from their init arguments for distributed sampling, keeps them.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
-                           self.config.num_workers, self.seed, accumulate, self.count_loss_items)
+                           self.config.num_workers, self.seed, accumulate, self.count_loss_items,
+                           self.train_position)
+
+    # Saved in every checkpoint by Lightning, restored before the training loader is made.
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffle state the current epoch began with and the batches it has trained, so a
+        resumed run continues the epoch exactly (Lightning restores its own loop counters but
+        would restart a plain DataLoader from its first batch)."""
+        if self.trainer is None or self.train_position.epoch_start_state is None:
+            return {}
+        position = self.train_position
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:  # epoch finished: the next one starts here
+            generator_state = position.generator.get_state() if position.generator is not None else None
+            done = 0
+        else:
+            generator_state = position.epoch_start_state
+        return {"train_generator_state": generator_state, "train_batches_done": done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.train_position.resume = (state["train_generator_state"], state["train_batches_done"])
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         validation = self._loader("validation", shuffle=False)

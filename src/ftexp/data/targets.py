@@ -47,8 +47,8 @@ def is_multi_label(series: pd.Series, separator: str | None) -> bool:
 def _check_train_complete(train: pd.Series, column: str) -> None:
     empty = int(sum(_is_missing(v) for v in train))
     if empty:
-        raise DataError(f"label column '{column}' has {empty} empty cells in the train split; "
-                        "fill or drop those rows.")
+        raise DataError(f"label column '{column}' has {empty} empty (or NaN) cells in the train "
+                        "split; fill or drop those rows.")
 
 
 class SingleLabel:
@@ -142,10 +142,14 @@ class Numeric:
     @staticmethod
     def _numbers(series: pd.Series, column: str, split: str) -> pd.Series:
         numbers = pd.to_numeric(series, errors="coerce")
-        bad = series[numbers.isna() & series.notna()]
+        # NaN read as text ("nan", "NaN") counts as not a number; an empty cell is missing.
+        bad = series[(numbers.isna() & series.notna()) | numbers.isin([np.inf, -np.inf])]
         if len(bad):
+            example = bad.iloc[0]
+            example = example.item() if hasattr(example, "item") else example  # numpy → Python
             raise DataError(f"task=regression needs numbers in '{column}', but the {split} split has "
-                            f"{len(bad)} that are not (e.g. {bad.iloc[0]!r}); clean them or use "
+                            f"{len(bad)} that are not (e.g. {example!r}; NaN and infinities "
+                            "count as not); clean them (an empty cell means no target) or use "
                             "task=classification.")
         return numbers.astype(float)
 
@@ -169,8 +173,19 @@ class Numeric:
         return {"kind": self.kind, "mean": self.mean, "std": self.std}
 
 
+def _check_validation_labelled(others: dict[str, pd.Series], column: str) -> None:
+    """Rows without a target are left out of the metrics; a validation split of only such rows
+    would leave nothing to choose the best checkpoint by."""
+    series = others.get("validation")
+    if series is not None and len(series) and all(_is_missing(v) for v in series):
+        raise DataError(f"every row of the validation split has an empty '{column}', so there is "
+                        "nothing to validate on; give those rows labels or re-split the data.")
+
+
 def fit_targets(task_name: str, train: pd.Series, others: dict[str, pd.Series], column: str,
                 separator: str | None = None) -> SingleLabel | MultiLabel | Numeric:
+    if task_name == "regression" or not is_multi_label(train, separator):
+        _check_validation_labelled(others, column)
     if task_name == "regression":
         return Numeric.fit(train, others, column)
     if is_multi_label(train, separator):

@@ -9,13 +9,14 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter, count_parameters
 from ftexp.builders.backbone import load_configured_backbone
 from ftexp.builders.optim import build_optimizer, use_fused_adamw
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
+from ftexp.builders.strategy import plain_parameter_name
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class FinetuneTask(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.train_loss.update_called:
-            self.log("train/loss", self.train_loss.compute())
+            self.log("train/loss", self.train_loss.compute(), sync_dist=True)  # equal on every rank
         self.train_loss.reset()
 
     def normalized_loss(self, total: torch.Tensor, count: torch.Tensor,
@@ -153,10 +154,32 @@ class FinetuneTask(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def trainable_names(self) -> set[str]:
+        """State-dict names of the trainable parameters (wrapper prefixes of FSDP, activation
+        checkpointing and compile removed, as state dicts have them)."""
+        return {plain_parameter_name(name) for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.saves_trainable_only:
-            keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        if self.saves_trainable_only and "state_dict" in checkpoint:  # DeepSpeed keeps its own
+            keep = self.trainable_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if "optimizer_states" in checkpoint:  # a full-state save, to resume from
+            # torchmetrics keeps running sums in non-persistent buffers; without them a run resumed
+            # mid-epoch would report that epoch's metrics over the batches after the resume only.
+            checkpoint["metric_states"] = {
+                name: {"state": dict(metric.metric_state), "updates": metric._update_count}
+                for name, metric in self.named_modules() if isinstance(metric, Metric)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("metric_states", {})
+        for name, metric in self.named_modules():
+            if isinstance(metric, Metric) and name in saved:
+                for key, value in saved[name]["state"].items():
+                    moved = (value.to(metric.device) if isinstance(value, torch.Tensor)
+                             else [v.to(metric.device) for v in value])
+                    setattr(metric, key, moved)
+                metric._update_count = saved[name]["updates"]
+                metric._computed = None
 
     def load_trained_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's weights; a trainable-only checkpoint must cover every trainable one."""

@@ -76,8 +76,10 @@ class CausalLMTask(FinetuneTask):
             return
         loss = metric.compute()
         metric.reset()
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", add_dataloader_idx=False)
-        self.log(f"{stage}/perplexity", torch.exp(loss.clamp(max=math.log(1e9))), add_dataloader_idx=False)
+        # MeanMetric.compute() already gathers every rank; sync_dist only averages equal values.
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", add_dataloader_idx=False, sync_dist=True)
+        self.log(f"{stage}/perplexity", torch.exp(loss.clamp(max=math.log(1e9))), add_dataloader_idx=False,
+                 sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:

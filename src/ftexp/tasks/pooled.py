@@ -89,7 +89,7 @@ class PooledHeadTask(FinetuneTask):
             self.log_train_loss(mean, count, batch_idx)
         else:
             self.log(f"{stage}/loss", mean, prog_bar=stage == "val", batch_size=len(batch["labels"]),
-                     add_dataloader_idx=False)
+                     add_dataloader_idx=False, sync_dist=True)  # averaged over ranks at epoch end
         return self.normalized_loss(total, count, batch), outputs
 
     def stage_metrics(self, stage: str) -> MetricCollection:
@@ -100,7 +100,9 @@ class PooledHeadTask(FinetuneTask):
         # costs more than a head-only step on cached embeddings.
         metrics = self.stage_metrics(stage)
         if any(m.update_called for m in metrics.values()):
-            self.log_dict(metrics.compute(), prog_bar=stage == "val", add_dataloader_idx=False)
+            # compute() already gathers every rank's state; sync_dist only averages equal values.
+            self.log_dict(metrics.compute(), prog_bar=stage == "val", add_dataloader_idx=False,
+                          sync_dist=True)
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:

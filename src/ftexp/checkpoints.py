@@ -1,0 +1,97 @@
+"""Checkpoints that survive crashes and load anywhere.
+
+- Writes go to a temporary name and are renamed, so a crash mid-write leaves the previous
+  checkpoint intact instead of a truncated one; a full disk is reported in one line.
+- `resume_checkpoint` picks the newest readable full-state checkpoint of a run directory.
+- Sharded saves (FSDP `state_dict: sharded`, DeepSpeed ZeRO) are folders with one file per rank;
+  predict / generate / export and the test pass read one file, so a run consolidates its
+  folders once training ends (rank zero only).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from ftexp.callbacks.resume import LAST, NEWEST, PREVIOUS
+from ftexp.errors import FtexpError
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if err.errno == errno.ENOSPC:
+                raise FtexpError(f"no space left on the device while writing {path}; the previous "
+                                 "checkpoint is intact: free some space, then resume=<run dir>.") from err
+            raise
+
+
+def _readable(path: Path) -> bool:
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means "not usable"
+        log.warning("checkpoint %s is unreadable (%s); trying the one before it", path,
+                    str(err).splitlines()[0][:120])
+        return False
+    return isinstance(checkpoint, dict) and "state_dict" in checkpoint and "loops" in checkpoint
+
+
+def resume_checkpoint(run: Path) -> Path:
+    """The newest readable full-state checkpoint of `run` (last.ckpt, else the one before)."""
+    directory = run / "checkpoints"
+    # last-new.ckpt outlives last.ckpt only when a crash fell between the two renames of a save.
+    for candidate in (directory / LAST, directory / NEWEST, directory / PREVIOUS):
+        if candidate.is_file() and _readable(candidate):
+            return candidate
+    raise FtexpError(f"'{run}' has no readable checkpoint to resume from ({directory / LAST}); "
+                     "checkpoints are written every callbacks.resume_every_minutes minutes or "
+                     "callbacks.resume_every_n_steps steps.")
+
+
+def is_deepspeed_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "latest").is_file()
+
+
+def consolidate(path: Path, keep: set[str] | None = None) -> Path:
+    """Replace a sharded checkpoint folder at `path` with one file of the full weights (only the
+    `keep` names when given: adapter runs save what trains). A file is returned as it is."""
+    if not path.is_dir():
+        return path
+    import torch
+
+    if is_deepspeed_folder(path):
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        tmp = path.with_name(path.name + ".consolidating")
+        checkpoint = convert_zero_checkpoint_to_fp32_state_dict(path, tmp)
+        tmp.unlink()
+    else:
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+        from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+        checkpoint = _format_checkpoint(_load_distributed_checkpoint(path))
+    checkpoint.pop("optimizer_states", None)  # weights only, like the single-device best.ckpt
+    if keep is not None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    shutil.rmtree(path)
+    tmp.rename(path)
+    log.info("consolidated the sharded checkpoint into %s", path)
+    return path

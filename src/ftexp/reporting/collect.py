@@ -1,0 +1,436 @@
+"""Find the runs under the paths a report is asked for, and read them into comparisons.
+
+A run dir holds `config.yaml` (or Hydra's `.hydra/config.yaml`); its state is `complete` with a
+`metrics.json`, `pruned` when that file says `pruned: true`, and `failed` without it. A sweep dir
+made by our Optuna sweeper also holds `optuna.db`: each study in it becomes one comparison whose
+trials are matched to run dirs by the `trial:` node of their config (study name and number).
+Runs that belong to no study found make one comparison of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftexp.reporting import ReportError
+
+STUDY_FILE = "optuna.db"
+# Keys that say where or how a run was stored, not what it tried.
+_NOT_PARAMS = ("hydra", "paths", "trial", "debug", "logger")
+_OPTUNA_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
+                  "RUNNING": "running", "WAITING": "waiting"}
+
+
+@dataclass
+class Objective:
+    metric: str
+    direction: str = "maximize"  # or "minimize"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.direction == "maximize" else -1
+
+
+@dataclass
+class Run:
+    """One run dir, or one study trial (whose run dir may be missing)."""
+    name: str
+    path: Path | None = None
+    number: int = 0  # trial number, or the run's place in the comparison
+    state: str = "failed"  # complete | pruned | failed | running | waiting
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    values: list[float | None] = field(default_factory=list)  # one per objective
+    duration_s: float | None = None
+    started: float = 0.0
+    wandb_id: str | None = None
+
+    @property
+    def trial(self) -> dict[str, Any]:
+        return self.config.get("trial") or {}
+
+    @property
+    def has_overrides(self) -> bool:
+        return self.path is not None and (self.path / ".hydra" / "overrides.yaml").is_file()
+
+
+@dataclass
+class Comparison:
+    """Runs compared on the same objectives: one Optuna study, or the run dirs outside any."""
+    title: str
+    runs: list[Run]
+    objectives: list[Objective]
+    study: Any = None  # the optuna.Study behind the figures (read from storage, or built in memory)
+    from_storage: bool = False
+    param_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    curve_metric: str = ""  # the validation metric drawn against the step (a csv/metrics.csv column)
+
+    def ranked(self) -> list[Run]:
+        """Complete runs with every objective value, best first on the first objective."""
+        scored = [r for r in self.runs if r.state == "complete" and r.values
+                  and all(v is not None for v in r.values)]
+        first = self.objectives[0]
+        return sorted(scored, key=lambda r: -first.sign * r.values[0])  # type: ignore[operator]
+
+    @property
+    def best(self) -> Run | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked and len(self.objectives) == 1 else None
+
+    def count(self, state: str) -> int:
+        return sum(r.state == state for r in self.runs)
+
+
+def _yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _scalar(text: Any) -> Any:
+    """An override's value as a number / bool / None where it reads as one."""
+    if not isinstance(text, str):
+        return text
+    for cast in (int, float):
+        try:
+            value = cast(text)
+            return value if not (isinstance(value, float) and math.isnan(value)) else text
+        except ValueError:
+            pass
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    return text.strip().strip("'\"")
+
+
+def _parse_overrides(lines: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for line in lines or []:
+        if not isinstance(line, str) or "=" not in line or line.startswith("~"):
+            continue
+        key, value = line.split("=", 1)
+        key = key.lstrip("+")
+        if key.split(".")[0].split("/")[0] not in _NOT_PARAMS:
+            found[key] = _scalar(value)
+    return found
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / ".hydra" / "config.yaml").is_file()
+
+
+def load_run(path: Path, name: str) -> Run:
+    config = _yaml(path / "config.yaml") or _yaml(path / ".hydra" / "config.yaml") or {}
+    hydra = _yaml(path / ".hydra" / "hydra.yaml") or {}
+    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    metrics_file = path / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        metrics = {}
+    state = ("pruned" if metrics.get("pruned") else "complete") if metrics else "failed"
+    started_file = next(p for p in (path / "config.yaml", path / ".hydra" / "config.yaml") if p.is_file())
+    started = started_file.stat().st_mtime
+    ended = [p.stat().st_mtime for p in (metrics_file, path / "ftexp.log") if p.is_file()]
+    wandb_file = path / "wandb_run_id"
+    return Run(name=name, path=path, state=state, config=config if isinstance(config, dict) else {},
+               overrides=_parse_overrides(_yaml(path / ".hydra" / "overrides.yaml")),
+               choices={k: v for k, v in choices.items() if not str(k).startswith("hydra")},
+               metrics=metrics, started=started,
+               duration_s=max(ended) - started if ended and max(ended) >= started else None,
+               wandb_id=wandb_file.read_text().strip() or None if wandb_file.is_file() else None)
+
+
+def discover(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(run dirs, study files) under `paths`; run dirs are not searched further."""
+    runs: list[Path] = []
+    studies: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise ReportError(f"'{path}' does not exist.")
+        if path.is_file():
+            if path.name.endswith(".db"):
+                studies.append(path)
+                continue
+            raise ReportError(f"'{path}' is a file: give a run dir, a sweep dir or an optuna.db file.")
+        for folder, subfolders, files in os.walk(path):
+            here = Path(folder)
+            if STUDY_FILE in files:
+                studies.append(here / STUDY_FILE)
+            if is_run_dir(here):
+                runs.append(here)
+                subfolders[:] = []
+            else:
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    return list(dict.fromkeys(runs)), list(dict.fromkeys(studies))
+
+
+def _sort_key(run: Run) -> tuple:
+    parts = run.name.split("/")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts) + ((0, run.started, ""),)
+
+
+def _names(dirs: list[Path]) -> dict[Path, str]:
+    """Each run dir named by its path below the folder the given runs share."""
+    resolved = [d.resolve() for d in dirs]
+    if len(resolved) == 1:
+        return {dirs[0]: resolved[0].name}
+    common = Path(os.path.commonpath(resolved))
+    return {d: r.relative_to(common).as_posix() for d, r in zip(dirs, resolved, strict=True)}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def _value_of(run: Run, key: str) -> Any:
+    if key in run.overrides:
+        return run.overrides[key]
+    if "." not in key and key in run.choices:
+        return run.choices[key]
+    node: Any = run.config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if not isinstance(node, (dict, list)) else json.dumps(node)
+
+
+def _varies(values: list[Any]) -> bool:
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
+
+
+def varying_params(runs: list[Run]) -> list[str]:
+    """The overrides whose values differ between runs (all runs' configs when some runs have no
+    Hydra overrides: then every differing config value)."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
+    if runs and not all(r.has_overrides for r in runs):
+        flat = [_flatten({k: v for k, v in r.config.items() if k not in _NOT_PARAMS}) for r in runs]
+        keys += [k for k in dict.fromkeys(k for f in flat for k in f) if k not in keys]
+    return [k for k in keys if _varies([_value_of(r, k) for r in runs])]
+
+
+def objective_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """A run's result on `metric`: its best value over the run where kept, else the final one."""
+    value = metrics.get(f"best/{metric}", metrics.get(metric))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def default_objectives(runs: list[Run]) -> list[Objective]:
+    for run in runs:
+        task = run.config.get("task") or {}
+        if task.get("monitor"):
+            mode = task.get("monitor_mode", "max")
+            return [Objective(task["monitor"], "maximize" if mode == "max" else "minimize")]
+    return [Objective("val/acc", "maximize")]
+
+
+def _storage(db: Path) -> Any:
+    """An SQLite study file, or an Optuna journal file (the sweeper's `storage: <path>`)."""
+    import optuna
+
+    with db.open("rb") as head:
+        sqlite = head.read(16).startswith(b"SQLite format 3")
+    if sqlite:
+        return optuna.storages.RDBStorage(f"sqlite:///{db}")
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(str(db)))
+
+
+def _local_storage_file(spec: Any) -> Path | None:
+    """The file a run's `trial.storage` names, when it is a local SQLite or journal file."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    path = Path(spec.removeprefix("sqlite:///")) if spec.startswith("sqlite:///") else (
+        Path(spec) if "://" not in spec else None)
+    return path if path is not None and path.is_file() else None
+
+
+def _study_names(db: Path) -> list[str]:
+    import optuna
+
+    try:
+        return optuna.study.get_all_study_names(_storage(db))
+    except Exception as err:  # not a study file, or one from an incompatible Optuna
+        raise ReportError(f"cannot read Optuna studies from '{db}': {str(err).splitlines()[0]}") from err
+
+
+def _study_comparison(db: Path, name: str, members: list[Run], several: bool) -> Comparison:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=_storage(db))
+    names = study.metric_names or [next((r.trial.get("monitor") for r in members if r.trial.get("monitor")),
+                                        None) or "objective"]
+    if len(names) < len(study.directions):
+        names = [f"objective {i}" for i in range(len(study.directions))]
+    objectives = [Objective(n, "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize")
+                  for n, d in zip(names, study.directions, strict=True)]
+    by_number: dict[int, Run] = {}
+    for run in sorted(members, key=lambda r: r.started):  # a trial started twice: keep the last dir
+        by_number[int(run.trial["number"])] = run
+    runs = []
+    for trial in study.get_trials(deepcopy=False):
+        run = by_number.pop(trial.number, None) or Run(name=f"trial {trial.number}")
+        run.number = trial.number
+        run.state = _OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
+        run.values = list(trial.values) if trial.values else [None] * len(objectives)
+        if trial.duration is not None:
+            run.duration_s = trial.duration.total_seconds()
+        run.params = dict(trial.params)
+        runs.append(run)
+    extra = sorted(by_number.values(), key=_sort_key)  # run dirs the study does not know of
+    for run in extra:
+        run.number = int(run.trial["number"])
+    notes = [f"{len(extra)} run dir(s) name trials the study does not hold."] if extra else []
+    runs += extra
+    swept = list(dict.fromkeys(k for t in study.get_trials(deepcopy=False) for k in t.params))
+    _fill_params(runs, swept)
+    title = f"Study {name}" + (f" ({db})" if several else "")
+    monitor = study.user_attrs.get("monitor") or next(
+        (r.trial["monitor"] for r in runs if r.trial.get("monitor")), None)
+    return Comparison(title, runs, objectives, study=study, from_storage=True,
+                      param_names=swept + [k for k in varying_params(runs) if k not in swept], notes=notes,
+                      curve_metric=monitor or _curve_metric(objectives, runs))
+
+
+def _curve_metric(objectives: list[Objective], runs: list[Run]) -> str:
+    """The first objective as logged per evaluation (without `best/`), else the runs' monitor."""
+    metric = objectives[0].metric.removeprefix("best/")
+    if metric.startswith(("val/", "train/", "train_eval/")):
+        return metric
+    return default_objectives(runs)[0].metric
+
+
+def _fill_params(runs: list[Run], first: list[str]) -> None:
+    """Each run's parameters: the study's sampled ones, then the overrides that differ."""
+    with_dirs = [r for r in runs if r.path is not None]
+    for key in varying_params(with_dirs):
+        if key in first:
+            continue
+        for run in with_dirs:
+            run.params.setdefault(key, _value_of(run, key))
+
+
+def _plain_comparison(runs: list[Run], objectives: list[Objective] | None, titled: bool) -> Comparison:
+    runs = sorted(runs, key=_sort_key)
+    objectives = objectives or default_objectives(runs)
+    for number, run in enumerate(runs):
+        run.number = number
+        run.values = [objective_value(run.metrics, o.metric) if run.state == "complete" else None
+                      for o in objectives]
+    _fill_params(runs, [])
+    comparison = Comparison("Runs" if titled else "", runs, objectives,
+                            param_names=list(dict.fromkeys(k for r in runs for k in r.params)),
+                            curve_metric=_curve_metric(objectives, runs))
+    missing = [r.name for r in runs if r.state == "complete" and any(v is None for v in r.values)]
+    if missing:
+        comparison.notes.append(f"{len(missing)} complete run(s) lack "
+                                f"{', '.join(o.metric for o in objectives)}: {', '.join(missing[:5])}.")
+    comparison.study = in_memory_study(comparison)
+    return comparison
+
+
+def collect(paths: list[Path], objectives: list[Objective] | None = None) -> list[Comparison]:
+    """One comparison per Optuna study found, and one for the run dirs outside any study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dirs, dbs = discover(paths)
+    names = _names(run_dirs) if run_dirs else {}
+    runs = [load_run(d, names[d]) for d in run_dirs]
+    # Studies in storage files that several of the runs name (a journal file, a database elsewhere
+    # on this disk): a sweep's runs. One trial's run dir alone is reported as a run.
+    named = [_local_storage_file(r.trial.get("storage")) for r in runs]
+    known = {d.resolve() for d in dbs}
+    for path in named:
+        if path is not None and path.resolve() not in known and named.count(path) > 1:
+            known.add(path.resolve())
+            dbs.append(path)
+    studies = [(db, name) for db in dbs for name in _study_names(db)]
+    if not runs and not studies:
+        shown = ", ".join(str(p) for p in paths)
+        raise ReportError(f"no runs under {shown}: expected a run dir (with config.yaml), or a sweep or "
+                          f"multirun dir holding run dirs or an {STUDY_FILE}.")
+    comparisons, used = [], set()
+    for db, name in studies:
+        members = [r for r in runs if r.trial.get("study_name") == name and r.trial.get("number") is not None
+                   and id(r) not in used and (_under(r.path, db.parent)
+                                               or _local_storage_file(r.trial.get("storage")) == db)]
+        used.update(id(r) for r in members)
+        comparisons.append(_study_comparison(db, name, members, len(studies) > 1))
+    rest = [r for r in runs if id(r) not in used]
+    if rest:
+        comparisons.append(_plain_comparison(rest, objectives, titled=bool(comparisons)))
+    if all(not c.runs for c in comparisons):
+        raise ReportError(f"no trials or runs under {', '.join(str(p) for p in paths)}: "
+                          f"the study holds no trials yet.")
+    return [c for c in comparisons if c.runs]
+
+
+def _under(path: Path | None, folder: Path) -> bool:
+    if path is None:
+        return False
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def in_memory_study(comparison: Comparison) -> Any:
+    """An Optuna study holding the comparison's runs as trials, so the run dirs of a plain multirun
+    get the same figures as a sweep's study."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(directions=[o.direction for o in comparison.objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+        study.set_metric_names([o.metric for o in comparison.objectives])
+    distributions: dict[str, Any] = {}
+    for key in comparison.param_names:
+        values = [r.params[key] for r in comparison.runs if r.params.get(key) is not None]
+        if not values:
+            continue
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numbers:
+            low, high = min(values), max(values)
+            log = low > 0 and high / low >= 100
+            distributions[key] = (IntDistribution(int(low), int(high), log=log)
+                                  if all(isinstance(v, int) for v in values)
+                                  else FloatDistribution(float(low), float(high), log=log))
+        else:
+            distributions[key] = CategoricalDistribution(sorted({str(v) for v in values}))
+    for run in comparison.runs:
+        params = {k: (v if not isinstance(distributions[k], CategoricalDistribution) else str(v))
+                  for k, v in run.params.items() if k in distributions and v is not None}
+        complete = run.state == "complete" and run.values and all(v is not None for v in run.values)
+        state = (TrialState.COMPLETE if complete else TrialState.PRUNED if run.state == "pruned"
+                 else TrialState.FAIL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.add_trial(optuna.trial.create_trial(
+                state=state, params=params, distributions={k: distributions[k] for k in params},
+                values=run.values if complete else None, user_attrs={"run": run.name}))
+    return study

@@ -1,0 +1,620 @@
+"""The sweep loop: ask Optuna for trials, launch them as Hydra jobs, tell Optuna what came back.
+
+The study lives in persistent storage (SQLite in the sweep dir by default), so a sweep is
+resumable and shareable: running the same command again continues the study, several workers
+on one storage share it, and `n_trials` counts the study's trials in total. Each trial's job gets
+its parameters as overrides, plus the `trial` node (study, storage, number, monitor) so the run
+can report to the study and be pruned (ftexp/callbacks/optuna_pruning.py), and runs in
+`<sweep dir>/trial_<number>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from ftexp.errors import ConfigError, FtexpError, reported_as_one_line
+
+from ._study import PRUNER_ATTR, make_pruner, open_storage
+from .config import sweep_id
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
+DIRECTIONS = ("maximize", "minimize")
+STORAGE_FILE = "optuna.db"  # default storage: <sweep dir>/optuna.db
+RESULTS_FILE = "optimization_results.yaml"  # best trial(s), rewritten at the end of each sweep
+TRIAL_DIR = "trial_{:04d}"  # each trial's run dir, inside the sweep dir
+# Trial user attributes (for people and reports): the run dir; why a trial failed; a trial whose
+# worker stopped while it ran (it counts for nothing: its parameters run again as `retry_of`).
+OUTPUT_DIR_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, RETRY_ATTR = "output_dir", "error", "interrupted", "retry_of"
+# Trial system attributes: which worker runs the trial, and when it last said it still does.
+HOST_ATTR, PID_ATTR, HEARTBEAT_ATTR = "ftexp:host", "ftexp:pid", "ftexp:heartbeat"
+# Study user attributes: what defines the study's command (see config.sweep_id), and its overrides.
+COMMAND_ATTR, OVERRIDES_ATTR = "command_id", "overrides"
+STALE_AFTER_HEARTBEATS = 4
+MIN_FINISHED_FOR_FAILURE_RATE = 3
+
+
+class SweepStopped(FtexpError):
+    """The sweep ended early: too many of its trials failed."""
+
+
+# -- search space -----------------------------------------------------------------------------
+
+
+def _render(value: Any) -> str:
+    """A value as override text that parses back to the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(_render(v) for v in value) + "]"
+    if isinstance(value, (dict, DictConfig)):
+        return "{" + ",".join(f"{k}:{_render(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    with contextlib.suppress(Exception):
+        if OverridesParser.create().parse_override(f"k={text}").value() == text:
+            return text
+    # Quoted: escape the quotes, and backslashes where they come right before a quote.
+    return "'" + re.sub(r"(\\+)(?='|$)", r"\1\1", text).replace("'", "\\'") + "'"
+
+
+@dataclass
+class Param:
+    """One swept key: how it is written in an override, and its Optuna distribution."""
+    key: str  # as given, e.g. 'adapter.r', '+adapter.use_dora', or a group: 'adapter'
+    distribution: BaseDistribution
+    # Categorical choices that are lists or dicts travel as their override text.
+    texts: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.key.lstrip("+")
+
+    def override(self, value: Any) -> str:
+        return f"{self.key}={value if value in self.texts else _render(value)}"
+
+
+def _plain_choice(value: Any, texts: set[str]) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    text = _render(value)
+    texts.add(text)
+    return text
+
+
+def distribution(override: Override) -> tuple[BaseDistribution, set[str]]:
+    """The Optuna distribution of a sweep override: choice → categorical, range → int (or
+    stepped float) with Python's exclusive stop, interval → float (int with `tag(int, …)`), log
+    scale with `tag(log, …)`."""
+    texts: set[str] = set()
+    key = override.get_key_element()
+    if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
+        choices = [_plain_choice(v, texts) for v in override.sweep_iterator()]
+        return CategoricalDistribution(list(dict.fromkeys(choices))), texts
+    if override.is_range_sweep():
+        sweep = override.value()
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"'{override.input_line}' is an empty range.")
+        low, high, step = min(values), max(values), abs(sweep.step)
+        if all(isinstance(v, int) for v in values) and isinstance(sweep.step, int):
+            return IntDistribution(low, high, step=step), texts
+        return FloatDistribution(float(low), float(high), step=float(step)), texts
+    if override.is_interval_sweep():
+        sweep = override.value()
+        log_scale = "log" in sweep.tags
+        if "int" in sweep.tags:
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale), texts
+        return FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale), texts
+    raise ConfigError(f"cannot sweep '{key}' with '{override.input_line}': use choice(…), range(…), "
+                      "interval(…) or tag(log, interval(…)).")
+
+
+def search_space(arguments: Sequence[str], params: Mapping[str, Any] | None
+                 ) -> tuple[dict[str, Param], list[str]]:
+    """({name: Param}, fixed overrides) from the command line's overrides and the sweeper's
+    `params`; the command line wins where both name a key."""
+    parser = OverridesParser.create()
+    swept: dict[str, Param] = {}
+    fixed: list[tuple[str, str]] = []  # (key, override)
+    for override in parser.parse_overrides(list(arguments)):
+        name = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override():
+            swept[name] = Param(override.get_key_element(), *distribution(override))
+        else:
+            fixed.append((name, override.input_line))
+    given = set(swept) | {name for name, _ in fixed}
+    for key, value in (params or {}).items():
+        name = str(key).lstrip("+")
+        if name in given:
+            continue
+        text = f"{key}={value}" if isinstance(value, str) else f"{key}={_render(value)}"
+        try:
+            override = parser.parse_override(text)
+        except Exception as err:  # Hydra's parse errors are several lines long
+            raise ConfigError(f"hydra.sweeper.params: cannot parse '{text}': "
+                              f"{str(err).strip().splitlines()[0]}") from err
+        if override.is_sweep_override():
+            swept[name] = Param(override.get_key_element(), *distribution(override))
+        else:
+            fixed.append((name, text))
+    return swept, [text for _, text in fixed]
+
+
+def grid_values(space: Mapping[str, Param]) -> dict[str, list[Any]]:
+    """GridSampler's search space: every value of every parameter (intervals have none)."""
+    grid: dict[str, list[Any]] = {}
+    for name, param in space.items():
+        dist = param.distribution
+        if isinstance(dist, CategoricalDistribution):
+            grid[name] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            count = int(round((dist.high - dist.low) / dist.step)) + 1
+            grid[name] = [round(dist.low + i * dist.step, 12) for i in range(count)]
+        else:
+            raise ConfigError(f"sampler=grid needs choice(…) or range(…) for every parameter; "
+                              f"'{name}' is an interval.")
+    return grid
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls `study.stop()` once the grid is done, which raises outside
+    `study.optimize` (we ask and tell); the sweep loop stops at the grid's size by itself."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        return None
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):  # a zombie (killed, not yet reaped) is gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+class _Heartbeat:
+    """Records, every `interval` seconds, that this worker still runs `trial_ids`."""
+
+    def __init__(self, storage: Any, trial_ids: list[int], interval: float) -> None:
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftexp-sweep-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        for trial_id in self.trial_ids:
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as err:  # a busy database must not end the trial
+                log.debug("heartbeat not recorded: %s", err)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if isinstance(err, FtexpError) else f"{type(err).__name__}: {text}".rstrip(": ")
+
+
+def _is_pruned(err: BaseException) -> bool:
+    return any(c.__name__ == "TrialPruned" for c in type(err).__mro__)
+
+
+def _free_memory() -> None:
+    """Between in-process trials: drop the last trial's objects (and CUDA's cached blocks), so
+    the next trial's peak memory is its own."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class _Objective:
+    metric: str
+    direction: str
+    fallback: str | None = None  # default objective: the plain monitor when best/<monitor> is absent
+
+    def value(self, metrics: Mapping[str, Any]) -> float:
+        key = self.metric if self.metric in metrics or self.fallback is None else self.fallback
+        if key not in metrics:
+            raise KeyError(f"metric '{self.metric}' is not in the run's metrics "
+                           f"(it has: {', '.join(sorted(metrics))})")
+        return float(metrics[key])
+
+
+class FtexpOptunaSweeperImpl:
+    def __init__(self, params: Mapping[str, Any] | None = None, objectives: Sequence[Any] = (),
+                 n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int | None = None,
+                 sampler_kwargs: Mapping[str, Any] | None = None, pruner: str = "none",
+                 pruner_kwargs: Mapping[str, Any] | None = None, monitor: str | None = None,
+                 study_name: str = "", storage: str | None = None, sweep_dir: str = "",
+                 max_failure_rate: float = 0.5, heartbeat_interval: int = 30) -> None:
+        def plain(value: Any) -> Any:
+            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+        self.params = plain(params)
+        self.objective_settings = [dict(plain(o)) for o in objectives or []]
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.sampler_name, self.seed, self.sampler_kwargs = sampler, seed, dict(plain(sampler_kwargs) or {})
+        self.pruner_name, self.pruner_kwargs = pruner, dict(plain(pruner_kwargs) or {})
+        self.monitor_setting = monitor
+        self.study_name, self.storage_setting = study_name, storage
+        # `sweep_dir` only feeds hydra.sweep.dir's default (conf/config.yaml); setup() reads that.
+        self.max_failure_rate, self.heartbeat_interval = max_failure_rate, heartbeat_interval
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.sweep_dir = Path(".")
+        self.monitor: str | None = None  # set when the sweep starts
+        self.storage_spec = ""
+        self.storage: Any = None
+        self.lock_path: Path | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def _objectives(self) -> list[_Objective]:
+        if not self.objective_settings:
+            task = self.config.task
+            direction = "maximize" if task.monitor_mode == "max" else "minimize"
+            return [_Objective(f"best/{task.monitor}", direction, fallback=task.monitor)]
+        found = []
+        for setting in self.objective_settings:
+            direction = str(setting.get("direction", "maximize"))
+            if direction not in DIRECTIONS:
+                raise ConfigError(f"objective '{setting.get('metric')}': direction '{direction}' is not "
+                                  f"one of {', '.join(DIRECTIONS)}.")
+            found.append(_Objective(str(setting["metric"]), direction))
+        return found
+
+    def _monitor(self, objectives: list[_Objective]) -> str | None:
+        if self.pruner_name == "none":
+            return None
+        if len(objectives) > 1:
+            raise ConfigError(f"pruner={self.pruner_name} needs a single objective (Optuna cannot prune "
+                              "multi-objective studies); set hydra.sweeper.pruner=none.")
+        monitor = self.monitor_setting or objectives[0].metric.removeprefix("best/")
+        if not monitor.startswith(("val/", "train/", "train_eval/")):
+            raise ConfigError(f"pruning reports a metric at every evaluation, and '{monitor}' is not "
+                              "one; set hydra.sweeper.monitor=val/… (same direction as the objective).")
+        return monitor
+
+    def _storage_spec(self) -> str:
+        spec = self.storage_setting or f"sqlite:///{self.sweep_dir / STORAGE_FILE}"
+        if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////") and spec != "sqlite:///:memory:":
+            spec = f"sqlite:///{Path(spec[len('sqlite:///'):]).absolute()}"  # trials may run elsewhere
+        elif "://" not in spec:
+            spec = str(Path(spec).absolute())  # an Optuna journal file
+        return spec
+
+    def _lock_path(self, spec: str) -> Path | None:
+        """A lock file beside a file storage: workers count trials and ask for new ones one at a
+        time, so together they start exactly n_trials. (Database servers: no lock.)"""
+        if spec.startswith("sqlite:///") and ":memory:" not in spec:
+            return Path(spec[len("sqlite:///"):] + ".ftexp-lock")
+        return Path(spec + ".ftexp-lock") if "://" not in spec else None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock (one worker per storage)
+            fcntl = None
+        if self.lock_path is None or fcntl is None:
+            yield
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _sampler(self, space: Mapping[str, Param]) -> Any:
+        if self.sampler_name not in SAMPLERS:
+            raise ConfigError(f"unknown sampler '{self.sampler_name}'; choices: {', '.join(SAMPLERS)}.")
+        kwargs = dict(self.sampler_kwargs)
+        if self.seed is not None:
+            kwargs.setdefault("seed", self.seed)
+        samplers = optuna.samplers
+        if self.sampler_name == "cmaes":
+            import importlib.util
+
+            if importlib.util.find_spec("cmaes") is None:
+                raise ConfigError("sampler=cmaes needs the cmaes package: pip install cmaes")
+        try:
+            if self.sampler_name == "grid":
+                return _GridSampler(grid_values(space), **kwargs)
+            chosen = {"tpe": samplers.TPESampler, "random": samplers.RandomSampler,
+                      "cmaes": samplers.CmaEsSampler, "nsgaii": samplers.NSGAIISampler}[self.sampler_name]
+            return chosen(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"sampler={self.sampler_name} with sampler_kwargs {kwargs}: {err}") from err
+
+    # -- the sweep ------------------------------------------------------------------------------
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        assert self.config is not None
+        with reported_as_one_line(bool(self.config.get("debug", False))):
+            return self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> list[JobReturn]:
+        if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1:
+            raise ConfigError("hydra.sweeper: n_trials and n_jobs must be at least 1, max_failure_rate "
+                              "within [0, 1].")
+        space, fixed = search_space(arguments, self.params)
+        objectives = self._objectives()
+        self.monitor = self._monitor(objectives)
+        pruner = make_pruner(self.pruner_name, self.pruner_kwargs)
+        sampler = self._sampler(space)
+        n_trials = self.n_trials
+        if self.sampler_name == "grid":
+            size = math.prod(len(v) for v in grid_values(space).values())
+            if size < n_trials:
+                log.info("sampler=grid: the grid has %d points, so the study stops at %d trials", size, size)
+            n_trials = min(n_trials, size)
+        self.storage_spec = self._storage_spec()
+        self.lock_path = self._lock_path(self.storage_spec)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        directions = [o.direction for o in objectives]
+        with self._locked(), warnings.catch_warnings():  # locked: a new SQLite file gets its tables once
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.storage = open_storage(self.storage_spec)
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
+                                        pruner=pruner, directions=directions, load_if_exists=True)
+            stored = [d.name.lower() for d in study.directions]
+            if stored != directions:
+                raise ConfigError(f"study '{self.study_name}' in {self.storage_spec} optimises {stored}, not "
+                                  f"{directions}; choose another hydra.sweeper.study_name or sweep dir.")
+            self._check_command(study, arguments)
+            study.set_metric_names([o.metric for o in objectives])
+            self.storage.set_study_system_attr(study._study_id, PRUNER_ATTR,
+                                               {"name": self.pruner_name, "kwargs": self.pruner_kwargs})
+            study.set_user_attr("objectives", [{"metric": o.metric, "direction": o.direction}
+                                               for o in objectives])
+            study.set_user_attr("sweep_dir", str(self.sweep_dir))
+            study.set_user_attr("monitor", self.monitor)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not _excluded(t)]
+        log.info("study '%s' (%s) in %s: %d of %d trials done%s; the same command resumes it",
+                 self.study_name, self.storage_spec, self.sweep_dir, len(done), n_trials,
+                 _state_counts(done))
+        returns: list[JobReturn] = []
+        while True:
+            with self._locked():
+                self._recover(study)
+                counted = [t for t in study.get_trials(deepcopy=False) if not _excluded(t)]
+                waiting = sum(t.state == TrialState.WAITING for t in counted)
+                room = n_trials - len(counted) + waiting
+                if room <= 0:
+                    break
+                batch = [self._ask(study, space) for _ in range(min(self.n_jobs, room))]
+            returns += self._run(study, batch, fixed, space, objectives)
+            self._check_failures(study)
+        self._summarise(study, objectives, n_trials)
+        return returns
+
+    def _check_command(self, study: optuna.Study, arguments: list[str]) -> None:
+        """One study, one command: a study named in a sweep file (or by hand) is resumed only by
+        the command that started it (sweeper settings such as n_trials may change), so trials of
+        different setups never mix."""
+        command = sweep_id(_root_=self.config)
+        started_by = study.user_attrs.get(COMMAND_ATTR)
+        if started_by is None:
+            study.set_user_attr(COMMAND_ATTR, command)
+            study.set_user_attr(OVERRIDES_ATTR, sorted(arguments))
+        elif started_by != command:
+            before = " ".join(study.user_attrs.get(OVERRIDES_ATTR, [])) or "none"
+            raise ConfigError(
+                f"study '{self.study_name}' ({self.sweep_dir}) was started by another command (overrides: "
+                f"{before}; or other params/objectives); run that to resume it, or give this one its own "
+                f"study: hydra.sweeper.study_name=<name> hydra.sweep.dir=outputs/sweeps/<name>.")
+
+    def _ask(self, study: optuna.Study, space: Mapping[str, Param]) -> optuna.Trial:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. a float range's high adjusted to its step
+            trial = study.ask({name: p.distribution for name, p in space.items()})
+        for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
+                           (HEARTBEAT_ATTR, time.time())):
+            self.storage.set_trial_system_attr(trial._trial_id, key, value)
+        trial.set_user_attr(OUTPUT_DIR_ATTR, str(self.sweep_dir / TRIAL_DIR.format(trial.number)))
+        return trial
+
+    def _job_overrides(self, trial: optuna.Trial, fixed: list[str], space: Mapping[str, Param]) -> list[str]:
+        swept = [space[name].override(trial.params[name]) for name in space]
+        return [*fixed, *swept,
+                f"trial.study_name={_render(self.study_name)}", f"trial.storage={_render(self.storage_spec)}",
+                f"trial.number={trial.number}", f"trial.monitor={_render(self.monitor)}",
+                f"hydra.sweep.dir={_render(str(self.sweep_dir))}",
+                f"hydra.sweep.subdir={TRIAL_DIR.format(trial.number)}"]
+
+    def _run(self, study: optuna.Study, batch: list[optuna.Trial], fixed: list[str],
+             space: Mapping[str, Param], objectives: list[_Objective]) -> list[JobReturn]:
+        overrides = [self._job_overrides(trial, fixed, space) for trial in batch]
+        try:
+            with _Heartbeat(self.storage, [t._trial_id for t in batch], self.heartbeat_interval):
+                returns = list(self.launcher.launch(overrides, initial_job_idx=batch[0].number))
+        except BaseException:  # Ctrl-C, or a job that exits the process: run these again later
+            for trial in batch:
+                self._requeue(study, study._storage.get_trial(trial._trial_id), "the sweep was interrupted")
+            raise
+        finally:
+            _free_memory()
+        for trial, ret in zip(batch, returns, strict=True):
+            self._tell(study, trial, ret, objectives)
+        return returns
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn,
+              objectives: list[_Objective]) -> None:
+        where = TRIAL_DIR.format(trial.number)
+        if ret.status != JobStatus.COMPLETED:
+            err = ret._return_value
+            if isinstance(err, BaseException) and _is_pruned(err):
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d PRUNED (%s)", trial.number, where)
+                return
+            self._fail(study, trial, _one_line(err) if isinstance(err, BaseException) else "the job failed")
+            return
+        metrics = ret.return_value
+        if not isinstance(metrics, Mapping):
+            self._fail(study, trial, "the job returned no metrics")
+            return
+        if metrics.get("pruned"):
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d PRUNED at step %s (%s)", trial.number, metrics.get("pruned_at_step"), where)
+            return
+        try:
+            values = [o.value(metrics) for o in objectives]
+        except (KeyError, TypeError, ValueError) as err:
+            self._fail(study, trial, str(err).strip("'\""))
+            return
+        if not all(math.isfinite(v) for v in values):
+            self._fail(study, trial, f"objective values are not finite: {values}")
+            return
+        study.tell(trial, values)
+        log.info("trial %d COMPLETE %s (%s)", trial.number, _shown(objectives, values), where)
+
+    def _fail(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr(ERROR_ATTR, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning("trial %d FAIL: %s (%s)", trial.number, reason, TRIAL_DIR.format(trial.number))
+
+    def _requeue(self, study: optuna.Study, trial: FrozenTrial, why: str) -> None:
+        """Mark a trial whose worker stopped as failed (it counts for nothing) and queue its
+        parameters again, so the study still gets n_trials real trials."""
+        if trial.state != TrialState.RUNNING:
+            return
+        self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, why)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+        log.warning("trial %d: %s; marked failed, its parameters queued again", trial.number, why)
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Trials left RUNNING by a worker that is gone: its process has ended (same host), or it
+        has not recorded a heartbeat for several intervals (any host)."""
+        host, now = socket.gethostname(), time.time()
+        stale_after = STALE_AFTER_HEARTBEATS * self.heartbeat_interval
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = trial.system_attrs
+            if HOST_ATTR not in attrs or (attrs[HOST_ATTR] == host and attrs.get(PID_ATTR) == os.getpid()):
+                continue
+            if attrs[HOST_ATTR] == host:
+                if _process_alive(int(attrs.get(PID_ATTR, -1))):
+                    continue
+                why = f"its sweep process ({host}, pid {attrs.get(PID_ATTR)}) is gone"
+            elif now - float(attrs.get(HEARTBEAT_ATTR, 0)) > stale_after:
+                why = f"its worker on {attrs[HOST_ATTR]} sent no heartbeat for {stale_after} s"
+            else:
+                continue
+            self._requeue(study, trial, why)
+
+    def _check_failures(self, study: optuna.Study) -> None:
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not _excluded(t)]
+        failed = [t for t in finished if t.state == TrialState.FAIL]
+        if len(finished) < MIN_FINISHED_FOR_FAILURE_RATE:
+            return
+        if len(failed) <= self.max_failure_rate * len(finished):
+            return
+        last = failed[-1]
+        raise SweepStopped(
+            f"sweep stopped: {len(failed)} of {len(finished)} finished trials failed, more than "
+            f"hydra.sweeper.max_failure_rate={self.max_failure_rate:g}; last, trial {last.number}: "
+            f"{last.user_attrs.get(ERROR_ATTR, '?')}")
+
+    def _summarise(self, study: optuna.Study, objectives: list[_Objective], n_trials: int) -> None:
+        counted = [t for t in study.get_trials(deepcopy=False) if not _excluded(t)]
+        complete = [t for t in counted if t.state == TrialState.COMPLETE]
+        if len(objectives) == 1:
+            best = ([max(complete, key=lambda t: t.value) if objectives[0].direction == "maximize"
+                     else min(complete, key=lambda t: t.value)] if complete else [])
+        else:
+            best = study.best_trials if complete else []
+        metrics = [o.metric for o in objectives]
+        results = {"study_name": self.study_name, "storage": self.storage_spec, "n_trials": n_trials,
+                   "states": dict(Counter(t.state.name for t in counted)),
+                   "objectives": {o.metric: o.direction for o in objectives},
+                   "best_trials": [{"number": t.number,
+                                    "values": dict(zip(metrics, t.values, strict=True)),
+                                    "params": t.params, OUTPUT_DIR_ATTR: t.user_attrs.get(OUTPUT_DIR_ATTR)}
+                                   for t in best]}
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS_FILE)
+        log.info("study '%s': %d trials%s", self.study_name, len(counted), _state_counts(counted))
+        for trial in best:
+            log.info("best: trial %d %s %s (%s)", trial.number, _shown(objectives, trial.values),
+                     trial.params, trial.user_attrs.get(OUTPUT_DIR_ATTR))
+
+
+def _excluded(trial: FrozenTrial) -> bool:
+    """A trial whose worker stopped while it ran: not one of the study's n_trials."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(INTERRUPTED_ATTR))
+
+
+def _shown(objectives: Sequence[_Objective], values: Sequence[float]) -> str:
+    return ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(objectives, values, strict=True))
+
+
+def _state_counts(trials: Sequence[FrozenTrial]) -> str:
+    counts = Counter(t.state.name for t in trials)
+    return f" ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})" if counts else ""

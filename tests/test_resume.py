@@ -1,0 +1,187 @@
+"""Exact resume after kill -9 (mid-epoch and mid-checkpoint-write), a corrupt checkpoint falling
+back to the one before, and the NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config, sentiment_rows
+from ftexp.errors import FtexpError
+
+# Wall-clock figures differ between any two runs, and a resumed run finds the tokenized data
+# cached (hit, not miss); everything else in metrics.json must not differ.
+TIMING_KEYS = {"fit_seconds", "train_samples_per_second", "train_tokens_per_second",
+               "train_seconds_per_epoch", "peak_memory_gib", "peak_memory_kind", "checkpoint_mb",
+               "train_epochs_timed", "cache_tokenized", "encoder_forward_passes"}
+
+# A real `python -m ftexp` process that SIGKILLs itself at a chosen point: after the optimizer
+# step KILL_AT_STEP (mid-epoch), or halfway through writing the checkpoint of that step.
+KILLER = """
+import os, signal, sys
+import lightning as L
+from ftexp import checkpoints
+
+step, where = int(os.environ["KILL_AT_STEP"]), os.environ["KILL_WHERE"]
+
+class KillAfterStep(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == step and where == "after_step":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "mid_write":
+    original = checkpoints.TorchCheckpointIO.save_checkpoint
+    def half_then_die(self, checkpoint, path, storage_options=None):
+        if checkpoint["global_step"] == step and str(path).endswith("last-new.ckpt.tmp"):
+            original(self, checkpoint, path, storage_options)
+            with open(path, "r+b") as f:  # a write cut short
+                f.truncate(os.path.getsize(path) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(self, checkpoint, path, storage_options)
+    checkpoints.TorchCheckpointIO.save_checkpoint = half_then_die
+
+import ftexp.train as train
+build = train.build_trainer
+def build_with_killer(*args, **kwargs):
+    trainer = build(*args, **kwargs)
+    trainer.callbacks.append(KillAfterStep())
+    return trainer
+train.build_trainer = build_with_killer
+from ftexp.cli import main
+sys.argv = ["ftexp", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("resume") / "toy.csv"
+    sentiment_rows(120, seed=3).to_csv(path, index=False)
+    return path
+
+
+def _overrides(data: Path) -> list[str]:
+    # 96 training rows / batch 8 = 12 steps per epoch, 2 epochs; dropout on, so the RNG matters.
+    return ["model=tiny_bert", "data=custom", f"data.path={data}", "data.max_length=16",
+            "data.batch_size=8", "data.split_probabilities=[0.8,0.1,0.1]",
+            "optimizer.learning_rate=3e-3", "trainer.precision=32", "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false", "callbacks.resume_every_n_steps=5",
+            "task.monitor=val/loss", "task.monitor_mode=min"]
+
+
+def _run(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # With a kill point: the same job through the self-killing wrapper above.
+    command = [sys.executable, "-c", KILLER, *args] if env_extra else [sys.executable, "-m", "ftexp", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _outcome(run: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    weights = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, weights["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_csv, tmp_path_factory) -> tuple[dict, dict]:
+    run = tmp_path_factory.mktemp("whole") / "run"
+    done = _run([*_overrides(data_csv), f"hydra.run.dir={run}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _outcome(run)
+
+
+@pytest.mark.parametrize(("where", "step"), [
+    ("after_step", 7),   # mid-epoch 1 (12 steps per epoch), 2 steps after the save at step 5
+    # killed while writing the step-15 checkpoint (mid-epoch 2)
+    pytest.param("mid_write", 15, marks=pytest.mark.slow),
+])
+def test_killed_run_resumes_to_the_uninterrupted_result(data_csv, tmp_path, uninterrupted, where, step):
+    run = tmp_path / "run"
+    killed = _run([*_overrides(data_csv), f"hydra.run.dir={run}"],
+                  {"KILL_AT_STEP": str(step), "KILL_WHERE": where})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (run / "metrics.json").exists()
+    if where == "mid_write":
+        # The half-written file never replaced the good one from step 10.
+        saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert saved["global_step"] == 10
+
+    resumed = _run([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics, weights = _outcome(run)
+    expected_metrics, expected_weights = uninterrupted
+    assert metrics == pytest.approx(expected_metrics, rel=1e-6, abs=1e-7)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(tmp_path):
+    from ftexp.checkpoints import resume_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({"state_dict": {}, "loops": {}, "global_step": 5}, folder / "last-previous.ckpt")
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    assert resume_checkpoint(tmp_path) == folder / "last-previous.ckpt"
+    (folder / "last-previous.ckpt").unlink()
+    with pytest.raises(FtexpError, match="no readable checkpoint to resume from"):
+        resume_checkpoint(tmp_path)
+
+
+def test_resume_refuses_a_group_swap_and_a_non_run(tmp_path, data_csv):
+    from ftexp.cli import resume_target, resumed_config
+    from ftexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not an ftexp run directory"):
+        resume_target(str(tmp_path))
+    cfg = compose_config(_overrides(data_csv), tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, tmp_path / "run" / "config.yaml")
+    cfg.resume = str(tmp_path / "run")
+    more = resumed_config(cfg, [f"resume={tmp_path / 'run'}", "trainer.max_epochs=4"])
+    assert more.trainer.max_epochs == 4 and more.paths.output_dir == str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="swaps a config group"):
+        resumed_config(cfg, ["model=tiny_llama"])
+
+
+def _poisoned_run(tmp_path, data_csv, monkeypatch, *extra: str):
+    """An in-process run whose loss turns NaN at optimizer step 6 (after the step-5 save)."""
+    from ftexp.tasks.base import FinetuneTask
+    from ftexp.train import train
+
+    original = FinetuneTask.normalized_loss
+
+    def poisoned(self, total, count, batch):
+        loss = original(self, total, count, batch)
+        return loss * float("nan") if self.trainer.global_step == 6 else loss
+
+    monkeypatch.setattr(FinetuneTask, "normalized_loss", poisoned)
+    cfg = compose_config([*_overrides(data_csv), *extra], tmp_path / "run")
+    return train(cfg)
+
+
+def test_nan_guard_stops_naming_the_step_and_the_intact_checkpoint(tmp_path, data_csv, monkeypatch):
+    with pytest.raises(FtexpError, match=r"NaN/inf gradients at step 6 .*last good checkpoint: .*last.ckpt "
+                                         r"\(step 5\)"):
+        _poisoned_run(tmp_path, data_csv, monkeypatch)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_nan_guard_can_skip_the_step_instead(tmp_path, data_csv, monkeypatch):
+    metrics = _poisoned_run(tmp_path, data_csv, monkeypatch, "callbacks.on_nonfinite=skip")
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    weights = torch.load(best, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in weights["state_dict"].values())
+    assert metrics["nonfinite_skipped_steps"] == 1
