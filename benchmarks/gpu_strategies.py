@@ -31,7 +31,8 @@ def llama(args: argparse.Namespace) -> list[str]:
     heads = args.hidden // 64
     return ["model=tiny_llama", f"model.random_init.hidden_size={args.hidden}",
             f"model.random_init.num_hidden_layers={args.layers}",
-            f"model.random_init.num_attention_heads={heads}", f"model.random_init.num_key_value_heads={heads}",
+            f"model.random_init.num_attention_heads={heads}",
+            f"model.random_init.num_key_value_heads={heads}",
             f"model.random_init.intermediate_size={int(args.hidden * 2.6875)}"]
 
 
