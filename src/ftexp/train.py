@@ -239,7 +239,7 @@ def _test(cfg: DictConfig, trainer: Any, task: Any, datamodule: Any, best_path: 
         tester, ckpt = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=trainer.precision,
                                  logger=False, enable_checkpointing=False, enable_model_summary=False,
                                  enable_progress_bar=cfg.trainer.enable_progress_bar), None
-    results = tester.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    results = tester.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
     if hasattr(task, "test_predictions"):
         write_predictions(out / run_dir.PREDICTIONS_FILE, datamodule.frames["test"], task,
                           task.test_predictions)
@@ -268,7 +268,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # in multi-process runs, rank zero alone prints and writes
-        print_config_tree(cfg)
+        print_config_tree(run_dir.redacted_config(cfg))
         run_dir.write_config(out, cfg)
         run_dir.write_json(out / run_dir.ENVIRONMENT_FILE, run_dir.environment(project_root()))
 
