@@ -35,10 +35,8 @@ from hydra_plugins.ftexp_optuna_sweeper._impl import (
     PID_ATTR,
     RETRY_ATTR,
     FtexpOptunaSweeperImpl,
-    _render,
-    grid_values,
-    search_space,
 )
+from hydra_plugins.ftexp_optuna_sweeper._search_space import as_override_text, grid_values, search_space
 from hydra_plugins.ftexp_optuna_sweeper._study import open_storage
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -114,7 +112,7 @@ def test_override_syntax_becomes_optuna_distributions():
 @pytest.mark.parametrize("value", ["val/acc", "sqlite:////tmp/a b/optuna.db", "it's", "true", "1e-3",
                                    None, True, 3, 1e-5, "C:\\dir\\"])
 def test_values_render_as_overrides_that_parse_back(value):
-    assert OverridesParser.create().parse_override(f"k={_render(value)}").value() == value
+    assert OverridesParser.create().parse_override(f"k={as_override_text(value)}").value() == value
 
 
 @pytest.mark.parametrize("name", SWEEPS)

@@ -324,7 +324,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         return metrics  # ranks other than zero are done: rank zero tests and writes
     metrics.update(_test(cfg, trainer, task, datamodule, best_path, out))
 
-    guard = next(c for c in trainer.callbacks if type(c).__name__ == "NonFiniteGuard")
+    from ftexp.callbacks.nonfinite import NonFiniteGuard
+
+    guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
     metrics["nonfinite_skipped_steps"] = len(guard.skipped_steps)
     metrics.update(task.parameter_counts)
     metrics.update(tuned)

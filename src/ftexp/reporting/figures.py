@@ -228,15 +228,24 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _varied_or_note(section: Section, comparison: Comparison, what: str) -> list[str]:
+    """The parameters that vary between complete trials, or [] with a note on the section when
+    there are fewer than 2 complete trials or none varies."""
+    complete, varied = _complete_trials(comparison), _varied(comparison)
+    if len(complete) < 2 or not varied:
+        section.notes.append(f"{what} need at least 2 complete trials and a parameter that varies "
+                             f"between them (here: {len(complete)} complete, {len(varied)} varied).")
+        return []
+    return varied
+
+
 def importance_section(comparison: Comparison) -> Section:
     import optuna
     import optuna.visualization as vis
 
     section = Section("importance", "Parameter importances")
-    complete, varied = _complete_trials(comparison), _varied(comparison)
-    if len(complete) < 2 or not varied:
-        section.notes.append(f"Importances need at least 2 complete trials and a parameter that varies "
-                             f"between them (here: {len(complete)} complete, {len(varied)} varied).")
+    varied = _varied_or_note(section, comparison, "Importances")
+    if not varied:
         return section
     section.intro = ("How much each parameter explains the objective: Optuna's default evaluator "
                      "(PED-ANOVA), normalised to sum to 1. Few trials make it a rough guide.")
@@ -269,10 +278,8 @@ def parallel_section(comparison: Comparison) -> Section:
     import optuna.visualization as vis
 
     section = Section("parallel", "Parallel coordinates")
-    complete, varied = _complete_trials(comparison), _varied(comparison)
-    if len(complete) < 2 or not varied:
-        section.notes.append(f"Parallel coordinates need at least 2 complete trials and a parameter that "
-                             f"varies (here: {len(complete)} complete, {len(varied)} varied).")
+    varied = _varied_or_note(section, comparison, "Parallel coordinates")
+    if not varied:
         return section
     first = comparison.objectives[0].metric
     section.intro = f"One line per complete trial, through its parameters to {first} (its colour)."

@@ -1,4 +1,5 @@
-"""The sweep loop: ask Optuna for trials, launch them as Hydra jobs, tell Optuna what came back.
+"""The sweep loop: ask Optuna for trials, launch them as Hydra jobs, tell Optuna what came back
+(the search space is parsed in _search_space.py; storage and pruners are in _study.py).
 
 The study lives in persistent storage (SQLite in the sweep dir by default), so a sweep is
 resumable and shareable: running the same command again continues the study, several workers
@@ -15,7 +16,6 @@ import gc
 import logging
 import math
 import os
-import re
 import socket
 import sys
 import threading
@@ -23,27 +23,20 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ftexp.errors import ConfigError, FtexpError, reported_as_one_line
 
+from ._search_space import Param, as_override_text, grid_values, search_space
 from ._study import PRUNER_ATTR, make_pruner, open_storage
 from .config import sweep_id
 
@@ -67,130 +60,6 @@ MIN_FINISHED_FOR_FAILURE_RATE = 3
 
 class SweepStopped(FtexpError):
     """The sweep ended early: too many of its trials failed."""
-
-
-# -- search space -----------------------------------------------------------------------------
-
-
-def _render(value: Any) -> str:
-    """A value as override text that parses back to the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "[" + ",".join(_render(v) for v in value) + "]"
-    if isinstance(value, (dict, DictConfig)):
-        return "{" + ",".join(f"{k}:{_render(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    with contextlib.suppress(Exception):
-        if OverridesParser.create().parse_override(f"k={text}").value() == text:
-            return text
-    # Quoted: escape the quotes, and backslashes where they come right before a quote.
-    return "'" + re.sub(r"(\\+)(?='|$)", r"\1\1", text).replace("'", "\\'") + "'"
-
-
-@dataclass
-class Param:
-    """One swept key: how it is written in an override, and its Optuna distribution."""
-    key: str  # as given, e.g. 'adapter.r', '+adapter.use_dora', or a group: 'adapter'
-    distribution: BaseDistribution
-    # Categorical choices that are lists or dicts travel as their override text.
-    texts: set[str] = field(default_factory=set)
-
-    @property
-    def name(self) -> str:
-        return self.key.lstrip("+")
-
-    def override(self, value: Any) -> str:
-        return f"{self.key}={value if value in self.texts else _render(value)}"
-
-
-def _plain_choice(value: Any, texts: set[str]) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    text = _render(value)
-    texts.add(text)
-    return text
-
-
-def distribution(override: Override) -> tuple[BaseDistribution, set[str]]:
-    """The Optuna distribution of a sweep override: choice → categorical, range → int (or
-    stepped float) with Python's exclusive stop, interval → float (int with `tag(int, …)`), log
-    scale with `tag(log, …)`."""
-    texts: set[str] = set()
-    key = override.get_key_element()
-    if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
-        choices = [_plain_choice(v, texts) for v in override.sweep_iterator()]
-        return CategoricalDistribution(list(dict.fromkeys(choices))), texts
-    if override.is_range_sweep():
-        sweep = override.value()
-        values = list(override.sweep_iterator())
-        if not values:
-            raise ConfigError(f"'{override.input_line}' is an empty range.")
-        low, high, step = min(values), max(values), abs(sweep.step)
-        if all(isinstance(v, int) for v in values) and isinstance(sweep.step, int):
-            return IntDistribution(low, high, step=step), texts
-        return FloatDistribution(float(low), float(high), step=float(step)), texts
-    if override.is_interval_sweep():
-        sweep = override.value()
-        log_scale = "log" in sweep.tags
-        if "int" in sweep.tags:
-            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale), texts
-        return FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale), texts
-    raise ConfigError(f"cannot sweep '{key}' with '{override.input_line}': use choice(…), range(…), "
-                      "interval(…) or tag(log, interval(…)).")
-
-
-def search_space(arguments: Sequence[str], params: Mapping[str, Any] | None
-                 ) -> tuple[dict[str, Param], list[str]]:
-    """({name: Param}, fixed overrides) from the command line's overrides and the sweeper's
-    `params`; the command line wins where both name a key."""
-    parser = OverridesParser.create()
-    swept: dict[str, Param] = {}
-    fixed: list[tuple[str, str]] = []  # (key, override)
-    for override in parser.parse_overrides(list(arguments)):
-        name = override.get_key_element().lstrip("+~")
-        if override.is_sweep_override():
-            swept[name] = Param(override.get_key_element(), *distribution(override))
-        else:
-            fixed.append((name, override.input_line))
-    given = set(swept) | {name for name, _ in fixed}
-    for key, value in (params or {}).items():
-        name = str(key).lstrip("+")
-        if name in given:
-            continue
-        text = f"{key}={value}" if isinstance(value, str) else f"{key}={_render(value)}"
-        try:
-            override = parser.parse_override(text)
-        except Exception as err:  # Hydra's parse errors are several lines long
-            raise ConfigError(f"hydra.sweeper.params: cannot parse '{text}': "
-                              f"{str(err).strip().splitlines()[0]}") from err
-        if override.is_sweep_override():
-            swept[name] = Param(override.get_key_element(), *distribution(override))
-        else:
-            fixed.append((name, text))
-    return swept, [text for _, text in fixed]
-
-
-def grid_values(space: Mapping[str, Param]) -> dict[str, list[Any]]:
-    """GridSampler's search space: every value of every parameter (intervals have none)."""
-    grid: dict[str, list[Any]] = {}
-    for name, param in space.items():
-        dist = param.distribution
-        if isinstance(dist, CategoricalDistribution):
-            grid[name] = list(dist.choices)
-        elif isinstance(dist, IntDistribution) and not dist.log:
-            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
-        elif isinstance(dist, FloatDistribution) and dist.step is not None:
-            count = int(round((dist.high - dist.low) / dist.step)) + 1
-            grid[name] = [round(dist.low + i * dist.step, 12) for i in range(count)]
-        else:
-            raise ConfigError(f"sampler=grid needs choice(…) or range(…) for every parameter; "
-                              f"'{name}' is an interval.")
-    return grid
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -485,9 +354,10 @@ class FtexpOptunaSweeperImpl:
     def _job_overrides(self, trial: optuna.Trial, fixed: list[str], space: Mapping[str, Param]) -> list[str]:
         swept = [space[name].override(trial.params[name]) for name in space]
         return [*fixed, *swept,
-                f"trial.study_name={_render(self.study_name)}", f"trial.storage={_render(self.storage_spec)}",
-                f"trial.number={trial.number}", f"trial.monitor={_render(self.monitor)}",
-                f"hydra.sweep.dir={_render(str(self.sweep_dir))}",
+                f"trial.study_name={as_override_text(self.study_name)}",
+                f"trial.storage={as_override_text(self.storage_spec)}",
+                f"trial.number={trial.number}", f"trial.monitor={as_override_text(self.monitor)}",
+                f"hydra.sweep.dir={as_override_text(str(self.sweep_dir))}",
                 f"hydra.sweep.subdir={TRIAL_DIR.format(trial.number)}"]
 
     def _run(self, study: optuna.Study, batch: list[optuna.Trial], fixed: list[str],
