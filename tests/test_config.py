@@ -86,7 +86,9 @@ BAD_CONFIGS = [
     (["optimizer.learning_rate=fast"], "optimizer.learning_rate=fast must be a positive number, auto"),
     (["optimizer=adamw8"], "unknown option 'adamw8' for config group 'optimizer'. Did you mean 'adamw'?"),
     (["data.batch_size=big"], "data.batch_size=big must be a whole number of at least 1, or auto."),
-    (["task.neftune_noise_alpha=5"], "NEFTune takes a positive value and applies to task=causal_lm"),
+    (["task.neftune_noise_alpha=5"], "task.neftune_noise_alpha is a setting of task=causal_lm / pretrain, "
+     "not task=classification"),
+    (["task=causal_lm", "data=code_alpaca", "task.neftune_noise_alpha=-1"], "NEFTune takes a positive value"),
     (["callbacks.early_stopping_patience=0"], "callbacks.early_stopping_patience=0 must be at least 1"),
     (["task.learning_rate=1e-3"],
      "unknown config key 'task.learning_rate': it is now 'optimizer.learning_rate'."),

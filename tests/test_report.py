@@ -40,7 +40,7 @@ def _run_dir(path: Path, overrides: dict, metrics: dict | None, trial: dict | No
     config = {"task": {"name": "classification", "monitor": monitor, "monitor_mode": "max"},
               "trial": trial or {"study_name": None, "storage": None, "number": None, "monitor": None},
               "paths": {"output_dir": str(path)}, "optimizer": {"learning_rate": 2e-4},
-              "logger": {"csv": True}}
+              "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "name": "csv"}}}
     for key, value in overrides.items():
         group, _, name = key.partition(".")
         if name:
@@ -322,8 +322,8 @@ def _compose(overrides: list[str], out: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from ftexp.config import validate
     from ftexp.paths import config_dir
+    from ftexp.validation import validate
 
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="test"):
         cfg = compose("config", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
@@ -347,8 +347,8 @@ def wandb_run():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_API_KEY", SECRET)
         mp.delenv("WANDB_MODE", raising=False)
-        overrides = tiny_overrides(data, "logger=wandb", "logger.wandb_mode=offline", "trainer.max_epochs=1",
-                                   "trainer.log_every_n_steps=1", "+logger.wandb_tags=[smoke]",
+        overrides = tiny_overrides(data, "logger=wandb", "logger.wandb.mode=offline", "trainer.max_epochs=1",
+                                   "trainer.log_every_n_steps=1", "logger.wandb.tags=[smoke]",
                                    "trial.study_name=tiny-sweep", "trial.number=3")
         cfg = _compose(overrides, out)
         try:
@@ -453,7 +453,7 @@ def _compose_plain(overrides: list[str], out: Path):
 
 
 def test_wandb_mode_and_tags():
-    from ftexp.builders.loggers import wandb_mode, wandb_run_name, wandb_tags
+    from ftexp.builders.loggers import run_display_name, wandb_mode, wandb_tags
 
     assert wandb_mode("auto", {}) == "offline"
     assert wandb_mode("auto", {"WANDB_API_KEY": "k"}) == "online"
@@ -462,8 +462,8 @@ def test_wandb_mode_and_tags():
     assert wandb_mode("disabled", {}) == "disabled"
     assert wandb_tags({"model": "tiny_bert", "hydra/launcher": "basic", "local": "default", "quant": None},
                       ["x"]) == ["model:tiny_bert", "x"]
-    assert wandb_run_name(Path("/o/multirun/2024-01-01_10-00-00/3"), None, None) == "2024-01-01_10-00-00/3"
-    assert wandb_run_name(Path("/o/runs/my_run"), "study", 7) == "study-7"
+    assert run_display_name(Path("/o/multirun/2024-01-01_10-00-00/3"), None, None) == "2024-01-01_10-00-00/3"
+    assert run_display_name(Path("/o/runs/my_run"), "study", 7) == "study-7"
 
 
 # -- slow: look at it -----------------------------------------------------------------------------

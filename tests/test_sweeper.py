@@ -25,9 +25,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import sentiment_rows
-from ftexp.config import validate
 from ftexp.errors import ConfigError
 from ftexp.paths import config_dir, project_root
+from ftexp.validation import validate
 from hydra_plugins.ftexp_optuna_sweeper._impl import (
     HEARTBEAT_ATTR,
     HOST_ATTR,

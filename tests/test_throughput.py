@@ -4,6 +4,7 @@ out of epoch times, still times a fit cut short by max_steps, and reports peak m
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -151,3 +152,56 @@ def test_hook_order_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch, order: li
         hooks[name](None, stub)  # type: ignore[arg-type]
     monitor.on_train_end(None, stub)  # type: ignore[arg-type]
     assert monitor.epoch_seconds == [expected]
+
+
+class LMModule(L.LightningModule):
+    """Stands in for a causal LM: reads only input_ids, so packed and unpacked batches both train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30522, 2)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.embed(batch["input_ids"]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def causal_lm_data(minilm_tokenizer: Any, packing: bool, tmp_path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from ftexp.data.causal_lm import CausalLMDataModule
+
+    cfg = compose_config(["task=causal_lm", "data=code_alpaca", "model=tiny_llama", "data.max_length=256",
+                          "data.max_train_samples=60", "data.batch_size=4", f"data.packing={packing}"],
+                         output_dir=tmp_path)
+    datamodule = CausalLMDataModule(OmegaConf.to_object(cfg.data), minilm_tokenizer)
+    datamodule.setup()
+    return datamodule
+
+
+def test_packed_and_unpacked_runs_count_the_same_samples_and_real_tokens(minilm_tokenizer: Any,
+                                                                       tmp_path: Path):
+    """data.packing=true puts several samples in a row and pads rows with no attention mask: the
+    counts must still be samples and non-padding tokens, equal to an unpacked run's on the same data."""
+    unpacked_data = causal_lm_data(minilm_tokenizer, False, tmp_path)
+    samples = unpacked_data.datasets["train"].rows  # one encoded sample per row
+    true_samples, true_tokens = len(samples), sum(len(s["input_ids"]) for s in samples)
+    counted = {}
+    for packing in (False, True):
+        datamodule = unpacked_data if not packing else causal_lm_data(minilm_tokenizer, True, tmp_path)
+        monitor = ThroughputMonitor()
+        trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            callbacks=[monitor])
+        trainer.fit(LMModule(), datamodule=datamodule)
+        counted[packing] = (monitor.samples, monitor.tokens, datamodule.num_train_samples)
+        if packing:  # the traps are there: rows are not samples, and padding is not in any mask
+            rows = len(datamodule.datasets["train"])
+            assert rows < true_samples
+            padded = sum(b["input_ids"].numel() for b in datamodule.train_dataloader())
+            assert padded > true_tokens
+            assert "attention_mask" not in next(iter(datamodule.train_dataloader()))
+    assert counted[False] == counted[True] == (2 * true_samples, 2 * true_tokens, true_samples)

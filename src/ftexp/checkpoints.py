@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ftexp import atomic
 from ftexp.callbacks.resume import LAST, NEWEST, PREVIOUS
 from ftexp.errors import FtexpError
 
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
+            # One fixed temporary name (.<name>.tmp): a save cut short by a kill is overwritten
+            # by the next one instead of leaving gigabytes of orphans.
+            with atomic.atomic_path(path, unique=False) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             if err.errno == errno.ENOSPC:
                 raise FtexpError(f"no space left on the device while writing {path}; the previous "
                                  "checkpoint is intact: free some space, then resume=<run dir>.") from err
@@ -89,9 +89,9 @@ def consolidate(path: Path, keep: set[str] | None = None) -> Path:
     checkpoint.pop("optimizer_states", None)  # weights only, like the single-device best.ckpt
     if keep is not None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    shutil.rmtree(path)
-    tmp.rename(path)
+    with atomic.atomic_path(path, unique=False) as tmp:
+        torch.save(checkpoint, tmp)
+        atomic.fsync_file(tmp)  # on disk before the folder it replaces is removed
+        shutil.rmtree(path)
     log.info("consolidated the sharded checkpoint into %s", path)
     return path

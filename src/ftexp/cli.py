@@ -19,10 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
-from ftexp.config import did_you_mean, validate
-from ftexp.errors import ConfigError, debug_requested, reported_as_one_line
+from ftexp.errors import ConfigError, debug_requested, did_you_mean, reported_as_one_line
 from ftexp.paths import config_dir, project_root
+from ftexp.validation import bad_value_message, validate
 
 OmegaConf.register_new_resolver("ftexp_root", lambda: str(project_root()), replace=True)
 
@@ -123,7 +124,7 @@ def preflight(argv: list[str]) -> None:
             try:
                 cfg = compose("config", overrides=[f"{c}={v}" for _, c, v in combination])
             except HydraException as err:
-                raise ConfigError(str(err).strip().splitlines()[0]) from err
+                raise ConfigError(_composition_message(err)) from err
             validate(cfg, resolve=False)
             _check_adapter_keys(cfg)
             # The keys are right; what Hydra may still refuse is how they were written.
@@ -131,6 +132,17 @@ def preflight(argv: list[str]) -> None:
                 compose("config", overrides=[f"{g}={v}" for g, _, v in combination])
             except HydraException as err:
                 raise ConfigError(_hydra_hint(str(err))) from err
+
+
+def _composition_message(err: HydraException) -> str:
+    """One line for a failed compose: a value of the wrong type for its schema is named as
+    `validate` names it; anything else is Hydra's first line."""
+    cause = err.__cause__
+    while cause is not None and not isinstance(cause, ValidationError):
+        cause = cause.__cause__
+    if isinstance(cause, ValidationError):
+        return bad_value_message(cause)
+    return str(err).strip().splitlines()[0]
 
 
 def _check_adapter_keys(cfg: DictConfig) -> None:

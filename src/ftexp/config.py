@@ -1,33 +1,46 @@
-"""Typed schemas for every config group, and the one function that checks a composed config.
+"""The typed schema of every config group: the one place its keys, types, defaults, allowed
+values and own checks live. The YAML options under conf/ hold only what differs from here.
 
-Group YAML files stay plain; `validate()` merges each group onto its dataclass so an unknown
-key, a wrong type or a missing value fails here, before anything heavy is imported, with one
-line that names the key and what would be valid. Kept free of torch/transformers imports so
+`FtexpConfig` is registered in Hydra's ConfigStore as `ftexp_schema`, the first entry of
+conf/config.yaml's defaults list, so every group option is composed onto its typed schema.
+Open groups (task, adapter, logger, callbacks.extra) are typed later: a task's keys by the schema
+its registry entry names (ftexp.tasks.registry), an adapter's by PEFT, a `_target_` node's by its
+constructor. Each schema's `check(node)` looks at that group alone; rules across groups live in
+ftexp.config_rules, and ftexp.validation runs both. Kept free of torch/transformers imports so
 `--cfg job` and `--help` stay fast.
 """
 
 from __future__ import annotations
 
-import difflib
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import (
-    ConfigKeyError,
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-    ValidationError,
-)
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
-from ftexp.errors import ConfigError
+from ftexp.errors import ConfigError, did_you_mean  # noqa: F401  (did_you_mean: re-exported)
 
 MISSING = "???"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _is_number(value: object, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+class GroupSchema:
+    """What every group schema may declare besides its fields: the values a key may take
+    (checked after types, listed in the message) and `check`, the group's own rules."""
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @staticmethod
+    def check(node: DictConfig) -> None:
+        """Rules within this group that types cannot express; raise ConfigError with one line."""
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(GroupSchema):
     # Hub id, local directory, or `package:<module>/<subdir>` for weights shipped in a pip package.
     name_or_path: str = MISSING
     # Tokenizer source when it differs from the weights (defaults to name_or_path).
@@ -51,9 +64,17 @@ class ModelConfig:
     # memory for some more compute.
     gradient_checkpointing: bool = False
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": DTYPES}
+
+    @staticmethod
+    def check(model: DictConfig) -> None:
+        if model.random_init is not None and "model_type" not in model.random_init:
+            raise ConfigError("model.random_init needs a 'model_type' (e.g. bert, llama) to know "
+                              "which architecture to build.")
+
 
 @dataclass
-class QuantConfig:
+class QuantConfig(GroupSchema):
     method: str = "none"  # none | 8bit (LLM.int8) | 4bit (QLoRA-style NF4/FP4), via bitsandbytes
     quant_type: str = "nf4"  # 4bit: nf4 | fp4
     double_quant: bool = True  # 4bit: quantize the quantization constants too (~0.4 bit/param)
@@ -65,9 +86,13 @@ class QuantConfig:
     # memory saving, as peft.prepare_model_for_kbit_training does).
     upcast_norms: bool = True
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "method": ("none", "8bit", "4bit"), "quant_type": ("nf4", "fp4"), "compute_dtype": DTYPES,
+        "storage_dtype": ("uint8", *DTYPES)}
+
 
 @dataclass
-class StrategyConfig:
+class StrategyConfig(GroupSchema):
     """How training is spread over devices (builders/strategy.py). Each option's file lists only
     the keys its strategy reads."""
     name: str = "auto"  # auto (one device) | ddp | fsdp | deepspeed
@@ -83,33 +108,73 @@ class StrategyConfig:
     offload_optimizer: bool = False  # deepspeed: optimizer state in CPU memory
     offload_parameters: bool = False  # deepspeed stage 3: parameters in CPU memory
 
+    # The strategy stays a name read by builders/strategy.py rather than a `_target_`: building
+    # it needs the model's block classes and the precision, wiring the YAML cannot express.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "name": ("auto", "ddp", "fsdp", "deepspeed"),
+        "sharding": ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard"),
+        "state_dict": ("full", "sharded")}
+
 
 @dataclass
-class TaskConfig:
-    # classification: one class per row, or several when the label column holds lists
-    # (multi-label) | regression: a number per row | causal_lm: supervised fine-tuning on
-    # prompt → response | pretrain: next-token prediction on raw text
-    name: str = "classification"
+class TaskConfig(GroupSchema):
+    """Keys every task has. Each task's registry entry (ftexp.tasks.registry) names the schema of
+    its own keys: one of the subclasses below."""
+    name: str = MISSING  # an entry of ftexp.tasks.registry
+    # Metric the best checkpoint, early stopping and sweep pruning follow.
+    monitor: str = "val/loss"
+    # max | min; null: from the metric (lower is better for loss, perplexity, mse, mae).
+    monitor_mode: Optional[str] = None
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"monitor_mode": ("max", "min")}
+
+
+
+@dataclass
+class HeadTaskConfig(TaskConfig):
+    """classification / regression: backbone → pooled vector → dropout → linear head."""
+    monitor: str = "val/acc"
     # How the backbone's hidden states become one vector per text:
     # auto (mean for encoders, last non-padding token for decoders) | cls | mean | last
     pooling: str = "auto"
     head_dropout: float = 0.1
     # Multi-label: a class is predicted when its sigmoid probability reaches this.
     threshold: float = 0.5
-    # Metric the best checkpoint is chosen by, and whether larger is better.
-    monitor: str = "val/acc"
-    monitor_mode: str = "max"
-    # causal_lm: also learn to predict the prompt tokens (off: loss on the response only).
-    train_on_prompt: bool = False
-    # causal_lm / pretrain: generate from this many fixed validation prompts at each evaluation.
-    sample_generations: int = 3
-    # causal_lm / pretrain: NEFTune — uniform noise of this scale on the input embeddings while
-    # training (alpha / sqrt(seq_len * dim) per element); null turns it off. 5 is the paper's pick.
-    neftune_noise_alpha: Optional[float] = None
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **TaskConfig.CHOICES, "pooling": ("auto", "cls", "mean", "last")}
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        if not 0.0 < task.threshold < 1.0:
+            raise ConfigError(f"task.threshold={task.threshold} must be in (0, 1).")
+        if not 0.0 <= task.head_dropout < 1.0:
+            raise ConfigError(f"task.head_dropout={task.head_dropout} must be in [0, 1).")
 
 
 @dataclass
-class GenerationConfig:
+class LanguageModelTaskConfig(TaskConfig):
+    """causal_lm / pretrain: next-token cross-entropy."""
+    # Also learn to predict the prompt tokens (off: loss on the response only).
+    train_on_prompt: bool = False
+    # Generate from this many fixed validation prompts at each evaluation.
+    sample_generations: int = 3
+    # NEFTune: uniform noise of this scale on the input embeddings while training
+    # (alpha / sqrt(seq_len * dim) per element); null turns it off. 5 is the paper's pick.
+    neftune_noise_alpha: Optional[float] = None
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        alpha = task.neftune_noise_alpha
+        if alpha is not None and alpha <= 0:
+            raise ConfigError(f"task.neftune_noise_alpha={alpha}: NEFTune takes a positive value; "
+                              "set it to null to turn it off.")
+        if task.sample_generations < 0:
+            raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+
+
+@dataclass
+class GenerationConfig(GroupSchema):
     """Decoding settings for sample generations during training and for `ftexp.generate`."""
     max_new_tokens: int = 128
     do_sample: bool = False  # false: greedy decoding
@@ -118,32 +183,65 @@ class GenerationConfig:
     top_k: int = 50
     repetition_penalty: float = 1.0
 
+    @staticmethod
+    def check(generation: DictConfig) -> None:
+        if generation.max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens={generation.max_new_tokens} must be at least 1.")
+
 
 @dataclass
-class OptimizerConfig:
-    # adamw (fused on GPU where Lightning allows) | adamw_8bit (bitsandbytes) | adafactor
-    name: str = "adamw"
+class OptimizerConfig(GroupSchema):
+    """A `_target_` optimizer class, built over the trainable parameters by builders/optim.py
+    (`params` and `lr` are passed there; weight decay per parameter group)."""
+    _target_: str = "torch.optim.AdamW"
     # A number, `auto` (the documented default of the adapter method, see builders/optim.py) or
     # `find` (an LR range test before training; its plot goes to the run dir).
     learning_rate: Any = 2e-4
     weight_decay: float = 0.01  # never applied to biases and norm weights
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    fused: Any = "auto"  # auto | true | false — the fused CUDA AdamW kernel
+    betas: Optional[list[float]] = field(default_factory=lambda: [0.9, 0.999])  # null: not passed
+    eps: Optional[float] = 1e-8  # null: not passed
+    # auto | true | false — the fused CUDA kernel, for optimizers that offer one (torch AdamW);
+    # auto: on CUDA unless mixed precision with gradient clipping (Lightning refuses that).
+    fused: Any = "auto"
+
+    @staticmethod
+    def check(opt: DictConfig) -> None:
+        lr = opt.learning_rate
+        if not (lr in ("auto", "find") or _is_number(lr) and lr > 0):
+            raise ConfigError(f"optimizer.learning_rate={lr} must be a positive number, auto (the "
+                              "adapter method's default) or find (an LR range test).")
+        if opt.fused not in ("auto", True, False):
+            raise ConfigError(f"optimizer.fused={opt.fused} must be auto, true or false.")
+        if opt.betas is not None and (len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas)):
+            raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1), "
+                              "e.g. [0.9,0.999].")
+        if opt.weight_decay < 0:
+            raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be 0 or more.")
 
 
 @dataclass
-class SchedulerConfig:
-    # linear / cosine: warmup then decay to 0 | constant: flat | constant_with_warmup
-    name: str = "linear"
-    warmup_fraction: float = 0.0  # share of the total optimizer steps spent warming up
+class SchedulerConfig(GroupSchema):
+    """A `_target_` function of transformers' schedules (or any with its signature), called by
+    builders/schedulers.py with the optimizer and, where it takes them, num_warmup_steps and
+    num_training_steps (optimizer steps)."""
+    _target_: str = "transformers.get_linear_schedule_with_warmup"
+    warmup_fraction: float = 0.1  # share of the total optimizer steps spent warming up
     warmup_steps: Optional[int] = None  # a step count instead (wins over warmup_fraction)
     # Multiply the learning rate by the number of training processes (linear) or its root (sqrt).
     learning_rate_scaling: str = "none"
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"learning_rate_scaling": ("none", "linear", "sqrt")}
+
+    @staticmethod
+    def check(sched: DictConfig) -> None:
+        if not 0.0 <= sched.warmup_fraction < 1.0:
+            raise ConfigError(f"scheduler.warmup_fraction={sched.warmup_fraction} must be in [0, 1).")
+        if sched.warmup_steps is not None and sched.warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps={sched.warmup_steps} must be 0 or more (or null).")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(GroupSchema):
     path: str = MISSING  # CSV / TSV / JSON / JSONL / Parquet file
     format: str = "auto"  # auto (from the extension) | csv | tsv | json | jsonl | parquet
     text_columns: list[str] = field(default_factory=lambda: ["text"])
@@ -185,9 +283,41 @@ class DataConfig:
     # head on them; later runs with the same key do no encoder passes at all.
     cache_encoder_embeddings: bool = False
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
+        "empty_fields": ("keep", "drop_paragraph", "error"), "truncation": ("cut", "drop")}
+
+    @staticmethod
+    def check(data: DictConfig) -> None:
+        if not data.text_columns:
+            raise ConfigError("data.text_columns is empty: name at least one text column, "
+                              "e.g. data.text_columns=[sentence].")
+        if data.split_column is None:
+            probs = list(data.split_probabilities)
+            if len(probs) != 3 or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                raise ConfigError(
+                    f"data.split_probabilities={probs} must be three non-negative numbers "
+                    "(train, validation, test) that sum to 1, e.g. [0.9,0.05,0.05]."
+                )
+            if probs[0] == 0:
+                raise ConfigError("data.split_probabilities gives the train split no rows; "
+                                  "make its first number positive.")
+        for key in ("max_length", "max_batch_size", "eval_batch_size"):
+            if data[key] < 1:
+                raise ConfigError(f"data.{key}={data[key]} must be at least 1.")
+        size = data.batch_size
+        if not (size == "auto" or _is_number(size, integer=True) and size >= 1):
+            raise ConfigError(f"data.batch_size={data.batch_size} must be a whole number of at least 1, "
+                              "or auto.")
+        if data.max_train_samples is not None and data.max_train_samples < 1:
+            raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
+                              "(or null for all rows).")
+        if data.label_separator == "":
+            raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
+
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(GroupSchema):
     accelerator: str = "auto"
     devices: Any = "auto"  # per node; under torchrun / SLURM taken from the launcher
     num_nodes: int = 1
@@ -197,7 +327,7 @@ class TrainerConfig:
     max_steps: int = -1
     val_check_interval: Any = 1.0
     log_every_n_steps: int = 10
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: Optional[float] = 1.0  # clip the gradient norm (null: no clipping)
     accumulate_grad_batches: int = 1
     limit_train_batches: Any = None
     limit_val_batches: Any = None
@@ -209,9 +339,18 @@ class TrainerConfig:
     # off: train/* are running values over the epoch's training batches.
     evaluate_training_set: bool = False
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")}
+
+    @staticmethod
+    def check(trainer: DictConfig) -> None:
+        if trainer.max_epochs < 1 and trainer.max_steps < 1:
+            raise ConfigError("trainer.max_epochs and trainer.max_steps are both below 1: "
+                              "set at least one of them.")
+
 
 @dataclass
-class CallbacksConfig:
+class CallbacksConfig(GroupSchema):
     checkpoint: bool = True  # keep the best model (by task.monitor) in checkpoints/best.ckpt
     rich_progress: bool = True
     # Stop when task.monitor has not improved by min_delta for this many evaluations (null: off).
@@ -223,20 +362,23 @@ class CallbacksConfig:
     resume_every_minutes: Optional[float] = 5.0
     on_nonfinite: str = "stop"  # NaN/inf gradients: stop (naming the step) | skip the step
     nonfinite_max_skips: int = 10  # skip: stop anyway after this many skipped steps
+    # Callbacks of your own, each a `_target_` node built with hydra.utils.instantiate:
+    # +callbacks.extra.<name>._target_=my.module.MyCallback (+callbacks.extra.<name>.<arg>=…).
+    # The built-in ones above stay switches: they are wired to each other and to the task
+    # (monitor, the resume saver the NaN guard falls back on), which a YAML node cannot express.
+    extra: dict[str, Any] = field(default_factory=dict)
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"on_nonfinite": ("stop", "skip")}
 
-@dataclass
-class LoggerConfig:
-    csv: bool = True  # metrics per step in csv/metrics.csv
-    # Weights & Biases (logger=wandb; `pip install 'ftexp[wandb]'`), files in <run dir>/wandb/.
-    wandb: bool = False
-    # auto: online when WANDB_API_KEY is set, else offline (no network) | offline | online | disabled
-    wandb_mode: str = "auto"
-    wandb_project: str = "ftexp"
-    wandb_entity: Optional[str] = None  # null: the API key's default entity
-    wandb_name: Optional[str] = None  # null: <study>-<trial> for sweep trials, else the run dir's name
-    wandb_group: Optional[str] = None  # null: the study name for sweep trials, else no group
-    wandb_tags: list[str] = field(default_factory=list)  # besides one `group:option` per chosen group
+    @staticmethod
+    def check(callbacks: DictConfig) -> None:
+        patience = callbacks.early_stopping_patience
+        if patience is not None and patience < 1:
+            raise ConfigError(f"callbacks.early_stopping_patience={patience} must be at least 1 (or null).")
+        for name, node in callbacks.extra.items():
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                raise ConfigError(f"callbacks.extra.{name} needs a _target_: "
+                                  f"+callbacks.extra.{name}._target_=my.module.MyCallback.")
 
 
 @dataclass
@@ -266,14 +408,16 @@ class FtexpConfig:
     adapter: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     quant: QuantConfig = field(default_factory=QuantConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    # Open here: typed by the schema the task's registry entry names (see ftexp.validation).
+    task: Any = field(default_factory=lambda: {"name": "classification"})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Named `_target_` nodes, one per logger (conf/logger/*.yaml), built by builders/loggers.py.
+    logger: dict[str, Any] = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     # A run directory to continue from its last checkpoint (`last`: the newest run in outputs/runs).
@@ -283,144 +427,48 @@ class FtexpConfig:
     debug: bool = False
 
 
+
 # Adapter methods built into ftexp; every other adapter.method is a PEFT method.
 NON_PEFT_ADAPTERS = ("none", "frozen", "freeze")
+# adapter.method → (PEFT config class, settings the method implies). Read by builders/adapter.py.
+PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("LoraConfig", {}),
+    "dora": ("LoraConfig", {"use_dora": True}),
+    "adalora": ("AdaLoraConfig", {}),
+    "ia3": ("IA3Config", {}),
+    "loha": ("LoHaConfig", {}),
+    "lokr": ("LoKrConfig", {}),
+    "oft": ("OFTConfig", {}),
+    "boft": ("BOFTConfig", {}),
+    # Prompt-learning methods need a task type; feature extraction is the headless one.
+    "prefix_tuning": ("PrefixTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
+    "prompt_tuning": ("PromptTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
+    "llama_adapter": ("AdaptionPromptConfig", {"task_type": "FEATURE_EXTRACTION"}),
+}
+# `peft`: any PEFT config class by `adapter._target_`.
+ADAPTER_METHODS = (*NON_PEFT_ADAPTERS, *PEFT_METHODS, "peft")
 # PEFT methods that prepend virtual tokens: packed rows and their position ids do not fit them.
 PROMPT_LEARNING_ADAPTERS = ("prefix_tuning", "prompt_tuning", "llama_adapter")
-LM_TASKS = ("causal_lm", "pretrain")  # tasks trained on next-token prediction
-
-# Values a key may take, checked after types. Kept beside the schema so the message can list them.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "adapter.method": (*NON_PEFT_ADAPTERS, "lora", "dora", "adalora", "ia3", "loha", "lokr",
-                       "oft", "boft", "prefix_tuning", "prompt_tuning", "llama_adapter", "peft"),
-    "quant.method": ("none", "8bit", "4bit"),
-    "quant.quant_type": ("nf4", "fp4"),
-    "quant.compute_dtype": ("float32", "bfloat16", "float16"),
-    "quant.storage_dtype": ("uint8", "float32", "bfloat16", "float16"),
-    "strategy.name": ("auto", "ddp", "fsdp", "deepspeed"),
-    "strategy.sharding": ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard"),
-    "strategy.state_dict": ("full", "sharded"),
-    "task.name": ("classification", "regression", "causal_lm", "pretrain"),
-    "task.pooling": ("auto", "cls", "mean", "last"),
-    "task.monitor_mode": ("max", "min"),
-    "optimizer.name": ("adamw", "adamw_8bit", "adafactor"),
-    "callbacks.on_nonfinite": ("stop", "skip"),
-    "scheduler.name": ("linear", "cosine", "constant", "constant_with_warmup"),
-    "scheduler.learning_rate_scaling": ("none", "linear", "sqrt"),
-    "data.format": ("auto", "csv", "tsv", "json", "jsonl", "parquet"),
-    "data.empty_fields": ("keep", "drop_paragraph", "error"),
-    "data.truncation": ("cut", "drop"),
-    "logger.wandb_mode": ("auto", "offline", "online", "disabled"),
-    "trainer.precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"),
-}
 
 
-def did_you_mean(word: str, options: list[str] | tuple[str, ...], prefix: str = "") -> str:
-    """' Did you mean '<prefix>x'?' for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
+def check_adapter(adapter: DictConfig) -> None:
+    """The adapter group is open (each PEFT method has PEFT's keys, checked by builders/adapter.py
+    when the job starts); here only what ftexp itself reads."""
+    if "method" not in adapter:
+        raise ConfigError("adapter.method is missing: choose an adapter, e.g. adapter=lora.")
+    if adapter.method not in ADAPTER_METHODS:
+        raise ConfigError(f"'adapter.method={adapter.method}' is not a valid choice."
+                          f"{did_you_mean(str(adapter.method), ADAPTER_METHODS)} "
+                          f"Choices: {', '.join(ADAPTER_METHODS)}.")
+    if adapter.method == "freeze" and not (adapter.get("last_n_layers") or adapter.get("trainable_patterns")):
+        raise ConfigError("adapter=freeze trains nothing: set adapter.last_n_layers=N or "
+                          "adapter.trainable_patterns=[regex,...].")
 
 
-def _schema_keys(schema: type) -> list[str]:
-    return [f.name for f in fields(schema)]
+# The typed groups of FtexpConfig, checked group by group by ftexp.validation.
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig, "quant": QuantConfig, "strategy": StrategyConfig,
+    "optimizer": OptimizerConfig, "scheduler": SchedulerConfig, "generation": GenerationConfig,
+    "data": DataConfig, "trainer": TrainerConfig, "callbacks": CallbacksConfig}
 
-
-# Keys that moved to another group: the error names the new place.
-MOVED_KEYS = {"task.learning_rate": "optimizer.learning_rate",
-              "task.weight_decay": "optimizer.weight_decay"}
-
-
-def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
-    """Raise on the first key of `node` that `schema` does not declare, with a did-you-mean."""
-    if not isinstance(node, DictConfig) or not is_dataclass(schema):
-        return
-    known = {f.name: f for f in fields(schema)}
-    for key in node.keys():
-        full = f"{prefix}{key}"
-        if full in MOVED_KEYS:
-            raise ConfigError(f"unknown config key '{full}': it is now '{MOVED_KEYS[full]}'.")
-        if key not in known:
-            valid = _schema_keys(schema)
-            raise ConfigError(
-                f"unknown config key '{full}'."
-                f"{did_you_mean(str(key), valid, prefix)} "
-                f"Valid keys under '{prefix[:-1] or 'the top level'}': {', '.join(valid)}."
-            )
-        sub = known[key].default_factory() if callable(known[key].default_factory) else None
-        if is_dataclass(sub):
-            _walk_unknown_keys(node._get_node(key), type(sub), f"{full}.")
-
-
-def _missing_keys(node: DictConfig, prefix: str) -> list[str]:
-    """Keys still set to ??? (like OmegaConf.missing_keys, but without resolving interpolations)."""
-    found = []
-    for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig):
-            found += _missing_keys(child, f"{prefix}{key}.")
-        elif OmegaConf.is_missing(node, key):
-            found.append(f"{prefix}{key}")
-    return found
-
-
-def _expected_type(full_key: str) -> str:
-    """The schema's declared type of a dotted key, readable: 'int', 'float or null', …"""
-    schema: Any = FtexpConfig
-    declared: Any = None
-    for part in full_key.split("."):
-        hints = typing.get_type_hints(schema) if is_dataclass(schema) else {}
-        if part not in hints:
-            return ""
-        declared = schema = hints[part]
-    args = [a for a in typing.get_args(declared) if a is not type(None)]
-    if typing.get_origin(declared) is typing.Union and len(args) == 1:
-        return f"{getattr(args[0], '__name__', args[0])} or null"
-    return getattr(declared, "__name__", str(declared))
-
-
-def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
-    """Return `cfg` merged onto the schema (typed, struct), or raise ConfigError with one line.
-
-    `resolve=False` skips interpolations, for checks made before Hydra has set up a run
-    (`${hydra:…}` values exist only inside a job).
-    """
-    user = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    _walk_unknown_keys(user, FtexpConfig, "")
-    schema = OmegaConf.structured(FtexpConfig)
-    try:
-        typed = OmegaConf.merge(schema, user)
-    except ValidationError as err:
-        key = err.full_key or "?"
-        raise ConfigError(
-            f"bad value for '{key}': expected {_expected_type(key)}, got {err.value!r}."
-            if hasattr(err, "value") and _expected_type(key)
-            else f"bad value for '{key}': {str(err.msg).splitlines()[0]}."
-        ) from err
-    except ConfigKeyError as err:  # pragma: no cover - _walk_unknown_keys catches these first
-        raise ConfigError(f"unknown config key '{err.full_key}'.") from err
-
-    missing = _missing_keys(typed, "")
-    if missing:
-        raise ConfigError(
-            f"missing required value '{missing[0]}': set it on the command line, "
-            f"e.g. {missing[0]}=<value>."
-        )
-    try:
-        if resolve:
-            OmegaConf.resolve(typed)
-    except (InterpolationResolutionError, MissingMandatoryValue) as err:
-        raise ConfigError(f"cannot resolve '{err.full_key}': {str(err.msg).splitlines()[0]}") from err
-
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(typed, key)
-        if value is not None and str(value) not in allowed:
-            raise ConfigError(
-                f"'{key}={value}' is not a valid choice.{did_you_mean(str(value), allowed)} "
-                f"Choices: {', '.join(allowed)}."
-            )
-    from ftexp.config_checks import check_semantics  # late: it imports this module
-
-    check_semantics(typed)
-    OmegaConf.set_struct(typed, True)
-    return typed
+ConfigStore.instance().store(name="ftexp_schema", node=FtexpConfig)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 from collections.abc import Iterator
 
 EXIT_USER_ERROR = 2
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...], prefix: str = "") -> str:
+    """' Did you mean '<prefix>x'?' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 class FtexpError(Exception):

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftexp import run_dir
+from ftexp import atomic, run_dir
 from ftexp.config import PROMPT_LEARNING_ADAPTERS
 from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
@@ -80,9 +80,12 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
         raise FtexpError(f"output directory '{output}' is not empty; choose another with -o.")
     saved = load_checkpoint(ckpt_path)  # weights_only: tensors and plain containers
     hparams = saved["hyper_parameters"]
+    from ftexp.tasks.registry import TASKS, get_task
+
     task, method = hparams["task"]["name"], hparams["adapter"]["method"]
-    if task not in ("causal_lm", "pretrain"):
-        raise FtexpError(f"'{run}' is a task={task} run; export writes causal LMs (causal_lm / pretrain).")
+    if not get_task(task).exports:
+        exporting = " / ".join(name for name, spec in TASKS.items() if spec.exports)
+        raise FtexpError(f"'{run}' is a task={task} run; export writes causal LMs ({exporting}).")
     if method in PROMPT_LEARNING_ADAPTERS:
         raise FtexpError(f"adapter={method} adds virtual tokens that cannot be merged into the "
                          "weights; export supports weight adapters (lora, dora, ia3, …) and full "
@@ -106,10 +109,11 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
         generation = dict(hparams.get("generation") or {})
         GenerationConfig(**generation, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id).save_pretrained(staging)
-        (staging / "README.md").write_text(_model_card(config_path.read_text(), metrics, hparams))
+        atomic.write_text(staging / "README.md", _model_card(config_path.read_text(), metrics, hparams))
+        atomic.fsync_tree(staging)  # every file on disk before the folder is published
         if output.exists():
             output.rmdir()
-        staging.rename(output)
+        atomic.replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

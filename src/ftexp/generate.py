@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ftexp import atomic
 from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
@@ -29,19 +30,22 @@ class RunGenerator:
 
         from ftexp.data.causal_lm import LanguageModelingEncoder, PromptFormatter
         from ftexp.predict import load_trained
+        from ftexp.tasks.registry import TASKS, get_task
 
         task, self.tokenizer, cfg = load_trained(run)
-        if cfg.task.name not in ("causal_lm", "pretrain"):
-            raise FtexpError(f"'{run}' is a task={cfg.task.name} run; generate needs a causal_lm or "
-                             "pretrain run (use `python -m ftexp.predict` for labels).")
+        spec = get_task(cfg.task.name)
+        if not spec.generates:
+            generating = " or ".join(name for name, s in TASKS.items() if s.generates)
+            raise FtexpError(f"'{run}' is a task={cfg.task.name} run; generate needs a {generating} "
+                             "run (use `python -m ftexp.predict` for labels).")
         self.model = task.network.to("cuda" if torch.cuda.is_available() else "cpu")
         from ftexp.config import DataConfig
 
         data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
-        self.formatter = PromptFormatter(data, cfg.task.name)
+        self.formatter = PromptFormatter(data, raw_text=not spec.needs_prompts)
         self.encoder = LanguageModelingEncoder(self.tokenizer, self.formatter, train_on_prompt=False)
         self.main_column = data.text_columns[0]
-        self.uses_template = cfg.task.name == "causal_lm" and data.prompt_template is not None
+        self.uses_template = spec.needs_prompts and data.prompt_template is not None
         self.settings = {**task.hparams.generation, **(overrides or {})}
 
     def prompt_text(self, row: dict[str, Any], raw: bool = False) -> str:
@@ -95,9 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                                  f"template with; columns are: {', '.join(map(str, frame.columns))}.")
             frame["generation"] = generator.generate(frame.to_dict(orient="records"), args.raw)
             output = args.output or args.run_dir / f"generations_{args.file.stem}.jsonl"
-            tmp = output.with_name(output.name + ".tmp")
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-            tmp.replace(output)
+            with atomic.atomic_path(output) as tmp:
+                frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
             print(f"wrote {len(frame)} generations to {output}")
         else:
             print("ftexp generate — one prompt per line, Ctrl-D to quit", file=sys.stderr)

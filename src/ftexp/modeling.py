@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLINGS = ("cls", "mean", "last")
+from ftexp.config import HeadTaskConfig
+
+POOLINGS = tuple(p for p in HeadTaskConfig.CHOICES["pooling"] if p != "auto")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ftexp import run_dir
+from ftexp import atomic, run_dir
 from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
@@ -32,12 +32,11 @@ def write_predictions(path: Path, frame: pd.DataFrame, task: Any, predictions: l
     out = frame.iloc[:rows].copy().reset_index(drop=True)
     for name, values in columns.items():
         out[name] = values
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        out.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    else:
-        out.to_csv(tmp, index=False)
-    tmp.replace(path)  # never leave half a predictions file behind
+    with atomic.atomic_path(path) as tmp:  # never leave half a predictions file behind
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            out.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            out.to_csv(tmp, index=False)
     return out
 
 
@@ -68,7 +67,7 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
     from omegaconf import OmegaConf
 
     from ftexp.builders.backbone import load_tokenizer
-    from ftexp.tasks import task_class
+    from ftexp.tasks import task_class_for
 
     config_path, ckpt_path = run / run_dir.CONFIG_FILE, run / checkpoint
     for needed in (config_path, ckpt_path):
@@ -77,7 +76,8 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
                              f"(expected {needed}).")
     cfg = OmegaConf.load(config_path)
     saved = load_checkpoint(ckpt_path)
-    task = task_class(saved["hyper_parameters"].get("target"))(**saved["hyper_parameters"])
+    hparams = saved["hyper_parameters"]
+    task = task_class_for(hparams["task"], hparams.get("target"))(**hparams)
     task.configure_model()
     task.load_trained_state(saved["state_dict"])
     task.eval()
@@ -89,28 +89,30 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
 
 def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int = 64,
                  text_columns: list[str] | None = None) -> pd.DataFrame:
-    import torch
+    import lightning as L
+    from omegaconf import OmegaConf
     from transformers import DataCollatorWithPadding
 
     from ftexp.data.encoding import check_text_columns, encode
     from ftexp.data.readers import read_table
+    from ftexp.data.rows import Rows, rows_loader
+    from ftexp.tasks.registry import get_task
 
+    config_path = run / run_dir.CONFIG_FILE
+    if config_path.is_file():  # refuse before the model loads
+        name = OmegaConf.load(config_path).task.name
+        if not get_task(name).predicts:
+            raise FtexpError(f"'{run}' is a task={name} run, which writes text, not labels; "
+                             "use `python -m ftexp.generate` on it.")
     task, tokenizer, cfg = load_trained(run)
-    if not hasattr(task, "prediction_columns"):
-        raise FtexpError(f"'{run}' is a task={cfg.task.name} run, which writes text, not labels; "
-                         "use `python -m ftexp.generate` on it.")
     columns = text_columns or list(cfg.data.text_columns)
     frame = read_table(input_path)
     check_text_columns(frame, columns, f"'{input_path}'")
     rows, _ = encode(tokenizer, frame, columns, cfg.data.max_length)
-    collate = DataCollatorWithPadding(tokenizer)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    task.to(device)
-    predictions = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
-            predictions.append(task.predict_step(batch, 0))
+    loader = rows_loader(Rows(rows), batch_size, False, DataCollatorWithPadding(tokenizer), 0, 0)
+    predictor = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                          enable_model_summary=False, enable_progress_bar=len(rows) > 10 * batch_size)
+    predictions = predictor.predict(task, dataloaders=loader)
     return write_predictions(output_path, frame, task, predictions)
 
 

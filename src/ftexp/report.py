@@ -14,29 +14,27 @@ With `--wandb` the comparison is also published as a W&B Report (online only).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from ftexp import atomic
 from ftexp.errors import reported_as_one_line
+from ftexp.objective import Objective
 from ftexp.reporting import ReportError
-from ftexp.reporting.collect import Comparison, Objective, collect
+from ftexp.reporting.collect import Comparison, collect
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
-# Metrics where smaller is better, when --objective gives no direction.
-_LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "memory", "seconds", "params", "error")
 
 
 def parse_objective(text: str) -> Objective:
-    """`val/acc`, `val/acc:max` or `peak_memory_gib:min`."""
+    """`val/acc`, `val/acc:max` or `peak_memory_gib:min`; without a mode, the metric's own
+    direction (ftexp.objective.lower_is_better: losses, errors, memory, seconds, … are minimized)."""
     metric, _, mode = text.rpartition(":") if text.endswith((":max", ":min")) else (text, "", "")
     if not metric:
         raise ReportError(f"bad --objective '{text}': expected METRIC, METRIC:max or METRIC:min.")
-    if not mode:
-        mode = "min" if any(word in metric for word in _LOWER_IS_BETTER) else "max"
-    return Objective(metric, "maximize" if mode == "max" else "minimize")
+    return Objective.for_metric(metric, mode or None)
 
 
 def _default_out(paths: list[Path]) -> Path:
@@ -56,8 +54,7 @@ def build_page(comparisons: list[Comparison], paths: list[Path], out_dir: Path, 
     several = len(comparisons) > 1
     groups = []
     for comparison in comparisons:
-        objectives = ", ".join(f"{o.metric} ({'max' if o.sign > 0 else 'min'})"
-                               for o in comparison.objectives)
+        objectives = ", ".join(f"{o.metric} ({o.mode})" for o in comparison.objectives)
         best = comparison.best
         if not several:
             chips.append(("objective", objectives))
@@ -72,12 +69,6 @@ def build_page(comparisons: list[Comparison], paths: list[Path], out_dir: Path, 
     subtitle = (f"{', '.join(str(p) for p in paths)} · made {time.strftime('%Y-%m-%d %H:%M')}"
                 + (f" · {len(comparisons)} comparisons" if several else ""))
     return Page(title, subtitle, chips, groups)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(paths: list[Path], out_dir: Path | None = None, objectives: list[Objective] | None = None,
@@ -95,8 +86,8 @@ def write_report(paths: list[Path], out_dir: Path | None = None, objectives: lis
     page = build_page(comparisons, paths, out_dir, top, title)
     html, markdown = to_html(page), to_markdown(page, HTML_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(out_dir / HTML_FILE, html)
-    _write(out_dir / MARKDOWN_FILE, markdown)
+    atomic.write_text(out_dir / HTML_FILE, html)
+    atomic.write_text(out_dir / MARKDOWN_FILE, markdown)
     if wandb:
         summaries = [to_markdown(type(page)("", "", [], [group]), HTML_FILE) for group in page.groups]
         url = wandb_report.publish(comparisons, entity, project, page.title, summaries)

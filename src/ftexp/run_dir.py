@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from ftexp import atomic
 
 CONFIG_FILE = "config.yaml"      # the resolved, validated config
 LABELS_FILE = "labels.json"      # the target: label values in head order, or a number's scale
@@ -114,9 +115,8 @@ def redact_hydra_files(run_dir: Path) -> None:
         original = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         cleaned = redact(original, secrets)
         if cleaned != original:
-            tmp = path.with_suffix(".yaml.tmp")
-            OmegaConf.save(OmegaConf.create(cleaned), tmp, resolve=False)
-            os.replace(tmp, path)
+            with atomic.atomic_path(path) as tmp:
+                OmegaConf.save(OmegaConf.create(cleaned), tmp, resolve=False)
 
 
 def redacted_command(argv: list[str], secrets: set[str] | None = None) -> list[str]:
@@ -133,15 +133,14 @@ def redacted_command(argv: list[str], secrets: set[str] | None = None) -> list[s
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write via a temporary name and rename, so a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Indented JSON with sorted keys, written atomically (a crash never leaves half a file)."""
+    atomic.write_json(path, payload, indent=2, sort_keys=True, default=str)
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
     """The resolved config, secrets redacted; Hydra's copies in .hydra/ are redacted too."""
-    OmegaConf.save(redacted_config(cfg), run_dir / CONFIG_FILE, resolve=False)
+    with atomic.atomic_path(run_dir / CONFIG_FILE) as tmp:
+        OmegaConf.save(redacted_config(cfg), tmp, resolve=False)
     redact_hydra_files(run_dir)
 
 

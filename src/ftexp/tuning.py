@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftexp import atomic
 from ftexp.builders.optim import auto_learning_rate, scale_learning_rate
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def find_learning_rate(trainer: Any, task: Any, datamodule: Any, plot_path: Path
 
         matplotlib.use("Agg")  # files only: no display on servers
         figure = finder.plot(suggest=suggestion is not None)
-        figure.savefig(plot_path, dpi=120, bbox_inches="tight")
+        image_format = Path(plot_path).suffix.lstrip(".") or "png"  # the temporary name ends in .tmp
+        with atomic.atomic_path(plot_path) as tmp:
+            figure.savefig(tmp, dpi=120, bbox_inches="tight", format=image_format)
         log.info("LR range test plot: %s", plot_path)
     if suggestion is None:
         from ftexp.errors import ConfigError

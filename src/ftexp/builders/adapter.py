@@ -12,25 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import NON_PEFT_ADAPTERS, did_you_mean
+from ftexp.config import PEFT_METHODS, did_you_mean
 from ftexp.errors import ConfigError
-
-# adapter.method → (PEFT config class, settings the method implies).
-PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lora": ("LoraConfig", {}),
-    "dora": ("LoraConfig", {"use_dora": True}),
-    "adalora": ("AdaLoraConfig", {}),
-    "ia3": ("IA3Config", {}),
-    "loha": ("LoHaConfig", {}),
-    "lokr": ("LoKrConfig", {}),
-    "oft": ("OFTConfig", {}),
-    "boft": ("BOFTConfig", {}),
-    # Prompt-learning methods need a task type; feature extraction is the headless one.
-    "prefix_tuning": ("PrefixTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
-    "prompt_tuning": ("PromptTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
-    "llama_adapter": ("AdaptionPromptConfig", {"task_type": "FEATURE_EXTRACTION"}),
-}
-METHODS = (*NON_PEFT_ADAPTERS, *PEFT_METHODS, "peft")
 
 
 def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, Any]]:

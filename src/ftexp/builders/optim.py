@@ -1,15 +1,21 @@
-"""Optimizers over the trainable parameters, and the learning-rate defaults that go with them."""
+"""Optimizers over the trainable parameters (the `optimizer` group's `_target_` class), and the
+learning-rate defaults that go with them."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from ftexp.builders.targets import check_node, instantiate_node, parameters
 from ftexp.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
+# Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
+_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused")
+# Arguments ftexp passes: the parameter groups and the resolved learning rate.
+_WIRED = ("params", "lr")
 
 # Default peak learning rates by fine-tuning method, from common practice:
 #   full fine-tuning 2e-5: BERT paper's {2,3,5}e-5 sweep and the HF Trainer/run_glue examples;
@@ -45,29 +51,32 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, learning_rate: float, weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+def _target_node(settings: dict[str, Any]) -> dict[str, Any]:
+    """The node handed to the target: its own keys, without ftexp's and without nulls (a null
+    betas / eps means "not an argument of this optimizer")."""
+    return {k: v for k, v in settings.items() if k not in _FTEXP_KEYS and v is not None}
+
+
+def check_optimizer_node(settings: dict[str, Any]) -> None:
+    """Before the model loads: the target imports and takes the node's keys."""
+    target = check_node(_target_node(settings), "optimizer", wired=_WIRED)
+    if settings.get("fused") is True and "fused" not in parameters(target)[0]:
+        raise ConfigError(f"optimizer.fused=true: {settings['_target_']} has no fused kernel; "
+                          "set optimizer.fused=auto.")
+
+
+def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: float,
                     fused: bool = False) -> torch.optim.Optimizer:
-    """`name` from OPTIMIZERS; weight decay is per group (see parameter_groups)."""
-    groups = parameter_groups(model, weight_decay)
-    if name == "adamw":
+    """The optimizer group's target over the trainable parameters of `model`; weight decay is
+    per parameter group (see parameter_groups). `fused` only where the target takes it."""
+    node = _target_node(settings)
+    target = check_node(node, "optimizer", wired=_WIRED)
+    if "fused" in parameters(target)[0]:
         # None (not False) lets torch pick its foreach kernel on GPU; fused only when asked,
         # see use_fused_adamw for when that is safe.
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps,
-                                 fused=True if fused else None)
-    if name == "adamw_8bit":
-        # Lazy: bitsandbytes is an optional extra and slow to import.
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ConfigError("optimizer=adamw_8bit needs bitsandbytes, which is not installed; "
-                              "pip install 'ftexp[quant]' or use optimizer=adamw.") from err
-        return bnb.optim.AdamW8bit(groups, lr=learning_rate, betas=betas, eps=eps)
-    if name == "adafactor":
-        # betas/eps do not apply: Adafactor has no first moment and its own factored second-moment
-        # decay (beta2_decay) and eps pair; its defaults are the paper's.
-        return torch.optim.Adafactor(groups, lr=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+        node["fused"] = True if fused else None
+    groups = parameter_groups(model, settings.get("weight_decay", 0.0))
+    return instantiate_node(node, "optimizer", params=groups, lr=learning_rate)
 
 
 def auto_learning_rate(adapter_method: str) -> float:

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftexp.config import QuantConfig
 from ftexp.errors import ConfigError
 
-METHODS = ("none", "8bit", "4bit")
+METHODS = QuantConfig.CHOICES["method"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "uint8": torch.uint8}
 

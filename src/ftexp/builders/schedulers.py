@@ -1,19 +1,21 @@
-"""Per-step learning-rate schedules, by transformers' scheduler functions.
-
-linear: linear warmup from 0, then linear decay to 0 at total_steps.
-cosine: linear warmup from 0, then half-cosine decay to 0 at total_steps.
-constant: flat at the peak rate from step 0 (no warmup).
-constant_with_warmup: linear warmup from 0, then flat.
+"""Per-step learning-rate schedules: the `scheduler` group's `_target_` function (transformers'
+schedule functions in the shipped options), called with the optimizer and, where it takes them,
+num_warmup_steps and num_training_steps (in optimizer steps).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from transformers import get_scheduler
 
-SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+from ftexp.builders.targets import check_node, instantiate_node, parameters
+from ftexp.errors import ConfigError
+
+# Keys of the scheduler group that ftexp reads itself; every other key is the target's argument.
+_FTEXP_KEYS = ("warmup_fraction", "warmup_steps", "learning_rate_scaling")
+_WIRED = ("optimizer", "num_warmup_steps", "num_training_steps")
 
 
 def warmup_steps_for(total_steps: int, warmup_fraction: float = 0.0, warmup_steps: int | None = None) -> int:
@@ -24,15 +26,35 @@ def warmup_steps_for(total_steps: int, warmup_fraction: float = 0.0, warmup_step
     return min(int(warmup_steps), total_steps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
-                    warmup_fraction: float = 0.0,
-                    warmup_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """`name` from SCHEDULES; step it once per optimizer step."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULES)}")
-    warmup = warmup_steps_for(total_steps, warmup_fraction, warmup_steps)
-    # transformers' `constant` silently ignores warmup; callers validate the config earlier,
-    # this guard keeps a warmup from vanishing unnoticed.
-    if name == "constant" and warmup > 0:
-        raise ValueError("scheduler=constant has no warmup; use scheduler=constant_with_warmup")
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+def _target_node(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in _FTEXP_KEYS}
+
+
+def _option_name(settings: dict[str, Any]) -> str:
+    """`scheduler=<option>` as the user chose it, for messages (the target's name outside a job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        chosen = HydraConfig.get().runtime.choices.get("scheduler")
+        if chosen:
+            return f"scheduler={chosen}"
+    return f"scheduler._target_={settings['_target_']}"
+
+
+def check_scheduler_node(settings: dict[str, Any]) -> None:
+    """Before the model loads: the target imports, takes the node's keys, and warms up if asked."""
+    target = check_node(_target_node(settings), "scheduler", wired=_WIRED)
+    wants_warmup = settings.get("warmup_fraction", 0) > 0 or (settings.get("warmup_steps") or 0) > 0
+    # transformers' `get_constant_schedule` takes no warmup: a warmup must not vanish unnoticed.
+    if wants_warmup and "num_warmup_steps" not in parameters(target)[0]:
+        raise ConfigError(f"{_option_name(settings)} has no warmup; use scheduler=constant_with_warmup "
+                          "to warm up, or set the warmup to 0 (scheduler.warmup_fraction=0).")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict[str, Any],
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule over `total_steps` optimizer steps; step it once per optimizer step."""
+    check_scheduler_node(settings)
+    warmup = warmup_steps_for(total_steps, settings.get("warmup_fraction", 0.0), settings.get("warmup_steps"))
+    return instantiate_node(_target_node(settings), "scheduler", optimizer=optimizer,
+                            num_warmup_steps=warmup, num_training_steps=total_steps)

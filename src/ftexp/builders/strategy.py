@@ -9,12 +9,12 @@ import re
 import sys
 from typing import Any
 
-from ftexp.errors import ConfigError
-
 # torch is imported inside the functions that need it: config checks call `strategy_conflict`
 # before a job starts, where importing torch would slow `--cfg job` and `--help`.
+from ftexp.config import StrategyConfig
+from ftexp.errors import ConfigError
 
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+STRATEGIES = StrategyConfig.CHOICES["name"]
 # Strategies that shard parameters: each rank holds a slice, so 8-bit weights (whose layout
 # bitsandbytes keeps per tensor) cannot be split, and 4-bit ones only when stored in the compute
 # dtype (FSDP flattens tensors of one dtype).

@@ -45,6 +45,9 @@ class NonFiniteGuard(L.Callback):
                          "Lower optimizer.learning_rate, set trainer.gradient_clip_val, or use "
                          "trainer.precision=bf16-mixed/32; callbacks.on_nonfinite=skip skips such steps.")
 
+    def summary(self) -> dict[str, Any]:
+        return {"nonfinite_skipped_steps": len(self.skipped_steps)}
+
     def _skipped_note(self) -> str:
         return f" after skipping {len(self.skipped_steps)} steps" if self.skipped_steps else ""
 

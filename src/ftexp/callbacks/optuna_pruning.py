@@ -23,6 +23,8 @@ from typing import Any
 
 import lightning as L
 
+from ftexp.objective import pruned_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -70,4 +72,4 @@ class OptunaPruning(L.Callback):
 
     def summary(self) -> dict[str, Any]:
         """What goes into the run's metrics: `pruned` and the step it was pruned at, if it was."""
-        return {"pruned": True, "pruned_at_step": self.pruned_at} if self.pruned_at is not None else {}
+        return pruned_metrics(self.pruned_at)

@@ -5,7 +5,6 @@ state) and the random number generators (here, since Lightning saves none of the
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import time
@@ -15,6 +14,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+
+from ftexp import atomic
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ PREVIOUS = "last-previous.ckpt"  # the generation before: used if last.ckpt is u
 def _move(source: Path, target: Path) -> None:
     if target.is_dir():  # sharded checkpoints are folders
         shutil.rmtree(target)
-    os.replace(source, target)
+    atomic.replace(source, target)  # renamed, and the rename made durable
 
 
 class ResumeCheckpoint(L.Callback):

@@ -1,5 +1,7 @@
 """Throughput and memory for every run: samples/s, non-padding tokens/s, seconds per training epoch
 (validation excluded, so epoch times compare across runs with different eval settings) and peak memory.
+Samples are samples and tokens are real tokens with or without packing (data.packing=true puts
+several samples in a row and pads rows without an attention mask).
 
 Counts are per process: under DDP every figure is per rank (samples/s per rank, not global)."""
 
@@ -15,7 +17,11 @@ import lightning as L
 import torch
 
 
-def batch_size(batch: Mapping[str, Any]) -> int:
+def batch_samples(batch: Mapping[str, Any]) -> torch.Tensor | int:
+    """Samples in the batch: the ones packed into its rows when it says so (`row_samples`, see
+    data/packing.py), else its rows."""
+    if "row_samples" in batch:
+        return batch["row_samples"].sum()
     if "labels" in batch:
         return len(batch["labels"])
     if "input_ids" in batch:
@@ -24,7 +30,10 @@ def batch_size(batch: Mapping[str, Any]) -> int:
 
 
 def batch_tokens(batch: Mapping[str, Any]) -> torch.Tensor | int | None:
-    """Non-padding tokens, or None for batches without tokens (precomputed embeddings)."""
+    """Non-padding tokens, or None for batches without tokens (precomputed embeddings). Packed
+    rows have no attention mask; their batches say how many tokens each row holds (`row_tokens`)."""
+    if "row_tokens" in batch:
+        return batch["row_tokens"].sum()
     if "attention_mask" in batch:
         return batch["attention_mask"].sum()
     if "input_ids" in batch:
@@ -45,7 +54,7 @@ class ThroughputMonitor(L.Callback):
         self._epoch_open = False
         self._running_since: float | None = None  # None while paused (validation) or outside epochs
         self._epoch_elapsed = 0.0
-        self._epoch_samples = 0
+        self._epoch_samples: torch.Tensor | int = 0
         self._epoch_tokens: torch.Tensor | int | None = None
 
     @property
@@ -71,7 +80,7 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        self._epoch_samples += batch_size(batch)
+        self._epoch_samples = self._epoch_samples + batch_samples(batch)
         tokens = batch_tokens(batch)
         if tokens is not None:
             self._epoch_tokens = tokens if self._epoch_tokens is None else self._epoch_tokens + tokens
@@ -110,11 +119,12 @@ class ThroughputMonitor(L.Callback):
             self._epoch_elapsed += self._now() - self._running_since
         self._epoch_open, self._running_since = False, None
         tokens = None if self._epoch_tokens is None else int(self._epoch_tokens)
+        samples = int(self._epoch_samples)
         self.epoch_seconds.append(self._epoch_elapsed)
-        self.samples += self._epoch_samples
+        self.samples += samples
         if tokens is not None:
             self._tokens = tokens if self._tokens is None else self._tokens + tokens
-        return self._epoch_elapsed, self._epoch_samples, tokens
+        return self._epoch_elapsed, samples, tokens
 
     def _peak_memory_bytes(self) -> int:
         if self._device.type == "cuda":

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
+
+from ftexp import atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def file_digest(path: str | Path, memo_dir: str | Path | None = None) -> str:
         return memo.read_text().strip()
     value = _hash_file(path)
     if time.time() - stat.st_mtime > _RACY_SECONDS:
-        _atomic_write(memo, lambda f: f.write(value.encode()))
+        atomic.write_text(memo, value)
     return value
 
 
@@ -86,20 +87,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
             backend.pop("padding", None)
             state.write_text(json.dumps(backend, sort_keys=True), encoding="utf-8")
         return directory_digest(tmp)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ContentCache:
@@ -130,6 +117,7 @@ class ContentCache:
         self.events.append("miss")
         log.info("cache miss: %s (%s); computing.", what, key[:12])
         value = compute()
-        _atomic_write(path, lambda f: torch.save(value, f))
+        with atomic.atomic_open(path, "wb") as f:
+            torch.save(value, f)
         log.info("cached %s: %.1f MiB in %s", what, path.stat().st_size / 2**20, path.parent)
         return value

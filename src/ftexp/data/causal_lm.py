@@ -35,13 +35,14 @@ def ensure_eos(tokenizer: Any) -> int:
 class PromptFormatter:
     """Renders a row's prompt (what the model is given) and response (what it learns to write)."""
 
-    def __init__(self, config: DataConfig, task_name: str):
+    def __init__(self, config: DataConfig, raw_text: bool = False):
         self.config = config
-        self.task_name = task_name
+        # Raw text (continued pretraining): the first text column is the whole sample, all trained.
+        self.raw_text = raw_text
 
     def columns(self) -> list[str]:
         c = self.config
-        if self.task_name == "pretrain":
+        if self.raw_text:
             return [c.text_columns[0]]
         if c.messages_column:
             return [c.messages_column]
@@ -75,7 +76,7 @@ class LanguageModelingEncoder:
 
     def encode_row(self, row: dict[str, Any], row_number: int) -> dict[str, list[int]]:
         cfg = self.formatter.config
-        if self.formatter.task_name == "pretrain":
+        if self.formatter.raw_text:
             ids = self.prefix + self._ids(str(row[cfg.text_columns[0]])) + [self.eos]
             return {"input_ids": ids, "labels": list(ids)}
         if cfg.messages_column:
@@ -112,12 +113,18 @@ class LanguageModelingEncoder:
 
 
 
+def trained_tokens(labels: Any) -> Any:
+    """Mask of the next-token targets a loss counts: labels[t + 1] predicted from position t."""
+    return labels[:, 1:] != IGNORE
+
+
 class CausalLMDataModule(RowsDataModule):
-    def __init__(self, config: DataConfig, tokenizer: Any, task_name: str = "causal_lm",
-                 train_on_prompt: bool = False, seed: int = 42, cache_dir: str | None = None):
+    def __init__(self, config: DataConfig, tokenizer: Any, raw_text: bool = False,
+                 train_on_prompt: bool = False, seed: int = 42, cache_dir: str | None = None,
+                 evaluate_training_set: bool = False):
         super().__init__(config, seed, partial(pad_batch, pad_id=int(tokenizer.pad_token_id)),
-                         tokenizer, cache_dir)
-        self.formatter = PromptFormatter(config, task_name)
+                         tokenizer, cache_dir, evaluate_training_set)
+        self.formatter = PromptFormatter(config, raw_text)
         self.encoder = LanguageModelingEncoder(tokenizer, self.formatter, train_on_prompt)
         self.frames: dict[str, pd.DataFrame] = {}
 
@@ -136,7 +143,8 @@ class CausalLMDataModule(RowsDataModule):
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
         encoded = self.encode_cached(
             lambda: {split: self._encode_split(frame) for split, frame in frames.items()},
-            "language_modeling", self.formatter.task_name, self.encoder.train_on_prompt)
+            "language_modeling", "pretrain" if self.formatter.raw_text else "causal_lm",
+            self.encoder.train_on_prompt)
         for split, frame in frames.items():
             rows, n_samples, cut, dropped = encoded[split]
             if cut or dropped:
@@ -150,6 +158,7 @@ class CausalLMDataModule(RowsDataModule):
                                 f"over data.max_length={cfg.max_length} tokens (data.truncation="
                                 f"{cfg.truncation}); {fix}.")
             self.datasets[split] = Rows(rows)
+            self.sample_counts[split] = n_samples  # rows are fewer when packed
             log.info("%s split: %d samples%s", split, n_samples,
                      f" packed into {len(rows)} rows of ≤ {cfg.max_length} tokens" if cfg.packing else "")
         self.frames = frames
@@ -161,10 +170,18 @@ class CausalLMDataModule(RowsDataModule):
         n_samples = len(rows)
         return (pack(rows, cfg.max_length) if cfg.packing else rows), n_samples, cut, dropped
 
+    def loss_items(self, batch: dict[str, Any]) -> int:
+        return int(trained_tokens(batch["labels"]).sum())
+
+    def summary(self) -> dict[str, Any]:
+        """What the tokenized-data cache did this run (for metrics.json)."""
+        cache = self.tokenized_cache
+        return {f"cache_{cache.kind}": cache.events[-1]} if cache is not None and cache.events else {}
+
     def validation_prompts(self, n: int) -> list[str]:
         """The first n validation prompts, rendered as in training (for sample generations)."""
         frame = self.frames.get("validation")
-        if frame is None or n == 0 or self.formatter.task_name != "causal_lm" or self.config.messages_column:
+        if frame is None or n == 0 or self.formatter.raw_text or self.config.messages_column:
             return []
         return [self.formatter.prompt(row, i)
                 for i, row in enumerate(frame.head(n).to_dict(orient="records"))]

@@ -29,13 +29,15 @@ def _summary(target: dict[str, Any]) -> str:
 
 
 class LabeledTextDataModule(RowsDataModule):
-    """`task_name` picks what the label column means: classes (`classification`; lists of classes
-    make it multi-label) or numbers (`regression`). See `ftexp.data.targets`."""
+    """`labels` says what the label column means: "classes" (lists of classes make it
+    multi-label) or "number" (regression). See `ftexp.data.targets`."""
 
     def __init__(self, config: DataConfig, tokenizer: Any, seed: int = 42,
-                 task_name: str = "classification", cache_dir: str | None = None):
-        super().__init__(config, seed, DataCollatorWithPadding(tokenizer), tokenizer, cache_dir)
-        self.task_name = task_name
+                 labels: str = "classes", cache_dir: str | None = None,
+                 evaluate_training_set: bool = False):
+        super().__init__(config, seed, DataCollatorWithPadding(tokenizer), tokenizer, cache_dir,
+                         evaluate_training_set)
+        self.labels = labels
         self.frames: dict[str, pd.DataFrame] = {}
         self.targets: Any = None
         self.embedding_cache: Any = None  # set when training on cached encoder embeddings
@@ -53,7 +55,7 @@ class LabeledTextDataModule(RowsDataModule):
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
         self.targets = fit_targets(
-            self.task_name, frames["train"][cfg.label_column],
+            self.labels, frames["train"][cfg.label_column],
             {s: frames[s][cfg.label_column] for s in ("validation", "test")}, cfg.label_column,
             cfg.label_separator)
 
@@ -73,8 +75,19 @@ class LabeledTextDataModule(RowsDataModule):
                  cfg.path, *(len(frames[s]) for s in ("train", "validation", "test")),
                  _summary(self.targets.describe()))
 
-    def use_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
-        """Serve stored encoder embeddings (and the same targets) instead of token ids."""
+    def loss_items(self, batch: dict[str, Any]) -> int:
+        return int(self.targets.trained(batch["labels"]).sum())
+
+    def summary(self) -> dict[str, Any]:
+        """What the caches did this run (for metrics.json)."""
+        return {f"cache_{cache.kind}": cache.events[-1]
+                for cache in (self.tokenized_cache, self.embedding_cache)
+                if cache is not None and cache.events}
+
+    def use_embeddings(self, embeddings: dict[str, torch.Tensor], cache: Any = None) -> None:
+        """Serve stored encoder embeddings (and the same targets) instead of token ids; `cache`:
+        the embedding cache they came from, reported in `summary`."""
+        self.embedding_cache = cache
         for split, rows in self.datasets.items():
             labels = torch.tensor([row["labels"] for row in rows])
             self.datasets[split] = EmbeddingRows(embeddings[split], labels)

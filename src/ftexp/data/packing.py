@@ -43,9 +43,18 @@ def pack(samples: list[dict[str, list[int]]], max_length: int) -> list[dict[str,
     return rows
 
 
+def row_sample_count(row: dict[str, list[int]]) -> int:
+    """Samples in an encoded row: those packed into it (each starts at position 0), else one."""
+    return row["position_ids"].count(0) if "position_ids" in row else 1
+
+
 def pad_batch(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Right-pad a batch. Unpacked rows get an attention mask; packed rows (with position ids)
-    get none, and their padding is one more "sample" whose positions restart at 0."""
+    get none, and their padding is one more "sample" whose positions restart at 0.
+
+    Either way the batch says what it holds, per row, for throughput counts: `row_samples` (the
+    samples packed into the row, or 1) and `row_tokens` (its tokens before padding). A packed
+    batch's padding is otherwise indistinguishable from a sample, and its rows are not samples."""
     import torch
 
     width = max(len(f["input_ids"]) for f in features)
@@ -60,4 +69,7 @@ def pad_batch(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             batch["position_ids"].append(f["position_ids"] + list(range(pad)))
         else:
             batch["attention_mask"].append([1] * n + [0] * pad)
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    out["row_samples"] = torch.tensor([row_sample_count(f) for f in features], dtype=torch.long)
+    out["row_tokens"] = torch.tensor([len(f["input_ids"]) for f in features], dtype=torch.long)
+    return out

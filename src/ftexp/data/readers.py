@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ftexp.config import DataConfig
 from ftexp.errors import DataError
 
-FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+FORMATS = tuple(f for f in DataConfig.CHOICES["format"] if f != "auto")
 _BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 

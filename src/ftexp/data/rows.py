@@ -113,7 +113,7 @@ class RowsDataModule(L.LightningDataModule):
     `batch_size` is an attribute so Lightning's batch-size finder can change it."""
 
     def __init__(self, config: Any, seed: int, collate: Callable, tokenizer: Any,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, evaluate_training_set: bool = False):
         super().__init__()
         self.config = config
         self.seed = seed
@@ -121,15 +121,14 @@ class RowsDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.batch_size = config.batch_size
         self.datasets: dict[str, Dataset] = {}
+        # Samples per split where a row may hold several (packing); see num_samples.
+        self.sample_counts: dict[str, int] = {}
         self.cache_dir = cache_dir
         self.tokenized_cache = (ContentCache(cache_dir, "tokenized")
                                 if cache_dir is not None and config.cache_tokenized else None)
         self.encoding_key: str | None = None
-        # Set by the training job to the task's count of loss items in a batch, so training
-        # batches carry their accumulation window's count (see WindowedLoader).
-        self.count_loss_items: Callable[[dict[str, Any]], int] | None = None
         # trainer.evaluate_training_set: serve the training set as a second validation loader.
-        self.evaluate_training_set = False
+        self.evaluate_training_set = evaluate_training_set
         self.train_position = LoaderPosition()
 
     def encoding_settings(self) -> dict[str, Any]:
@@ -147,6 +146,14 @@ class RowsDataModule(L.LightningDataModule):
         return self.tokenized_cache.get_or_compute(self.encoding_key, compute,
                                                    f"tokenized {self.config.path}")
 
+    def num_samples(self, split: str = "train") -> int:
+        """Samples in a split: its rows, or the samples packed into them (data.packing=true)."""
+        return self.sample_counts.get(split, len(self.datasets[split]))
+
+    @property
+    def num_train_samples(self) -> int:
+        return self.num_samples("train")
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         batch = self.batch_size if split == "train" else self.config.eval_batch_size
         return rows_loader(self.datasets[split], batch, shuffle, self.collate,
@@ -157,8 +164,14 @@ class RowsDataModule(L.LightningDataModule):
         # re-creates loaders from their init arguments for distributed sampling, keeps them.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
-                           self.config.num_workers, self.seed, accumulate, self.count_loss_items,
+                           self.config.num_workers, self.seed, accumulate, self.loss_items,
                            self.train_position)
+
+    def loss_items(self, batch: dict[str, Any]) -> int:
+        """How many items of a collated training batch the loss averages over (trained tokens,
+        labelled rows), so training batches carry their accumulation window's count (see
+        WindowedLoader) and the loss is normalised by the whole window."""
+        raise NotImplementedError
 
     # Saved in every checkpoint by Lightning, restored before the training loader is made.
     def state_dict(self) -> dict[str, Any]:

@@ -85,6 +85,11 @@ class SingleLabel:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "labels": self.labels}
 
+    @staticmethod
+    def trained(labels: Any) -> Any:
+        """Mask of the label entries a loss counts: rows with a label."""
+        return labels != IGNORE
+
 
 class MultiLabel:
     """Any number of classes per row (a list cell, or a string split by data.label_separator).
@@ -127,6 +132,13 @@ class MultiLabel:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "labels": self.labels, "separator": self.separator}
+
+    @staticmethod
+    def trained(labels: Any) -> Any:
+        """Every class of every row counts (no class is a legitimate answer)."""
+        import torch
+
+        return torch.ones_like(labels, dtype=torch.bool)
 
 
 class Numeric:
@@ -172,6 +184,13 @@ class Numeric:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "mean": self.mean, "std": self.std}
 
+    @staticmethod
+    def trained(labels: Any) -> Any:
+        """Rows with a number (missing targets stay NaN)."""
+        import torch
+
+        return torch.isfinite(labels)
+
 
 def _check_validation_labelled(others: dict[str, pd.Series], column: str) -> None:
     """Rows without a target are left out of the metrics; a validation split of only such rows
@@ -182,11 +201,14 @@ def _check_validation_labelled(others: dict[str, pd.Series], column: str) -> Non
                         "nothing to validate on; give those rows labels or re-split the data.")
 
 
-def fit_targets(task_name: str, train: pd.Series, others: dict[str, pd.Series], column: str,
+def fit_targets(labels: str, train: pd.Series, others: dict[str, pd.Series], column: str,
                 separator: str | None = None) -> SingleLabel | MultiLabel | Numeric:
-    if task_name == "regression" or not is_multi_label(train, separator):
+    """`labels`: what the task reads the column as — "classes" (one or, with lists or a
+    separator, several per row) or "number" (the task's registry entry says)."""
+    numeric = labels == "number"
+    if numeric or not is_multi_label(train, separator):
         _check_validation_labelled(others, column)
-    if task_name == "regression":
+    if numeric:
         return Numeric.fit(train, others, column)
     if is_multi_label(train, separator):
         return MultiLabel.fit(train, others, column, separator)

@@ -19,23 +19,14 @@ from typing import Any
 
 import yaml
 
+from ftexp.objective import MAXIMIZE, MINIMIZE, PRUNED, Objective, was_pruned
 from ftexp.reporting import ReportError
 
 STUDY_FILE = "optuna.db"
 # Keys that say where or how a run was stored, not what it tried.
 _NOT_PARAMS = ("hydra", "paths", "trial", "debug", "logger")
-_OPTUNA_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
+_OPTUNA_STATES = {"COMPLETE": "complete", "PRUNED": PRUNED, "FAIL": "failed",
                   "RUNNING": "running", "WAITING": "waiting"}
-
-
-@dataclass
-class Objective:
-    metric: str
-    direction: str = "maximize"  # or "minimize"
-
-    @property
-    def sign(self) -> int:
-        return 1 if self.direction == "maximize" else -1
 
 
 @dataclass
@@ -142,7 +133,7 @@ def load_run(path: Path, name: str) -> Run:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     except (OSError, json.JSONDecodeError):
         metrics = {}
-    state = ("pruned" if metrics.get("pruned") else "complete") if metrics else "failed"
+    state = (PRUNED if was_pruned(metrics) else "complete") if metrics else "failed"
     started_file = next(p for p in (path / "config.yaml", path / ".hydra" / "config.yaml") if p.is_file())
     started = started_file.stat().st_mtime
     ended = [p.stat().st_mtime for p in (metrics_file, path / "ftexp.log") if p.is_file()]
@@ -239,9 +230,9 @@ def default_objectives(runs: list[Run]) -> list[Objective]:
     for run in runs:
         task = run.config.get("task") or {}
         if task.get("monitor"):
-            mode = task.get("monitor_mode", "max")
-            return [Objective(task["monitor"], "maximize" if mode == "max" else "minimize")]
-    return [Objective("val/acc", "maximize")]
+            # monitor_mode null or absent (Hydra's own copy of the config): the metric's direction
+            return [Objective.for_metric(task["monitor"], task.get("monitor_mode"))]
+    return [Objective("val/acc", MAXIMIZE)]
 
 
 def _storage(db: Path) -> Any:
@@ -283,7 +274,7 @@ def _study_comparison(db: Path, name: str, members: list[Run], several: bool) ->
                                         None) or "objective"]
     if len(names) < len(study.directions):
         names = [f"objective {i}" for i in range(len(study.directions))]
-    objectives = [Objective(n, "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize")
+    objectives = [Objective(n, MAXIMIZE if d == optuna.study.StudyDirection.MAXIMIZE else MINIMIZE)
                   for n, d in zip(names, study.directions, strict=True)]
     by_number: dict[int, Run] = {}
     for run in sorted(members, key=lambda r: r.started):  # a trial started twice: keep the last dir
@@ -426,7 +417,7 @@ def in_memory_study(comparison: Comparison) -> Any:
         params = {k: (v if not isinstance(distributions[k], CategoricalDistribution) else str(v))
                   for k, v in run.params.items() if k in distributions and v is not None}
         complete = run.state == "complete" and run.values and all(v is not None for v in run.values)
-        state = (TrialState.COMPLETE if complete else TrialState.PRUNED if run.state == "pruned"
+        state = (TrialState.COMPLETE if complete else TrialState.PRUNED if run.state == PRUNED
                  else TrialState.FAIL)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

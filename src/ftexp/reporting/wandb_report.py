@@ -40,6 +40,15 @@ def check_can_publish(environ: dict[str, str] | None = None) -> None:
         raise ReportError("--wandb needs the W&B workspaces API: pip install wandb-workspaces.") from err
 
 
+def _wandb_place(logger: dict[str, Any]) -> tuple[str | None, str]:
+    """(entity, project) from a run's saved `logger` config: the `wandb` node, or the flat
+    `wandb_entity` / `wandb_project` keys of run dirs written before loggers were nodes."""
+    node = logger.get("wandb")
+    if isinstance(node, dict):
+        return node.get("entity"), node.get("project") or "ftexp"
+    return logger.get("wandb_entity"), logger.get("wandb_project") or "ftexp"
+
+
 def logged_runs(comparisons: list[Comparison]) -> tuple[str | None, str, list[str]]:
     """(entity, project, W&B run ids) of the runs that logged to W&B; ReportError when none did
     or when they logged to several projects."""
@@ -48,8 +57,7 @@ def logged_runs(comparisons: list[Comparison]) -> tuple[str | None, str, list[st
         for run in comparison.runs:
             if run.wandb_id:
                 ids.append(run.wandb_id)
-                logger = run.config.get("logger") or {}
-                places.add((logger.get("wandb_entity"), logger.get("wandb_project") or "ftexp"))
+                places.add(_wandb_place(run.config.get("logger") or {}))
     if not ids:
         raise ReportError("--wandb: none of these runs logged to W&B (train with logger=wandb, then "
                           "`wandb sync` offline runs); nothing written.")

@@ -1,19 +1,14 @@
-"""Tasks: what the model is trained to do. The data's target kind picks the LightningModule."""
+"""Tasks: what the model is trained to do. One LightningModule per objective; the registry
+(ftexp.tasks.registry) maps `task.name` to it and declares what the rest of ftexp asks of it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def task_class(target: dict[str, Any] | None) -> type:
-    """The LightningModule class for a target description (see ftexp.data.targets); language
-    modeling has none."""
-    from ftexp.data.targets import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-    from ftexp.tasks.causal_lm import CausalLMTask
-    from ftexp.tasks.classification import ClassificationTask, MultiLabelClassificationTask
-    from ftexp.tasks.regression import RegressionTask
+def task_class_for(task_settings: dict[str, Any], target: dict[str, Any] | None = None) -> type:
+    """The LightningModule class of a saved task group (a checkpoint's `task` hyper-parameters)
+    for its target description (see ftexp.data.targets)."""
+    from ftexp.tasks.registry import get_task
 
-    if target is None:
-        return CausalLMTask
-    return {SINGLE_LABEL: ClassificationTask, MULTI_LABEL: MultiLabelClassificationTask,
-            REGRESSION: RegressionTask}[target["kind"]]
+    return get_task(task_settings["name"]).task_class().for_target(target)

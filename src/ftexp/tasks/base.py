@@ -4,7 +4,8 @@ summary, adapter-only checkpoints, and the optimizer with its schedule."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 # Validation loaders in order: the validation split, then (trainer.evaluate_training_set) the
 # training set scored in eval mode.
 EVAL_STAGES = ("val", "train_eval")
+
+
+class RunParts(NamedTuple):
+    """What a task contributes to a training run: its data, its module, its own callbacks."""
+    datamodule: L.LightningDataModule
+    task: FinetuneTask
+    callbacks: list[L.Callback]
 
 
 class FinetuneTask(L.LightningModule):
@@ -53,6 +61,22 @@ class FinetuneTask(L.LightningModule):
         self.train_loss = MeanMetric()
 
     # -- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> RunParts:
+        """The DataModule (set up: its data read and checked before the model is built), the
+        task, and the callbacks it needs, for a validated config. `settings` are the groups the
+        task keeps in its checkpoint (see train.task_settings)."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_target(cls, target: dict[str, Any] | None) -> type[FinetuneTask]:
+        """The class that serves this target description (see ftexp.data.targets)."""
+        return cls
+
+    def summary(self) -> dict[str, Any]:
+        """What the task adds to the run's metrics.json."""
+        return dict(self.parameter_counts)
 
     def build_network(self) -> nn.Module:
         raise NotImplementedError
@@ -147,10 +171,8 @@ class FinetuneTask(L.LightningModule):
         if fused == "auto":
             fused = use_fused_adamw(self.device.type == "cuda", str(self.trainer.precision),
                                     self.trainer.gradient_clip_val)
-        optimizer = build_optimizer(self.network, o["name"], self.learning_rate, o["weight_decay"],
-                                    tuple(o["betas"]), o["eps"], fused=bool(fused) and o["name"] == "adamw")
-        scheduler = build_scheduler(optimizer, s["name"], int(self.trainer.estimated_stepping_batches),
-                                    warmup_fraction=s["warmup_fraction"], warmup_steps=s.get("warmup_steps"))
+        optimizer = build_optimizer(self.network, o, self.learning_rate, fused=bool(fused))
+        scheduler = build_scheduler(optimizer, s, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -5,6 +5,7 @@ the same samples give the same loss."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ftexp.data.causal_lm import trained_tokens
 from ftexp.data.targets import IGNORE
-from ftexp.tasks.base import EVAL_STAGES, FinetuneTask
+from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +35,28 @@ class CausalLMTask(FinetuneTask):
         self.val_loss = MeanMetric()
         self.train_eval_loss = MeanMetric()
         self.test_loss = MeanMetric()
+
+    @classmethod
+    def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> RunParts:
+        """Prompt/response (or raw text) data, the task, and sample generations from the first
+        validation prompts at each evaluation."""
+        from omegaconf import OmegaConf
+
+        from ftexp import run_dir as run_files
+        from ftexp.callbacks.sample_generations import SampleGenerations
+        from ftexp.data.causal_lm import CausalLMDataModule
+        from ftexp.tasks.registry import get_task
+
+        datamodule = CausalLMDataModule(
+            OmegaConf.to_object(cfg.data), tokenizer, raw_text=not get_task(cfg.task.name).needs_prompts,
+            train_on_prompt=cfg.task.train_on_prompt, seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
+            evaluate_training_set=cfg.trainer.evaluate_training_set)
+        datamodule.setup()
+        prompts = datamodule.validation_prompts(cfg.task.sample_generations)
+        prompt_ids = [datamodule.encoder.prompt_ids(p) for p in prompts]
+        callbacks = [SampleGenerations(tokenizer, prompts, prompt_ids, settings["generation"],
+                                       run_dir / run_files.GENERATIONS_FILE)] if prompts else []
+        return RunParts(datamodule, cls(**settings), callbacks)
 
     def build_network(self) -> nn.Module:
         network = self.adapted_backbone(causal_lm=True)
@@ -55,7 +79,7 @@ class CausalLMTask(FinetuneTask):
         return self.network(input_ids=batch["input_ids"], use_cache=False, **extra).logits
 
     def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return labels[:, 1:] != IGNORE
+        return trained_tokens(labels)
 
     def _sum_and_count(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         losses, trained = token_losses(self(batch), batch["labels"])

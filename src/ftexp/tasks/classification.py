@@ -14,12 +14,16 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from ftexp.data.targets import IGNORE
+from ftexp.data.targets import IGNORE, MULTI_LABEL, MultiLabel, SingleLabel
 from ftexp.tasks.pooled import PooledHeadTask
 
 
 class ClassificationTask(PooledHeadTask):
     """Single-label: metrics `acc` (accuracy) and `f1_macro`; rows labelled -100 are skipped."""
+
+    @classmethod
+    def for_target(cls, target: dict[str, Any] | None) -> type[ClassificationTask]:
+        return MultiLabelClassificationTask if (target or {}).get("kind") == MULTI_LABEL else cls
 
     def __init__(self, *args: Any, **kwargs: Any):
         target = kwargs.get("target") or {}
@@ -35,7 +39,7 @@ class ClassificationTask(PooledHeadTask):
             prefix=prefix)
 
     def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return labels != IGNORE
+        return SingleLabel.trained(labels)
 
     def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.float(), labels, ignore_index=IGNORE, reduction="none")
@@ -68,7 +72,7 @@ class MultiLabelClassificationTask(ClassificationTask):
             prefix=prefix)
 
     def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(labels, dtype=torch.bool)
+        return MultiLabel.trained(labels)
 
     def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs.float(), labels.float(), reduction="none")

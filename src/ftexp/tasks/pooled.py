@@ -7,6 +7,7 @@ predictions (probabilities, numbers) and prediction-file columns.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torchmetrics import MetricCollection
 from ftexp.builders.adapter import backbone_is_frozen
 from ftexp.builders.backbone import is_decoder_only
 from ftexp.modeling import PooledHeadModel
-from ftexp.tasks.base import EVAL_STAGES, FinetuneTask
+from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,30 @@ class PooledHeadTask(FinetuneTask):
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> RunParts:
+        """Labeled text; the label column fitted on the train split decides the class (single- or
+        multi-label) and goes to the checkpoint and the run's labels.json."""
+        from lightning.pytorch.utilities import rank_zero_only
+        from omegaconf import OmegaConf
+
+        from ftexp import run_dir as run_files
+        from ftexp.data.labeled_text import LabeledTextDataModule
+        from ftexp.tasks.registry import get_task
+
+        datamodule = LabeledTextDataModule(
+            OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed, labels=get_task(cfg.task.name).labels,
+            cache_dir=cfg.paths.cache_dir, evaluate_training_set=cfg.trainer.evaluate_training_set)
+        datamodule.setup()  # read and check the data before spending time on the model
+        target = datamodule.targets.describe()
+        if rank_zero_only.rank == 0:
+            run_files.write_json(run_dir / run_files.LABELS_FILE, target)
+        return RunParts(datamodule, cls.for_target(target)(target=target, **settings), [])
+
+    def summary(self) -> dict[str, Any]:
+        passes = getattr(self.network, "encoder_forward_passes", None)
+        return {**super().summary(), **({"encoder_forward_passes": passes} if passes is not None else {})}
 
     def build_network(self) -> nn.Module:
         t = self.hparams.task

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
+from ftexp.data.targets import Numeric
 from ftexp.tasks.pooled import PooledHeadTask
 
 
@@ -26,7 +27,7 @@ class RegressionTask(PooledHeadTask):
         return self.hparams.target["mean"], self.hparams.target["std"]
 
     def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return torch.isfinite(labels)
+        return Numeric.trained(labels)
 
     def elementwise_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         mean, std = self._scale()

@@ -34,7 +34,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from ftexp import atomic
 from ftexp.errors import ConfigError, FtexpError, reported_as_one_line
+from ftexp.objective import DIRECTIONS, MAXIMIZE, Objective, is_pruned, was_pruned
 
 from ._search_space import Param, as_override_text, grid_values, search_space
 from ._study import PRUNER_ATTR, make_pruner, open_storage
@@ -43,7 +45,6 @@ from .config import sweep_id
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
-DIRECTIONS = ("maximize", "minimize")
 STORAGE_FILE = "optuna.db"  # default storage: <sweep dir>/optuna.db
 RESULTS_FILE = "optimization_results.yaml"  # best trial(s), rewritten at the end of each sweep
 TRIAL_DIR = "trial_{:04d}"  # each trial's run dir, inside the sweep dir
@@ -120,10 +121,6 @@ def _one_line(err: BaseException) -> str:
     return text if isinstance(err, FtexpError) else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
-def _is_pruned(err: BaseException) -> bool:
-    return any(c.__name__ == "TrialPruned" for c in type(err).__mro__)
-
-
 def _free_memory() -> None:
     """Between in-process trials: drop the last trial's objects (and CUDA's cached blocks), so
     the next trial's peak memory is its own."""
@@ -134,9 +131,8 @@ def _free_memory() -> None:
 
 
 @dataclass
-class _Objective:
-    metric: str
-    direction: str
+class _Objective(Objective):
+    """An objective (ftexp.objective) read from a job's metrics."""
     fallback: str | None = None  # default objective: the plain monitor when best/<monitor> is absent
 
     def value(self, metrics: Mapping[str, Any]) -> float:
@@ -185,12 +181,20 @@ class FtexpOptunaSweeperImpl:
 
     def _objectives(self) -> list[_Objective]:
         if not self.objective_settings:
+            # The composed config holds only what the task's YAML and the command line set; the
+            # rest are the task's schema defaults (its registry entry), as the job will see them.
+            from ftexp.tasks.registry import get_task
+
             task = self.config.task
-            direction = "maximize" if task.monitor_mode == "max" else "minimize"
-            return [_Objective(f"best/{task.monitor}", direction, fallback=task.monitor)]
+            monitor = task.get("monitor") or get_task(task.name).default_monitor
+            try:  # monitor_mode null (or absent): the metric's own direction
+                objective = Objective.for_metric(monitor, task.get("monitor_mode"))
+            except ValueError as err:
+                raise ConfigError(f"task.monitor_mode={task.get('monitor_mode')}: {err}.") from err
+            return [_Objective(f"best/{monitor}", objective.direction, fallback=monitor)]
         found = []
         for setting in self.objective_settings:
-            direction = str(setting.get("direction", "maximize"))
+            direction = str(setting.get("direction", MAXIMIZE))
             if direction not in DIRECTIONS:
                 raise ConfigError(f"objective '{setting.get('metric')}': direction '{direction}' is not "
                                   f"one of {', '.join(DIRECTIONS)}.")
@@ -287,7 +291,8 @@ class FtexpOptunaSweeperImpl:
         self.storage_spec = self._storage_spec()
         self.lock_path = self._lock_path(self.storage_spec)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        with atomic.atomic_path(self.sweep_dir / "multirun.yaml") as tmp:
+            OmegaConf.save(self.config, tmp)
         directions = [o.direction for o in objectives]
         with self._locked(), warnings.catch_warnings():  # locked: a new SQLite file gets its tables once
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -381,7 +386,7 @@ class FtexpOptunaSweeperImpl:
         where = TRIAL_DIR.format(trial.number)
         if ret.status != JobStatus.COMPLETED:
             err = ret._return_value
-            if isinstance(err, BaseException) and _is_pruned(err):
+            if isinstance(err, BaseException) and is_pruned(err):
                 study.tell(trial, state=TrialState.PRUNED)
                 log.info("trial %d PRUNED (%s)", trial.number, where)
                 return
@@ -391,7 +396,7 @@ class FtexpOptunaSweeperImpl:
         if not isinstance(metrics, Mapping):
             self._fail(study, trial, "the job returned no metrics")
             return
-        if metrics.get("pruned"):
+        if was_pruned(metrics):
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d PRUNED at step %s (%s)", trial.number, metrics.get("pruned_at_step"), where)
             return
@@ -457,8 +462,8 @@ class FtexpOptunaSweeperImpl:
         counted = [t for t in study.get_trials(deepcopy=False) if not _excluded(t)]
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
         if len(objectives) == 1:
-            best = ([max(complete, key=lambda t: t.value) if objectives[0].direction == "maximize"
-                     else min(complete, key=lambda t: t.value)] if complete else [])
+            sign = objectives[0].sign
+            best = [max(complete, key=lambda t: sign * t.value)] if complete else []
         else:
             best = study.best_trials if complete else []
         metrics = [o.metric for o in objectives]
@@ -469,7 +474,8 @@ class FtexpOptunaSweeperImpl:
                                     "values": dict(zip(metrics, t.values, strict=True)),
                                     "params": t.params, OUTPUT_DIR_ATTR: t.user_attrs.get(OUTPUT_DIR_ATTR)}
                                    for t in best]}
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS_FILE)
+        with atomic.atomic_path(self.sweep_dir / RESULTS_FILE) as tmp:
+            OmegaConf.save(OmegaConf.create(results), tmp)
         log.info("study '%s': %d trials%s", self.study_name, len(counted), _state_counts(counted))
         for trial in best:
             log.info("best: trial %d %s %s (%s)", trial.number, _shown(objectives, trial.values),

@@ -1,0 +1,126 @@
+"""Rules that span config groups: combinations a task, a method or a strategy cannot serve.
+
+Two phases, both before any weights load:
+- `check_combinations(cfg)`: from the config alone (run by ftexp.validation, also before a job
+  starts, so no heavy imports at module level);
+- `check_model_fit(cfg, model_type)`: what needs the architecture (read from its config, not
+  its weights) and the optional packages: adapter keys, packing support, the `_target_` nodes.
+Each group's own checks sit beside its schema in ftexp.config.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from ftexp.config import PROMPT_LEARNING_ADAPTERS
+from ftexp.errors import ConfigError
+from ftexp.objective import lower_is_better
+from ftexp.tasks.registry import TASKS, TaskSpec, get_task
+
+
+def _tasks_that(flag: str) -> str:
+    """'causal_lm / pretrain': the tasks whose entry sets `flag`, for messages."""
+    return " / ".join(name for name, spec in TASKS.items() if getattr(spec, flag))
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    spec = get_task(cfg.task.name)
+    _check_strategy(cfg)
+    _check_adapter_and_quant(cfg, spec)
+    _check_data_for_task(cfg, spec)
+    _check_monitor(cfg, spec)
+    _check_caches(cfg, spec)
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    from ftexp.builders.strategy import strategy_conflict  # light: torch is imported lazily there
+
+    plain = OmegaConf.to_container
+    conflict = strategy_conflict(plain(cfg.strategy), plain(cfg.quant), cfg.trainer.accelerator,
+                                 cfg.data.batch_size, cfg.optimizer.learning_rate)
+    if conflict:
+        raise ConfigError(conflict)
+
+
+def _check_adapter_and_quant(cfg: DictConfig, spec: TaskSpec) -> None:
+    method = cfg.adapter.method
+    if cfg.quant.method != "none" and method in ("none", "freeze"):
+        raise ConfigError(f"quant={cfg.quant.method} with adapter={method}: quantized "
+                          "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
+                          "i.e. QLoRA), adapter=frozen, or quant=none.")
+    if method == "frozen" and not spec.trains_with_frozen_backbone:
+        raise ConfigError(f"adapter=frozen trains nothing under task={spec.name} (there is no "
+                          "head); use adapter=lora, freeze or none.")
+
+
+def _check_data_for_task(cfg: DictConfig, spec: TaskSpec) -> None:
+    data = cfg.data
+    if data.label_separator is not None and spec.labels != "classes":
+        raise ConfigError(f"data.label_separator={data.label_separator!r} reads several labels per "
+                          f"row (multi-label classification), but task={spec.name} needs one "
+                          f"{spec.labels or 'text'} per row; set "
+                          "data.label_separator=null or use task=classification.")
+    if spec.needs_prompts:
+        has_template = data.prompt_template is not None and data.response_template is not None
+        if not has_template and data.messages_column is None:
+            raise ConfigError(f"task={spec.name} needs data.prompt_template and data.response_template "
+                              "(e.g. data=code_alpaca), or data.messages_column for conversations.")
+    if data.packing and not spec.packing:
+        raise ConfigError(f"data.packing=true applies to task={_tasks_that('packing')}, not "
+                          f"task={spec.name}; remove the override.")
+    if data.packing and cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
+        raise ConfigError(f"data.packing=true with adapter={cfg.adapter.method}: its virtual "
+                          "tokens cannot be shared by packed samples; set data.packing=false "
+                          "or use a weight adapter such as adapter=lora.")
+
+
+def _check_monitor(cfg: DictConfig, spec: TaskSpec) -> None:
+    """task.monitor must be a metric the task reports (else the best checkpoint, early stopping
+    and sweep pruning fail only after the first evaluation), watched in its own direction."""
+    monitor = cfg.task.monitor
+    stages = ("val", "train_eval") if cfg.trainer.evaluate_training_set else ("val",)
+    known = [*spec.monitor_choices(stages), "train/loss"]
+    if monitor not in known:
+        raise ConfigError(f"task.monitor={monitor} is not reported by task={spec.name}; choose one of "
+                          f"{', '.join(known)}.")
+    lower = lower_is_better(monitor)
+    if cfg.task.monitor_mode != ("min" if lower else "max"):
+        raise ConfigError(f"task.monitor={monitor} is better when {'lower' if lower else 'higher'}, "
+                          f"but task.monitor_mode={cfg.task.monitor_mode} would keep the worst "
+                          f"checkpoint; set task.monitor_mode={'min' if lower else 'max'}.")
+
+
+def _check_caches(cfg: DictConfig, spec: TaskSpec) -> None:
+    if not cfg.data.cache_encoder_embeddings:
+        return
+    if not spec.cached_embeddings:
+        raise ConfigError(f"data.cache_encoder_embeddings=true applies to "
+                          f"task={_tasks_that('cached_embeddings')}, not task={spec.name}; remove "
+                          "the override.")
+    if cfg.adapter.method != "frozen":
+        raise ConfigError(f"data.cache_encoder_embeddings=true needs a frozen encoder, but "
+                          f"adapter={cfg.adapter.method} trains it (its embeddings change every "
+                          "step); use adapter=frozen, or set data.cache_encoder_embeddings=false.")
+
+
+def check_model_fit(cfg: DictConfig, model_type: str) -> None:
+    """Second phase, at job start: what needs the model's type or the optional packages the
+    config names. Imports torch / transformers / peft."""
+    from ftexp.builders.adapter import validate_adapter
+    from ftexp.builders.loggers import check_logger_nodes
+    from ftexp.builders.optim import check_optimizer_node
+    from ftexp.builders.quant import quantization_config
+    from ftexp.builders.schedulers import check_scheduler_node
+    from ftexp.callbacks import check_callback_nodes
+
+    plain = OmegaConf.to_container
+    quantization_config(plain(cfg.quant, resolve=True))  # bitsandbytes present and settings valid
+    validate_adapter(plain(cfg.adapter, resolve=True), model_type)
+    if cfg.data.packing:
+        from ftexp.data.packing import check_packing_supported
+
+        check_packing_supported(model_type)
+    check_optimizer_node(plain(cfg.optimizer, resolve=True))
+    check_scheduler_node(plain(cfg.scheduler, resolve=True))
+    check_logger_nodes(plain(cfg.logger, resolve=True))
+    check_callback_nodes(plain(cfg.callbacks.extra, resolve=True))
