@@ -33,6 +33,9 @@ class GroupSchema:
     """What every group schema may declare besides its fields: the values a key may take
     (checked after types, listed in the message) and `check`, the group's own rules."""
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # A `_target_` group: keys beyond the fields are the target's own arguments, checked against
+    # its signature when the job starts (builders/targets.py) instead of refused here.
+    TAKES_TARGET_ARGUMENTS: ClassVar[bool] = False
 
     @staticmethod
     def check(node: DictConfig) -> None:
@@ -192,7 +195,9 @@ class GenerationConfig(GroupSchema):
 @dataclass
 class OptimizerConfig(GroupSchema):
     """A `_target_` optimizer class, built over the trainable parameters by builders/optim.py
-    (`params` and `lr` are passed there; weight decay per parameter group)."""
+    (`params` and `lr` are passed there; weight decay per parameter group). Other keys are the
+    class's own arguments: +optimizer.momentum=0.9."""
+    TAKES_TARGET_ARGUMENTS: ClassVar[bool] = True
     _target_: str = "torch.optim.AdamW"
     # A number, `auto` (the documented default of the adapter method, see builders/optim.py) or
     # `find` (an LR range test before training; its plot goes to the run dir).
@@ -223,7 +228,9 @@ class OptimizerConfig(GroupSchema):
 class SchedulerConfig(GroupSchema):
     """A `_target_` function of transformers' schedules (or any with its signature), called by
     builders/schedulers.py with the optimizer and, where it takes them, num_warmup_steps and
-    num_training_steps (optimizer steps)."""
+    num_training_steps (optimizer steps). Other keys are the function's own arguments:
+    +scheduler.num_cycles=2."""
+    TAKES_TARGET_ARGUMENTS: ClassVar[bool] = True
     _target_: str = "transformers.get_linear_schedule_with_warmup"
     warmup_fraction: float = 0.1  # share of the total optimizer steps spent warming up
     warmup_steps: Optional[int] = None  # a step count instead (wins over warmup_fraction)

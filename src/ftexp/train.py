@@ -141,9 +141,9 @@ class Recipe:
         from ftexp.callbacks.throughput import ThroughputMonitor
 
         cfg = self.cfg
+        self.model_type = self._setup_model_type()  # refuses a bad config before anything is written
         self._write_run_files()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        self.model_type = self._setup_model_type()
         tokenizer = self._setup_tokenizer()
         parts = self.spec.task_class().from_config(cfg, task_settings(cfg), tokenizer, self.out)
         self.datamodule, self.task = parts.datamodule, parts.task

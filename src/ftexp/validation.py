@@ -46,6 +46,8 @@ def _walk_unknown_keys(node: Any, schema: type, prefix: str) -> None:
         full = f"{prefix}{key}"
         if full in MOVED_KEYS:
             raise ConfigError(f"unknown config key '{full}': it is now '{MOVED_KEYS[full]}'.")
+        if key not in known and getattr(schema, "TAKES_TARGET_ARGUMENTS", False):
+            continue  # the target's own argument: checked against its signature at job start
         if key not in known:
             valid = _schema_keys(schema)
             raise ConfigError(
@@ -144,7 +146,11 @@ def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
     """
     user = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     _walk_unknown_keys(user, FtexpConfig, "")
-    typed = _typed(OmegaConf.structured(FtexpConfig), user)
+    schema = OmegaConf.structured(FtexpConfig)
+    for group, group_schema in GROUP_SCHEMAS.items():
+        if group_schema.TAKES_TARGET_ARGUMENTS:
+            OmegaConf.set_struct(schema[group], False)  # declared keys stay typed
+    typed = _typed(schema, user)
     task = _typed_task(typed.task)
     spec = get_task(task.name)
     OmegaConf.set_struct(typed, False)

@@ -143,7 +143,7 @@ class CausalLMDataModule(RowsDataModule):
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
         encoded = self.encode_cached(
             lambda: {split: self._encode_split(frame) for split, frame in frames.items()},
-            "language_modeling", "pretrain" if self.formatter.raw_text else "causal_lm",
+            "language_modeling", "raw_text" if self.formatter.raw_text else "prompt_response",
             self.encoder.train_on_prompt)
         for split, frame in frames.items():
             rows, n_samples, cut, dropped = encoded[split]
