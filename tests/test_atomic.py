@@ -130,6 +130,26 @@ def test_replace_moves_a_file_and_fsync_tree_walks_a_folder(tmp_path: Path):
     atomic.fsync_tree(tmp_path / "staged")  # no error on files and folders
 
 
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    from ftexp import checkpoints
+    from ftexp.errors import FtexpError
+
+    def half_then_full(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+    monkeypatch.setattr(checkpoints.TorchCheckpointIO, "save_checkpoint", half_then_full)
+    with pytest.raises(FtexpError, match="no space left on the device .* previous checkpoint is intact"):
+        checkpoints.AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert _leftovers(tmp_path) == []
+
+
 def test_atomic_open_refuses_appending(tmp_path: Path):
     with pytest.raises(ValueError, match="whole file"), atomic.atomic_open(tmp_path / "x", "a"):
         pass

@@ -68,6 +68,26 @@ def is_deepspeed_folder(path: Path) -> bool:
     return path.is_dir() and (path / "latest").is_file()
 
 
+def load_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """The full checkpoint in a folder Lightning's FSDPStrategy wrote (state_dict_type='sharded'),
+    in memory and in the Trainer's format: weights under `state_dict`, optimizers as
+    `optimizer_states`, the rest (epoch, loops, hyper_parameters…) from the folder's metadata file.
+
+    Private Lightning API: this is the body of Lightning's documented consolidation command
+    (`python -m lightning.pytorch.utilities.consolidate_checkpoint <folder>`), which exists only
+    as a command-line script that writes a second file. The public torch counterpart,
+    `torch.distributed.checkpoint.format_utils.dcp_to_torch_save`, loads the same way but also
+    only writes a file (optimizer states included, without Lightning's metadata and key layout):
+    an extra full copy on disk, several times the weights, before the optimizer states are
+    dropped. The public `torch.distributed.checkpoint.load` needs a pre-built state dict of every
+    shape, which only torch's private `_EmptyStateDictLoadPlanner` builds.
+    tests/test_private_apis.py pins the behaviour relied on."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+    return _format_checkpoint(_load_distributed_checkpoint(path))
+
+
 def consolidate(path: Path, keep: set[str] | None = None) -> Path:
     """Replace a sharded checkpoint folder at `path` with one file of the full weights (only the
     `keep` names when given: adapter runs save what trains). A file is returned as it is."""
@@ -82,10 +102,7 @@ def consolidate(path: Path, keep: set[str] | None = None) -> Path:
         checkpoint = convert_zero_checkpoint_to_fp32_state_dict(path, tmp)
         tmp.unlink()
     else:
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-        from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
-
-        checkpoint = _format_checkpoint(_load_distributed_checkpoint(path))
+        checkpoint = load_sharded_checkpoint(path)
     checkpoint.pop("optimizer_states", None)  # weights only, like the single-device best.ckpt
     if keep is not None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

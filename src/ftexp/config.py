@@ -435,27 +435,51 @@ class FtexpConfig:
 
 
 
-# Adapter methods built into ftexp; every other adapter.method is a PEFT method.
-NON_PEFT_ADAPTERS = ("none", "frozen", "freeze")
-# adapter.method → (PEFT config class, settings the method implies). Read by builders/adapter.py.
-PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lora": ("LoraConfig", {}),
-    "dora": ("LoraConfig", {"use_dora": True}),
-    "adalora": ("AdaLoraConfig", {}),
-    "ia3": ("IA3Config", {}),
-    "loha": ("LoHaConfig", {}),
-    "lokr": ("LoKrConfig", {}),
-    "oft": ("OFTConfig", {}),
-    "boft": ("BOFTConfig", {}),
-    # Prompt-learning methods need a task type; feature extraction is the headless one.
-    "prefix_tuning": ("PrefixTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
-    "prompt_tuning": ("PromptTuningConfig", {"task_type": "FEATURE_EXTRACTION"}),
-    "llama_adapter": ("AdaptionPromptConfig", {"task_type": "FEATURE_EXTRACTION"}),
+@dataclass(frozen=True)
+class AdapterMethod:
+    """What ftexp knows about one `adapter.method` (the adapter group's other keys are PEFT's)."""
+    # learning_rate=auto: the usual peak rate for the method (see _LEARNING_RATES).
+    auto_learning_rate: float
+    # The PEFT config class; None: a method of ftexp's own (or `peft`, by adapter._target_).
+    peft_config: str | None = None
+    # PEFT settings the method implies.
+    implied: dict[str, Any] = field(default_factory=dict)
+    # Prepends virtual tokens: packed rows cannot share them and they cannot merge into weights.
+    prompt_learning: bool = False
+
+
+# Default peak learning rates by fine-tuning method, from common practice:
+#   full fine-tuning 2e-5: BERT paper's {2,3,5}e-5 sweep and the HF Trainer/run_glue examples;
+#   head only 1e-3: usual Adam rate for training a fresh linear probe on frozen features;
+#   LoRA family 2e-4: LoRA/QLoRA papers and the PEFT examples (1e-4 to 3e-4);
+#   IA3 3e-3: the (IA)^3 / T-Few paper;
+#   prompt learning 1e-2: prefix-tuning / prompt-tuning papers and the PEFT examples (1e-2 to 3e-2).
+_FULL, _HEAD, _LORA, _IA3, _PROMPT = 2e-5, 1e-3, 2e-4, 3e-3, 1e-2
+# Prompt-learning methods need a task type; feature extraction is the headless one.
+_HEADLESS = {"task_type": "FEATURE_EXTRACTION"}
+
+# Every adapter.method, once (conf/adapter/<method>.yaml holds each one's PEFT keys).
+ADAPTERS: dict[str, AdapterMethod] = {
+    "none": AdapterMethod(_FULL),  # full fine-tuning
+    "frozen": AdapterMethod(_HEAD),  # backbone frozen, head trained
+    "freeze": AdapterMethod(_FULL),  # the last N layers / name patterns train
+    "lora": AdapterMethod(_LORA, "LoraConfig"),
+    "dora": AdapterMethod(_LORA, "LoraConfig", {"use_dora": True}),
+    "adalora": AdapterMethod(_LORA, "AdaLoraConfig"),
+    "ia3": AdapterMethod(_IA3, "IA3Config"),
+    "loha": AdapterMethod(_LORA, "LoHaConfig"),
+    "lokr": AdapterMethod(_LORA, "LoKrConfig"),
+    "oft": AdapterMethod(_LORA, "OFTConfig"),
+    "boft": AdapterMethod(_LORA, "BOFTConfig"),
+    "prefix_tuning": AdapterMethod(_PROMPT, "PrefixTuningConfig", _HEADLESS, prompt_learning=True),
+    "prompt_tuning": AdapterMethod(_PROMPT, "PromptTuningConfig", _HEADLESS, prompt_learning=True),
+    "llama_adapter": AdapterMethod(_PROMPT, "AdaptionPromptConfig", _HEADLESS, prompt_learning=True),
+    "peft": AdapterMethod(_LORA),  # any PEFT config class by adapter._target_
 }
-# `peft`: any PEFT config class by `adapter._target_`.
-ADAPTER_METHODS = (*NON_PEFT_ADAPTERS, *PEFT_METHODS, "peft")
-# PEFT methods that prepend virtual tokens: packed rows and their position ids do not fit them.
-PROMPT_LEARNING_ADAPTERS = ("prefix_tuning", "prompt_tuning", "llama_adapter")
+ADAPTER_METHODS = tuple(ADAPTERS)
+# Methods of ftexp's own; every other one goes through PEFT.
+NON_PEFT_ADAPTERS = tuple(m for m, a in ADAPTERS.items() if a.peft_config is None and m != "peft")
+PROMPT_LEARNING_ADAPTERS = tuple(m for m, a in ADAPTERS.items() if a.prompt_learning)
 
 
 def check_adapter(adapter: DictConfig) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import PEFT_METHODS, did_you_mean
+from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, did_you_mean
 from ftexp.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, An
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"adapter._target_='{target}' is not an importable PEFT config "
                               "class (e.g. peft.VeraConfig).") from err
-    name, implied = PEFT_METHODS[method]
+    name, implied = ADAPTERS[method].peft_config, ADAPTERS[method].implied
     return getattr(peft, name), implied
 
 
@@ -76,7 +76,7 @@ def validate_adapter(adapter: dict[str, Any], model_type: str) -> None:
     """Everything about the adapter that can be checked without weights: method fits the
     architecture, PEFT keys exist."""
     method = adapter["method"]
-    if method in PEFT_METHODS or method == "peft":
+    if method not in NON_PEFT_ADAPTERS:
         check_adapter_fits(method, model_type)
         peft_config(method, {k: v for k, v in adapter.items() if k != "method"})
 

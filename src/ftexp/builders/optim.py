@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ftexp.builders.targets import check_node, instantiate_node, parameters
+from ftexp.config import ADAPTERS, SchedulerConfig
 from ftexp.errors import ConfigError
 
 # Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
@@ -17,23 +18,7 @@ _FTEXP_KEYS = ("learning_rate", "weight_decay", "fused")
 # Arguments ftexp passes: the parameter groups and the resolved learning rate.
 _WIRED = ("params", "lr")
 
-# Default peak learning rates by fine-tuning method, from common practice:
-#   full fine-tuning 2e-5: BERT paper's {2,3,5}e-5 sweep and the HF Trainer/run_glue examples;
-#   head only 1e-3: usual Adam rate for training a fresh linear probe on frozen features;
-#   LoRA family 2e-4: LoRA/QLoRA papers and the PEFT examples (1e-4 to 3e-4);
-#   IA3 3e-3: the (IA)^3 / T-Few paper;
-#   prompt learning 1e-2: prefix-tuning / prompt-tuning papers and the PEFT examples (1e-2 to 3e-2).
-_FULL, _HEAD, _LORA, _IA3, _PROMPT = 2e-5, 1e-3, 2e-4, 3e-3, 1e-2
-AUTO_LEARNING_RATES: dict[str, float] = {
-    "none": _FULL,
-    "freeze": _FULL,
-    "frozen": _HEAD,
-    **{m: _LORA for m in ("lora", "dora", "adalora", "loha", "lokr", "oft", "boft", "peft")},
-    "ia3": _IA3,
-    **{m: _PROMPT for m in ("prefix_tuning", "prompt_tuning", "llama_adapter")},
-}
-
-LR_SCALING_RULES = ("none", "linear", "sqrt")
+LR_SCALING_RULES = SchedulerConfig.CHOICES["learning_rate_scaling"]
 
 # Lightning 2.x still accepts the legacy "16" / "bf16" spellings and runs them as mixed precision.
 _MIXED_PRECISIONS = frozenset({"16-mixed", "bf16-mixed", "16", "bf16"})
@@ -82,7 +67,8 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
 def auto_learning_rate(adapter_method: str) -> float:
     """Default peak learning rate for a fine-tuning method; unknown methods get the LoRA value
     since most adapters train a small number of new weights like LoRA does."""
-    return AUTO_LEARNING_RATES.get(adapter_method, _LORA)
+    method = ADAPTERS.get(adapter_method, ADAPTERS["lora"])
+    return method.auto_learning_rate
 
 
 def scale_learning_rate(learning_rate: float, world_size: int, rule: str) -> float:

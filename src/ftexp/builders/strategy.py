@@ -71,15 +71,18 @@ def transformer_block_classes(model_type: str) -> set[type]:
     """The architecture's repeated transformer block classes (e.g. LlamaDecoderLayer), read from
     the `_no_split_modules` transformers declares for it: FSDP wraps each block as one unit and
     activation checkpointing recomputes per block. Found without building the model."""
-    from transformers import CONFIG_MAPPING, AutoModel
+    # MODEL_MAPPING (public, the table AutoModel uses): config class -> base model class.
+    from transformers import CONFIG_MAPPING, MODEL_MAPPING
 
     try:
-        model_class = AutoModel._model_mapping[CONFIG_MAPPING[model_type]]
+        model_class = MODEL_MAPPING[CONFIG_MAPPING[model_type]]
     except KeyError as err:
         raise ConfigError(f"strategy=fsdp cannot find the transformer blocks of model type "
                           f"'{model_type}'; set strategy.auto_wrap=false to shard the model as one "
                           "unit.") from err
     module = sys.modules[model_class.__module__]
+    # `_no_split_modules` is the class attribute transformers documents for model authors (and
+    # accelerate's device_map reads); there is no public getter short of building the model.
     return {getattr(module, name) for name in model_class._no_split_modules or [] if hasattr(module, name)}
 
 

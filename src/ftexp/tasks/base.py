@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 EVAL_STAGES = ("val", "train_eval")
 
 
+def set_update_count(metric: Metric, count: int) -> None:
+    """Restore how many batches `metric` had seen when a checkpoint was saved.
+
+    Private torchmetrics API (`Metric._update_count`): torchmetrics reads the count publicly
+    (`Metric.update_count`) but has no public way to set it; `load_state_dict` (even with
+    `persistent(True)`) and `merge_state` leave it alone, and `reset()` zeroes it. A resumed
+    metric needs it: at 0, `compute()` warns that `update` was never called, and states reduced
+    by mean weight the next batch by it. tests/test_private_apis.py pins this behaviour."""
+    metric._update_count = count
+
+
 class RunParts(NamedTuple):
     """What a task contributes to a training run: its data, its module, its own callbacks."""
     datamodule: L.LightningDataModule
@@ -189,19 +200,19 @@ class FinetuneTask(L.LightningModule):
             # torchmetrics keeps running sums in non-persistent buffers; without them a run resumed
             # mid-epoch would report that epoch's metrics over the batches after the resume only.
             checkpoint["metric_states"] = {
-                name: {"state": dict(metric.metric_state), "updates": metric._update_count}
+                name: {"state": dict(metric.metric_state), "updates": metric.update_count}
                 for name, metric in self.named_modules() if isinstance(metric, Metric)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("metric_states", {})
         for name, metric in self.named_modules():
             if isinstance(metric, Metric) and name in saved:
+                metric.reset()  # drops any cached compute() result; the saved states replace the rest
                 for key, value in saved[name]["state"].items():
                     moved = (value.to(metric.device) if isinstance(value, torch.Tensor)
                              else [v.to(metric.device) for v in value])
                     setattr(metric, key, moved)
-                metric._update_count = saved[name]["updates"]
-                metric._computed = None
+                set_update_count(metric, saved[name]["updates"])
 
     def load_trained_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's weights; a trainable-only checkpoint must cover every trainable one."""

@@ -39,7 +39,7 @@ from ftexp.errors import ConfigError, FtexpError, reported_as_one_line
 from ftexp.objective import DIRECTIONS, MAXIMIZE, Objective, is_pruned, was_pruned
 
 from ._search_space import Param, as_override_text, grid_values, search_space
-from ._study import PRUNER_ATTR, make_pruner, open_storage
+from ._study import PRUNER_ATTR, make_pruner, open_storage, study_id, trial_id
 from .config import sweep_id
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._run, name="ftexp-sweep-heartbeat", daemon=True)
 
     def beat(self) -> None:
-        for trial_id in self.trial_ids:
-            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        for id_ in self.trial_ids:
+            self.storage.set_trial_system_attr(id_, HEARTBEAT_ATTR, time.time())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -305,7 +305,7 @@ class FtexpOptunaSweeperImpl:
                                   f"{directions}; choose another hydra.sweeper.study_name or sweep dir.")
             self._check_command(study, arguments)
             study.set_metric_names([o.metric for o in objectives])
-            self.storage.set_study_system_attr(study._study_id, PRUNER_ATTR,
+            self.storage.set_study_system_attr(study_id(self.storage, study), PRUNER_ATTR,
                                                {"name": self.pruner_name, "kwargs": self.pruner_kwargs})
             study.set_user_attr("objectives", [{"metric": o.metric, "direction": o.direction}
                                                for o in objectives])
@@ -350,9 +350,10 @@ class FtexpOptunaSweeperImpl:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. a float range's high adjusted to its step
             trial = study.ask({name: p.distribution for name, p in space.items()})
+        id_ = trial_id(self.storage, study, trial.number)
         for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
                            (HEARTBEAT_ATTR, time.time())):
-            self.storage.set_trial_system_attr(trial._trial_id, key, value)
+            self.storage.set_trial_system_attr(id_, key, value)
         trial.set_user_attr(OUTPUT_DIR_ATTR, str(self.sweep_dir / TRIAL_DIR.format(trial.number)))
         return trial
 
@@ -368,12 +369,13 @@ class FtexpOptunaSweeperImpl:
     def _run(self, study: optuna.Study, batch: list[optuna.Trial], fixed: list[str],
              space: Mapping[str, Param], objectives: list[_Objective]) -> list[JobReturn]:
         overrides = [self._job_overrides(trial, fixed, space) for trial in batch]
+        ids = [trial_id(self.storage, study, t.number) for t in batch]
         try:
-            with _Heartbeat(self.storage, [t._trial_id for t in batch], self.heartbeat_interval):
+            with _Heartbeat(self.storage, ids, self.heartbeat_interval):
                 returns = list(self.launcher.launch(overrides, initial_job_idx=batch[0].number))
         except BaseException:  # Ctrl-C, or a job that exits the process: run these again later
-            for trial in batch:
-                self._requeue(study, study._storage.get_trial(trial._trial_id), "the sweep was interrupted")
+            for id_ in ids:
+                self._requeue(study, self.storage.get_trial(id_), "the sweep was interrupted")
             raise
         finally:
             _free_memory()
@@ -421,7 +423,7 @@ class FtexpOptunaSweeperImpl:
         parameters again, so the study still gets n_trials real trials."""
         if trial.state != TrialState.RUNNING:
             return
-        self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, why)
+        self.storage.set_trial_user_attr(trial_id(self.storage, study, trial.number), INTERRUPTED_ATTR, why)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
         log.warning("trial %d: %s; marked failed, its parameters queued again", trial.number, why)

@@ -51,6 +51,19 @@ def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None) -> optuna.pr
         raise ConfigError(f"pruner={name} with pruner_kwargs {settings}: {err}") from err
 
 
+def study_id(storage: Any, study: optuna.Study) -> int:
+    """The id `storage` (the object the study was opened on) keeps `study` under. Optuna keeps
+    `Study._study_id` and `Study._storage` private; the storage's public lookup gives the same id."""
+    return storage.get_study_id_from_name(study.study_name)
+
+
+def trial_id(storage: Any, study: optuna.Study, number: int) -> int:
+    """The id `storage` keeps trial `number` of `study` under, for the storage methods that take
+    one (trial system attributes have no Trial or Study method). Optuna keeps `Trial._trial_id`
+    and `FrozenTrial._trial_id` private; the storage's public lookup gives the same id."""
+    return storage.get_trial_id_from_study_id_trial_number(study_id(storage, study), number)
+
+
 def open_trial(storage: str, study_name: str, number: int) -> optuna.Trial:
     """The running trial numbered `number`, in a study that prunes as its sweeper said."""
     backend = open_storage(storage)
@@ -59,5 +72,4 @@ def open_trial(storage: str, study_name: str, number: int) -> optuna.Trial:
     study = optuna.load_study(study_name=study_name, storage=backend,
                               sampler=optuna.samplers.RandomSampler(),
                               pruner=make_pruner(spec["name"], spec.get("kwargs")))
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return optuna.Trial(study, trial_id)
+    return optuna.Trial(study, trial_id(backend, study, number))
