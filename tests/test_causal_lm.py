@@ -60,7 +60,7 @@ def test_empty_fields_follow_the_declared_policy():
 @pytest.mark.parametrize("train_on_prompt", [False, True])
 def test_prompt_tokens_get_no_loss_unless_train_on_prompt(train_on_prompt: bool, minilm_tokenizer):
     config = DataConfig(path="x", prompt_template="Q: {instruction}\nA:", response_template=" {output}")
-    encoder = LanguageModelingEncoder(minilm_tokenizer, PromptFormatter(config, "causal_lm"),
+    encoder = LanguageModelingEncoder(minilm_tokenizer, PromptFormatter(config),
                                       train_on_prompt)
     row = encoder.encode_row({"instruction": "what is two plus two", "output": "four"}, 0)
     prompt = encoder.prompt_ids("Q: what is two plus two\nA:")
@@ -73,7 +73,7 @@ def test_prompt_tokens_get_no_loss_unless_train_on_prompt(train_on_prompt: bool,
 def test_truncation_cuts_or_drops_and_counts(minilm_tokenizer):
     frame = pd.DataFrame({"instruction": ["short", "word " * 80], "output": ["ok", "ok"]})
     config = DataConfig(path="x", prompt_template="{instruction}", response_template="{output}")
-    encoder = LanguageModelingEncoder(minilm_tokenizer, PromptFormatter(config, "causal_lm"), False)
+    encoder = LanguageModelingEncoder(minilm_tokenizer, PromptFormatter(config), False)
     rows, cut, dropped = encoder.encode(frame, 40, "cut")
     # The long row's prompt fills all 40 tokens, leaving no response to learn: dropped, counted.
     assert (len(rows), cut, dropped) == (1, 0, 1)

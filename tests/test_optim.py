@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-
 from omegaconf import OmegaConf
+from torch import nn
 
 from conftest import compose_config
 from ftexp.builders.optim import (
@@ -174,7 +173,8 @@ def test_adamw_8bit_drives_loss_down():
     bnb = pytest.importorskip("bitsandbytes")
     # 8-bit state is kept only for tensors of >= 4096 elements; 128 x 64 = 8192 qualifies.
     model, x, y = _least_squares(128, 64)
-    optimizer = build_optimizer(model, option("optimizer", "adamw_8bit", weight_decay=0.0), learning_rate=0.05)
+    settings = option("optimizer", "adamw_8bit", weight_decay=0.0)
+    optimizer = build_optimizer(model, settings, learning_rate=0.05)
     assert isinstance(optimizer, bnb.optim.AdamW8bit)
     try:
         ratio = _loss_ratio(model, optimizer, x, y)

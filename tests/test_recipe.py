@@ -38,7 +38,8 @@ def test_every_task_option_has_a_registry_entry_and_back():
         # The option is composed onto its own schema: every key of the schema is there, typed.
         assert set(cfg.task.keys()) == {f.name for f in dataclasses.fields(spec.settings)}
         assert cfg.task.monitor in spec.monitor_choices()
-    with pytest.raises(ConfigError, match="'task.name=causal' is not a valid choice. Did you mean 'causal_lm'"):
+    with pytest.raises(ConfigError, match="'task.name=causal' is not a valid choice. "
+                                          "Did you mean 'causal_lm'"):
         get_task("causal")
 
 
@@ -64,8 +65,10 @@ def test_run_stopped_by_max_steps_mid_epoch_validates_and_keeps_a_checkpoint(tmp
 def test_user_callback_by_target_runs_with_its_arguments(toy_csv: Path, tmp_path: Path):
     seen = tmp_path / "seen.json"
     metrics = train(compose_config(tiny_overrides(
-        toy_csv, "trainer.max_epochs=1", "+callbacks.extra.counter._target_=test_recipe.CountTrainingBatches",
-        f"+callbacks.extra.counter.path={seen}", "+callbacks.extra.counter.every=2"), output_dir=tmp_path / "run"))
+        toy_csv, "trainer.max_epochs=1",
+        "+callbacks.extra.counter._target_=test_recipe.CountTrainingBatches",
+        f"+callbacks.extra.counter.path={seen}", "+callbacks.extra.counter.every=2"),
+        output_dir=tmp_path / "run"))
     assert json.loads(seen.read_text()) == {"batches": metrics["global_steps"], "every": 2}
 
 
@@ -74,6 +77,7 @@ def test_user_callback_with_a_wrong_key_is_named_before_the_model_loads(toy_csv:
         toy_csv, "+callbacks.extra.counter._target_=test_recipe.CountTrainingBatches",
         "+callbacks.extra.counter.pth=x"), output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match=r"callbacks.extra.counter.pth is not a parameter of "
-                                          r"test_recipe.CountTrainingBatches. Did you mean 'callbacks.extra.counter.path'"):
+                                          r"test_recipe.CountTrainingBatches. "
+                                          r"Did you mean 'callbacks.extra.counter.path'"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -422,12 +422,13 @@ def test_a_failing_run_finishes_its_wandb_run_and_a_rerun_continues_it(wandb_run
     out = tmp_path / "run"
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cfg = _compose_plain(tiny_overrides(data, "logger=wandb", "trainer.max_epochs=1"), out)
-    real_tune = ftexp.train._tune
+    recipe = ftexp.train.Recipe
+    real_tune = recipe._setup_batch_size_and_learning_rate
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom while tuning")
 
-    monkeypatch.setattr(ftexp.train, "_tune", broken)
+    monkeypatch.setattr(recipe, "_setup_batch_size_and_learning_rate", broken)
     with pytest.raises(RuntimeError, match="boom"):
         train(cfg)
     assert wandb.run is None
@@ -435,7 +436,7 @@ def test_a_failing_run_finishes_its_wandb_run_and_a_rerun_continues_it(wandb_run
     run_id = (out / "wandb_run_id").read_text().strip()
     assert [r["exit"].get("exitCode", 0) for r in first if "exit" in r] == [1]
 
-    monkeypatch.setattr(ftexp.train, "_tune", real_tune)
+    monkeypatch.setattr(recipe, "_setup_batch_size_and_learning_rate", real_tune)
     train(cfg)  # the same run dir again: the same W&B run
     assert (out / "wandb_run_id").read_text().strip() == run_id
     records = _wandb_records(out)

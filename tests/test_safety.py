@@ -43,15 +43,15 @@ def test_remote_code_is_refused_and_never_run(tmp_path: Path):
 def test_pickled_weights_are_refused_unless_allowed(tmp_path: Path):
     folder = _tiny_model_dir(tmp_path, weights="bin")
     with pytest.raises(ConfigError, match=r"only pickled ones \(pytorch_model.bin\).*"
-                                          r"\+model.allow_pickled_weights=true"):
+                                          r"set model.allow_pickled_weights=true"):
         load_backbone(str(folder))
     assert ModelConfig.allow_pickled_weights is False
     model = load_configured_backbone({"name_or_path": str(folder), "dtype": "float32",
                                       "trust_remote_code": False, "allow_pickled_weights": True})
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     assert torch.equal(model.embeddings.word_embeddings.weight, state["embeddings.word_embeddings.weight"])
-    # The key is in the schema, so the model YAML files need no edit ('+' adds it to the group).
-    cfg = compose_config(["model=tiny_bert", "+model.allow_pickled_weights=true"], output_dir=tmp_path)
+    # The key's default lives in the schema, so every model option has it without listing it.
+    cfg = compose_config(["model=tiny_bert", "model.allow_pickled_weights=true"], output_dir=tmp_path)
     assert cfg.model.allow_pickled_weights is True
 
 

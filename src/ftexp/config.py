@@ -57,8 +57,7 @@ class ModelConfig(GroupSchema):
     # are refused with a message; read the code before turning this on.
     trust_remote_code: bool = False
     # Load pickled weights (pytorch_model.bin, *.pt), which can run code when unpickled, when the
-    # model has no safetensors. Off: such models are refused. Not in the model YAML files, so set
-    # it with a leading '+': +model.allow_pickled_weights=true.
+    # model has no safetensors. Off: such models are refused; model.allow_pickled_weights=true.
     allow_pickled_weights: bool = False
     revision: Optional[str] = None
     # Jinja chat template for tokenizers that have none (conversation data, data.messages_column).

@@ -100,8 +100,8 @@ def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int
 
     config_path = run / run_dir.CONFIG_FILE
     if config_path.is_file():  # refuse before the model loads
-        name = OmegaConf.load(config_path).task.name
-        if not get_task(name).predicts:
+        name = (OmegaConf.load(config_path).get("task") or {}).get("name")
+        if name is not None and not get_task(name).predicts:
             raise FtexpError(f"'{run}' is a task={name} run, which writes text, not labels; "
                              "use `python -m ftexp.generate` on it.")
     task, tokenizer, cfg = load_trained(run)

@@ -53,7 +53,7 @@ def _pickled_weights_refused(source: str, found: str) -> ConfigError:
         f"model '{source}' has no safetensors weights, only pickled ones ({found}), which can run "
         "arbitrary code when loaded; ftexp loads safetensors only. Convert them (load where you "
         "trust them, then save_pretrained) or, if you trust the source, set "
-        "+model.allow_pickled_weights=true."
+        "model.allow_pickled_weights=true."
     )
 
 

@@ -1,6 +1,11 @@
 """Periodic full-state checkpoints (`checkpoints/last.ckpt`) that `resume=<run dir>` continues
 from: model, optimizer, scheduler, loop counters, the training loader's position (the DataModule's
-state) and the random number generators (here, since Lightning saves none of them)."""
+state) and the random number generators (here, since Lightning saves none of them).
+
+Not Lightning's ModelCheckpoint(every_n_train_steps=…, train_time_interval=…): its triggers are the
+same, but it writes the new file over the old one's name through the strategy, keeps no previous
+generation to fall back on when the newest is cut short by a kill, and saves no RNG states — so a
+resumed run would not be bit-identical (tests/test_resume.py pins both)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,11 @@
 Samples are samples and tokens are real tokens with or without packing (data.packing=true puts
 several samples in a row and pads rows without an attention mask).
 
-Counts are per process: under DDP every figure is per rank (samples/s per rank, not global)."""
+Counts are per process: under DDP every figure is per rank (samples/s per rank, not global).
+
+Not Lightning's ThroughputMonitor: it needs a `batch_size_fn` / `length_fn` per batch anyway, logs
+through the loggers rather than returning a summary, syncs across ranks every step (a host sync
+per step on GPU), has no epoch timing without validation, and measures no peak memory."""
 
 from __future__ import annotations
 
