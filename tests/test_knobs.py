@@ -48,8 +48,8 @@ def _first_step_gradients(data: Path, tokenizer, batch_size: int, accumulate: in
     datamodule.setup()
     L.seed_everything(0, verbose=False)  # same adapter init in every call
     task = CausalLMTask(**task_settings(cfg))
-    if windowed:
-        datamodule.count_loss_items = task.loss_items
+    if not windowed:  # the negative control: a loader whose batches carry no window count
+        datamodule.loss_items = None
     grabber = _FirstGradients()
     L.Trainer(max_steps=1, accumulate_grad_batches=accumulate, logger=False, callbacks=[grabber],
               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -76,7 +76,7 @@ def test_user_callback_with_a_wrong_key_is_named_before_the_model_loads(toy_csv:
     cfg = compose_config(tiny_overrides(
         toy_csv, "+callbacks.extra.counter._target_=test_recipe.CountTrainingBatches",
         "+callbacks.extra.counter.pth=x"), output_dir=tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"callbacks.extra.counter.pth is not a parameter of "
+    with pytest.raises(ConfigError, match=r"unknown key 'callbacks.extra.counter.pth' for "
                                           r"test_recipe.CountTrainingBatches. "
                                           r"Did you mean 'callbacks.extra.counter.path'"):
         train(cfg)

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -437,6 +438,9 @@ def test_a_failing_run_finishes_its_wandb_run_and_a_rerun_continues_it(wandb_run
     assert [r["exit"].get("exitCode", 0) for r in first if "exit" in r] == [1]
 
     monkeypatch.setattr(recipe, "_setup_batch_size_and_learning_rate", real_tune)
+    # W&B names an offline run's folder by its start second: a rerun within the same second
+    # would write into the first folder instead of a segment of its own.
+    time.sleep(1.1)
     train(cfg)  # the same run dir again: the same W&B run
     assert (out / "wandb_run_id").read_text().strip() == run_id
     records = _wandb_records(out)

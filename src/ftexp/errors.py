@@ -13,8 +13,9 @@ EXIT_USER_ERROR = 2
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...], prefix: str = "") -> str:
     """' Did you mean '<prefix>x'?' for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    by_lower = {str(o).lower(): str(o) for o in options}  # case-blind: Sgd finds SGD
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" Did you mean '{prefix}{by_lower[close[0]]}'?" if close else ""
 
 
 class FtexpError(Exception):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import logging
 import os
 import secrets
@@ -42,7 +41,6 @@ _IGNORED_CHOICES = ("local", "paths")  # machine-specific groups: not a property
 # Constructor arguments the builder fills from the run; a node must not set them.
 _WIRING = ("run_dir", "run")
 # Hydra's own keys in a `_target_` node.
-_HYDRA_KEYS = ("_target_", "_args_", "_recursive_", "_convert_", "_partial_")
 # Packages a logger needs when it is built, by the target's name: (importable modules, any of
 # them will do; the ftexp extra that installs them).
 _PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -56,114 +54,22 @@ _PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
 
 # -- validation ------------------------------------------------------------------------------------
 
+def _check_node(name: str, node: Any) -> Callable[..., Any]:
+    """The node checked against its target's signature (builders/targets.py), then the package
+    its logger needs at construction (Lightning's logger classes import without it)."""
+    from ftexp.builders.targets import check_node
+
+    target = check_node(node, f"logger.{name}", wired=_WIRING, provided=("save_dir",))
+    modules, extra = _PACKAGES.get(getattr(target, "__name__", ""), ((), ""))
+    if modules and not any(importlib.util.find_spec(m) for m in modules):
+        raise _config_error(f"logger.{name} needs the {modules[0]} package: pip install 'ftexp[{extra}]'.")
+    return target
+
+
 def _config_error(message: str) -> Exception:
     from ftexp.errors import ConfigError
 
     return ConfigError(message)
-
-
-def _import(target: str) -> Any:
-    """The object at a dotted path: the longest importable module prefix, then attributes.
-    (Hydra's own locate logs its failures as errors; ours only raise.)"""
-    parts = target.split(".")
-    for i in range(len(parts), 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            found = importlib.util.find_spec(module_name) is not None
-        except ModuleNotFoundError:  # a parent package is missing
-            found = False
-        if not found:
-            continue
-        obj = importlib.import_module(module_name)  # a module that fails to import says why
-        for attr in parts[i:]:
-            if not hasattr(obj, attr):
-                raise ImportError(f"module '{obj.__name__}' has no attribute '{attr}'")
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(f"no module named '{parts[0]}'")
-
-
-def _locate(name: str, target: Any) -> Callable[..., Any]:
-    """The object a node's `_target_` names, or a one-line ConfigError (with a did-you-mean for
-    a misspelt last part)."""
-    from ftexp.config import did_you_mean
-
-    key = f"logger.{name}._target_"
-    if not isinstance(target, str) or not target.strip():
-        raise _config_error(f"{key} must be a dotted import path, e.g. lightning.pytorch.loggers.CSVLogger; "
-                            f"got {target!r}.")
-    try:
-        obj = _import(target)
-    except Exception as err:
-        module_name, _, attr = target.rpartition(".")
-        hint = ""
-        with contextlib.suppress(Exception):
-            module = _import(module_name)
-            hint = did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")], f"{module_name}.")
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise _config_error(f"{key}={target} cannot be imported: {reason}.{hint}") from err
-    if not callable(obj):
-        raise _config_error(f"{key}={target} is not a class or function.")
-    return obj
-
-
-def _parameters(obj: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
-        return {}
-    return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
-
-
-def _literal_choices(obj: Callable[..., Any]) -> dict[str, tuple[Any, ...]]:
-    """Parameters annotated with a Literal: their allowed values."""
-    with contextlib.suppress(Exception):
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-        return {n: typing.get_args(h) for n, h in hints.items() if typing.get_origin(h) is Literal}
-    return {}
-
-
-def _check_node(name: str, node: Any) -> Callable[..., Any]:
-    from ftexp.config import did_you_mean
-
-    if not isinstance(node, dict) or "_target_" not in node:
-        raise _config_error(
-            f"logger.{name} has no _target_: each node under `logger` is one logger, e.g. "
-            f"logger.{name}._target_=lightning.pytorch.loggers.CSVLogger (see conf/logger/), "
-            f"or null to leave it out.")
-    obj = _locate(name, node["_target_"])
-    params = _parameters(obj)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    settable = [n for n, p in params.items()
-                if n not in _WIRING and p.kind is not inspect.Parameter.VAR_KEYWORD]
-    for key in node:
-        if key in _HYDRA_KEYS:
-            continue
-        if key in _WIRING and key in params:
-            raise _config_error(f"logger.{name}.{key} is filled in by ftexp from the run; "
-                                f"remove it from the config.")
-        if key not in params and not takes_any:
-            raise _config_error(
-                f"unknown key 'logger.{name}.{key}' for {node['_target_']}."
-                f"{did_you_mean(str(key), settable, f'logger.{name}.')} "
-                f"Valid keys: {', '.join(settable)}.")
-    for key, allowed in _literal_choices(obj).items():
-        if key in node and node[key] not in allowed:
-            raise _config_error(
-                f"'logger.{name}.{key}={node[key]}' is not a valid choice."
-                f"{did_you_mean(str(node[key]), [str(a) for a in allowed])} "
-                f"Choices: {', '.join(map(str, allowed))}.")
-    wired = {*_WIRING, "save_dir"}
-    missing = [n for n, p in params.items()
-               if p.default is inspect.Parameter.empty and n not in node and n not in wired
-               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    if missing:
-        raise _config_error(f"logger.{name} needs '{missing[0]}' for {node['_target_']}: "
-                            f"set logger.{name}.{missing[0]}=<value>.")
-    modules, extra = _PACKAGES.get(getattr(obj, "__name__", ""), ((), ""))
-    if modules and not any(importlib.util.find_spec(m) for m in modules):
-        raise _config_error(f"logger.{name} needs the {modules[0]} package: pip install 'ftexp[{extra}]'.")
-    return obj
 
 
 def check_logger_nodes(settings: dict[str, Any] | None) -> None:
@@ -188,7 +94,7 @@ def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] |
     in their order; [] when none is asked. `run` holds what loggers record about the run besides
     their own settings: `config` (the resolved config, secrets redacted), `task`, `study_name` /
     `trial_number` (sweep trials) and `choices` (the chosen group options)."""
-    from hydra.utils import instantiate
+    from ftexp.builders.targets import instantiate_node
 
     check_logger_nodes(settings)
     run_dir = Path(run_dir)
@@ -196,17 +102,12 @@ def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] |
     for name, node in (settings or {}).items():
         if node is None:
             continue
-        params = _parameters(_locate(str(name), node["_target_"]))
         node = dict(node)
-        if "save_dir" in params:
-            save_dir = node.get("save_dir")
-            node["save_dir"] = str(run_dir if save_dir is None else run_dir / save_dir)  # absolute stays
-        wiring = {"run_dir": run_dir, "run": run or {}}
-        # Partial, then called with the wiring: the run's config must not go through instantiate
-        # (its own `_target_` nodes would be built).
-        factory = instantiate(node, _partial_=True, _convert_="all")
+        if node.get("save_dir") is not None:
+            node["save_dir"] = str(run_dir / node["save_dir"])  # relative: inside the run dir; absolute stays
         try:
-            logger = factory(**{k: v for k, v in wiring.items() if k in params})
+            logger = instantiate_node(node, f"logger.{name}", _WIRING, save_dir=str(run_dir),
+                                      run_dir=run_dir, run=run or {})
         except ModuleNotFoundError as err:
             raise _config_error(f"logger.{name} ({node['_target_']}) needs a package that is not "
                                 f"installed: {str(err).splitlines()[0]}") from err

@@ -45,7 +45,7 @@ def _target_node(settings: dict[str, Any]) -> dict[str, Any]:
 def check_optimizer_node(settings: dict[str, Any]) -> None:
     """Before the model loads: the target imports and takes the node's keys."""
     target = check_node(_target_node(settings), "optimizer", wired=_WIRED)
-    if settings.get("fused") is True and "fused" not in parameters(target)[0]:
+    if settings.get("fused") is True and "fused" not in parameters(target):
         raise ConfigError(f"optimizer.fused=true: {settings['_target_']} has no fused kernel; "
                           "set optimizer.fused=auto.")
 
@@ -56,12 +56,12 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
     per parameter group (see parameter_groups). `fused` only where the target takes it."""
     node = _target_node(settings)
     target = check_node(node, "optimizer", wired=_WIRED)
-    if "fused" in parameters(target)[0]:
+    if "fused" in parameters(target):
         # None (not False) lets torch pick its foreach kernel on GPU; fused only when asked,
         # see use_fused_adamw for when that is safe.
         node["fused"] = True if fused else None
     groups = parameter_groups(model, settings.get("weight_decay", 0.0))
-    return instantiate_node(node, "optimizer", params=groups, lr=learning_rate)
+    return instantiate_node(node, "optimizer", _WIRED, params=groups, lr=learning_rate)
 
 
 def auto_learning_rate(adapter_method: str) -> float:

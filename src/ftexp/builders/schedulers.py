@@ -46,7 +46,7 @@ def check_scheduler_node(settings: dict[str, Any]) -> None:
     target = check_node(_target_node(settings), "scheduler", wired=_WIRED)
     wants_warmup = settings.get("warmup_fraction", 0) > 0 or (settings.get("warmup_steps") or 0) > 0
     # transformers' `get_constant_schedule` takes no warmup: a warmup must not vanish unnoticed.
-    if wants_warmup and "num_warmup_steps" not in parameters(target)[0]:
+    if wants_warmup and "num_warmup_steps" not in parameters(target):
         raise ConfigError(f"{_option_name(settings)} has no warmup; use scheduler=constant_with_warmup "
                           "to warm up, or set the warmup to 0 (scheduler.warmup_fraction=0).")
 
@@ -56,5 +56,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict[str, Any],
     """The schedule over `total_steps` optimizer steps; step it once per optimizer step."""
     check_scheduler_node(settings)
     warmup = warmup_steps_for(total_steps, settings.get("warmup_fraction", 0.0), settings.get("warmup_steps"))
-    return instantiate_node(_target_node(settings), "scheduler", optimizer=optimizer,
+    return instantiate_node(_target_node(settings), "scheduler", _WIRED, optimizer=optimizer,
                             num_warmup_steps=warmup, num_training_steps=total_steps)
