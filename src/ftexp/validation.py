@@ -72,38 +72,31 @@ def _missing_keys(node: DictConfig, prefix: str) -> list[str]:
     return found
 
 
-def _expected_type(full_key: str, task_schema: type | None = None) -> str:
-    """The schema's declared type of a dotted key, readable: 'int', 'float or null', …"""
-    schema: Any = FtexpConfig
-    declared: Any = None
-    for part in full_key.split("."):
-        hints = typing.get_type_hints(schema) if is_dataclass(schema) else {}
-        if part == "task" and schema is FtexpConfig and task_schema is not None:
-            declared = schema = task_schema
-            continue
-        if part not in hints:
-            return ""
-        declared = schema = hints[part]
+def _readable(declared: Any) -> str:
+    """A declared type, readable: 'int', 'float or null', …"""
     args = [a for a in typing.get_args(declared) if a is not type(None)]
     if typing.get_origin(declared) is typing.Union and len(args) == 1:
         return f"{getattr(args[0], '__name__', args[0])} or null"
     return getattr(declared, "__name__", str(declared))
 
 
-def bad_value_message(err: OmegaConfBaseException, task_schema: type | None = None) -> str:
-    """One line for an OmegaConf type error (also raised by Hydra while composing)."""
+def bad_value_message(err: OmegaConfBaseException) -> str:
+    """One line for an OmegaConf type error (also raised by Hydra while composing): the key, the
+    type its schema declares, and the value given."""
     key = err.full_key or "?"
-    expected = _expected_type(key, task_schema)
-    if hasattr(err, "value") and expected:
-        return f"bad value for '{key}': expected {expected}, got {err.value!r}."
+    owner = getattr(err, "object_type", None)
+    hints = typing.get_type_hints(owner) if owner is not None and is_dataclass(owner) else {}
+    declared = hints.get(str(getattr(err, "key", "") or key.rsplit(".", 1)[-1]))
+    if hasattr(err, "value") and declared is not None:
+        return f"bad value for '{key}': expected {_readable(declared)}, got {err.value!r}."
     return f"bad value for '{key}': {str(err.msg).splitlines()[0]}."
 
 
-def _typed(schema: Any, node: Any, task_schema: type | None = None) -> DictConfig:
+def _typed(schema: Any, node: Any) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
     except ValidationError as err:
-        raise ConfigError(bad_value_message(err, task_schema)) from err
+        raise ConfigError(bad_value_message(err)) from err
     except ConfigKeyError as err:  # pragma: no cover - _walk_unknown_keys catches these first
         raise ConfigError(f"unknown config key '{err.full_key}'.") from err
 
@@ -125,7 +118,7 @@ def _typed_task(task: DictConfig) -> DictConfig:
                                   f"task={spec.name}; remove the override.")
             raise ConfigError(f"unknown config key '{full}'.{did_you_mean(str(key), known, 'task.')} "
                               f"Valid keys of task={spec.name}: {', '.join(known)}.")
-    return _typed(OmegaConf.structured(spec.settings), task, spec.settings)
+    return _typed(OmegaConf.structured(spec.settings), task)
 
 
 def _check_choices(node: DictConfig, schema: type, prefix: str) -> None:

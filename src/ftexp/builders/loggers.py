@@ -40,15 +40,12 @@ _TAG_MAX = 64  # W&B refuses longer tags
 _IGNORED_CHOICES = ("local", "paths")  # machine-specific groups: not a property of the experiment
 # Constructor arguments the builder fills from the run; a node must not set them.
 _WIRING = ("run_dir", "run")
-# Hydra's own keys in a `_target_` node.
-# Packages a logger needs when it is built, by the target's name: (importable modules, any of
-# them will do; the ftexp extra that installs them).
-_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
-    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "MLFlowLogger": (("mlflow",), "mlflow"),
-    "mlflow_logger": (("mlflow",), "mlflow"),
-    "WandbLogger": (("wandb",), "wandb"),
-    "wandb_logger": (("wandb",), "wandb"),
+# Packages a logger needs when it is built (any one of them will do), by the target's name:
+# Lightning's logger classes import without them. The pip extra comes from targets.EXTRAS.
+_PACKAGES: dict[str, tuple[str, ...]] = {
+    "TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "MLFlowLogger": ("mlflow",), "mlflow_logger": ("mlflow",),
+    "WandbLogger": ("wandb",), "wandb_logger": ("wandb",),
 }
 
 
@@ -57,12 +54,13 @@ _PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
 def _check_node(name: str, node: Any) -> Callable[..., Any]:
     """The node checked against its target's signature (builders/targets.py), then the package
     its logger needs at construction (Lightning's logger classes import without it)."""
-    from ftexp.builders.targets import check_node
+    from ftexp.builders.targets import EXTRAS, check_node
 
     target = check_node(node, f"logger.{name}", wired=_WIRING, provided=("save_dir",))
-    modules, extra = _PACKAGES.get(getattr(target, "__name__", ""), ((), ""))
+    modules = _PACKAGES.get(getattr(target, "__name__", ""), ())
     if modules and not any(importlib.util.find_spec(m) for m in modules):
-        raise _config_error(f"logger.{name} needs the {modules[0]} package: pip install 'ftexp[{extra}]'.")
+        raise _config_error(f"logger.{name} needs the {modules[0]} package: "
+                            f"pip install 'ftexp[{EXTRAS[modules[0]]}]'.")
     return target
 
 
