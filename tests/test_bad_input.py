@@ -20,8 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ftexp.cli
-from conftest import sentiment_rows
+from conftest import assert_one_line, run_in_process, sentiment_rows
 from ftexp import run_dir
 
 TOY = sentiment_rows(60)
@@ -260,44 +259,11 @@ def _prepare(case: Case, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path | N
     return data
 
 
-def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str]:
-    """`python -m ftexp <args>` in this process: (exit code, stderr)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    monkeypatch.setattr(sys, "argv", ["ftexp", *args])
-    for name in ("FTEXP_DEBUG", "HYDRA_FULL_ERROR"):
-        monkeypatch.delenv(name, raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    capsys.readouterr()
-    code = 0
-    try:
-        ftexp.cli.main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        # Hydra configured logging for the run (a file in the run dir, the captured stdout): undo it.
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:], root.level = handlers, level
-        HydraConfig.instance().cfg = None
-    return code, capsys.readouterr().err
-
-
 def assert_nothing_half_written(run: Path) -> None:
     leftovers = [p for p in (run / run_dir.METRICS_FILE, run / run_dir.PREDICTIONS_FILE,
                              run / run_dir.GENERATIONS_FILE) if p.exists()]
     leftovers += list(run.glob("checkpoints/*")) + list(run.glob("predictions_*"))
     assert not leftovers, leftovers
-
-
-def assert_one_line(stderr: str, message: str) -> None:
-    errors = [line for line in stderr.splitlines() if line.startswith("ftexp: error: ")]
-    assert len(errors) == 1, stderr
-    assert errors[0] == stderr.strip().splitlines()[-1], stderr  # the last word, nothing after it
-    assert message in errors[0], f"\nexpected: {message}\ngot:      {errors[0]}"
-    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

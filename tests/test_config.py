@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config
+from conftest import assert_one_line, compose_config, run_in_process
 from ftexp.cli import group_options
 from ftexp.paths import config_dir
 
@@ -96,8 +96,20 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_CONFIGS, ids=[" ".join(a) for a, _ in BAD_CONFIGS])
-def test_bad_config_gets_one_line_and_nonzero_exit(args: list[str], message: str, tmp_path: Path):
+def test_bad_config_gets_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path,
+                                                 monkeypatch, capsys):
+    # In process: the same preflight, Hydra run and error handling as `python -m ftexp`.
+    code, stderr = run_in_process([*args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2, stderr[-2000:]
+    assert_one_line(stderr, message)
+
+
+# A real interpreter for one error found before the job starts and one found inside it.
+@pytest.mark.parametrize("args", [["trainer.max_epoch=2"], ["data.path=/no/such/file.csv"]],
+                         ids=["preflight", "in the job"])
+def test_real_command_prints_only_the_line_and_exits_2(args: list[str], tmp_path: Path):
     result = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    message = next(m for a, m in BAD_CONFIGS if a == args)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
