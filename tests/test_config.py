@@ -118,10 +118,11 @@ def test_real_command_prints_only_the_line_and_exits_2(args: list[str], tmp_path
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_debug_switch_shows_the_traceback(tmp_path: Path):
-    result = run_cli("data.path=/no/such/file.csv", "debug=true", f"hydra.run.dir={tmp_path}")
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "DataError" in result.stderr
+def test_debug_switch_shows_the_traceback(tmp_path: Path, monkeypatch, capsys):
+    code, stderr = run_in_process(["data.path=/no/such/file.csv", "debug=true",
+                                   f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
+    assert code != 0
+    assert "Traceback" in stderr and "DataError" in stderr
 
 
 def test_cfg_job_and_help_do_not_import_torch():
