@@ -178,3 +178,12 @@ def test_mlflow_run_logs_offline_to_the_run_dir_and_continues_there(toy_csv: Pat
     assert points("train/loss_step") == _csv_points(out, "train/loss_step")
     assert len(points("train/loss_step")) >= 4
     assert "test/acc" in logged.data.metrics
+
+
+def test_the_command_line_takes_a_list_of_logger_options():
+    from ftexp.cli import preflight
+
+    preflight(["logger=[tensorboard,mlflow]", "model=tiny_bert"])  # both options exist: no error
+    with pytest.raises(ConfigError, match="unknown option 'tensorbord' for config group 'logger'. "
+                                          "Did you mean 'tensorboard'"):
+        preflight(["logger=[tensorbord,mlflow]"])

@@ -185,3 +185,29 @@ def test_nan_guard_can_skip_the_step_instead(tmp_path, data_csv, monkeypatch):
     weights = torch.load(best, map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in weights["state_dict"].values())
     assert metrics["nonfinite_skipped_steps"] == 1
+
+
+def test_a_run_saved_by_an_older_ftexp_resumes_with_the_same_meaning(tmp_path, data_csv):
+    """config.yaml of runs started before the schema moved to `_target_` groups, logger nodes,
+    per-task schemas and `random-init` models: resume reads it as the same choices today."""
+    from omegaconf import OmegaConf
+
+    from ftexp.cli import resumed_config
+    from ftexp.validation import validate
+
+    current = compose_config([*_overrides(data_csv), "logger=wandb", "logger.wandb.mode=offline"],
+                             tmp_path / "run")
+    old = OmegaConf.to_container(current)
+    old["optimizer"] = {"name": "adamw", **{k: v for k, v in old["optimizer"].items() if k != "_target_"}}
+    old["scheduler"] = {"name": "linear", **{k: v for k, v in old["scheduler"].items() if k != "_target_"}}
+    old["logger"] = {"csv": True, "wandb": True, "wandb_mode": "offline", "wandb_project": "ftexp",
+                     "wandb_entity": None, "wandb_name": None, "wandb_group": None, "wandb_tags": []}
+    old["task"].update(train_on_prompt=False, sample_generations=3, neftune_noise_alpha=None)
+    old["model"].update(name_or_path=old["model"]["tokenizer"], tokenizer=None)
+    (tmp_path / "run").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "run" / "config.yaml")
+    cfg = OmegaConf.create({"resume": str(tmp_path / "run")})
+
+    resumed = validate(resumed_config(cfg, [f"resume={tmp_path / 'run'}"]))
+    for group in ("optimizer", "scheduler", "logger", "task", "model"):
+        assert OmegaConf.to_container(resumed[group]) == OmegaConf.to_container(current[group]), group

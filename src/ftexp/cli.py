@@ -102,7 +102,9 @@ def preflight(argv: list[str]) -> None:
             continue
         is_group = key in groups and override.package is None
         if is_group:
-            for value in values:
+            # A list value (`logger=[csv,tensorboard]`) picks several options of the group.
+            chosen = override.value() if isinstance(override.value(), list) else values
+            for value in map(str, chosen):
                 if value not in groups[key] and value != "null":
                     raise ConfigError(
                         f"unknown option '{value}' for config group '{key}'."
@@ -242,8 +244,10 @@ def resume_target(value: str, runs: Path = Path("outputs/runs")) -> Path:
 def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
     """The config a resumed run continues with: its own saved config, with the command line's
     key=value changes (e.g. more epochs) on top; swapping a group would make it another run."""
+    from ftexp.config_upgrade import upgrade_saved_config
+
     run = Path(cfg.resume)
-    saved = OmegaConf.load(run / "config.yaml")
+    saved = upgrade_saved_config(OmegaConf.load(run / "config.yaml"))
     groups = group_options(config_dir())
     for override in task_overrides:
         key, _, value = override.lstrip("+~").partition("=")

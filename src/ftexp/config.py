@@ -198,7 +198,7 @@ class OptimizerConfig(GroupSchema):
     class's own arguments: +optimizer.momentum=0.9."""
     TAKES_TARGET_ARGUMENTS: ClassVar[bool] = True
     _target_: str = "torch.optim.AdamW"
-    # A number, `auto` (the documented default of the adapter method, see builders/optim.py) or
+    # A number, `auto` (the adapter method's usual rate, see ADAPTERS below) or
     # `find` (an LR range test before training; its plot goes to the run dir).
     learning_rate: Any = 2e-4
     weight_decay: float = 0.01  # never applied to biases and norm weights
@@ -437,7 +437,7 @@ class FtexpConfig:
 @dataclass(frozen=True)
 class AdapterMethod:
     """What ftexp knows about one `adapter.method` (the adapter group's other keys are PEFT's)."""
-    # learning_rate=auto: the usual peak rate for the method (see _LEARNING_RATES).
+    # learning_rate=auto: the usual peak rate for the method (sources beside the table below).
     auto_learning_rate: float
     # The PEFT config class; None: a method of ftexp's own (or `peft`, by adapter._target_).
     peft_config: str | None = None
@@ -445,6 +445,14 @@ class AdapterMethod:
     implied: dict[str, Any] = field(default_factory=dict)
     # Prepends virtual tokens: packed rows cannot share them and they cannot merge into weights.
     prompt_learning: bool = False
+    # Which weights train: all of them (checkpoints hold the whole model), some of the base
+    # model's own (so they cannot be k-bit quantized), or none of the backbone (only a head).
+    trains_all_weights: bool = False
+    trains_base_weights: bool = False
+    trains_backbone: bool = True
+    # AdaLoRA: re-budgets ranks after each step from the run's step count, with an orthogonality
+    # penalty in the loss.
+    budgets_ranks: bool = False
 
 
 # Default peak learning rates by fine-tuning method, from common practice:
@@ -459,12 +467,12 @@ _HEADLESS = {"task_type": "FEATURE_EXTRACTION"}
 
 # Every adapter.method, once (conf/adapter/<method>.yaml holds each one's PEFT keys).
 ADAPTERS: dict[str, AdapterMethod] = {
-    "none": AdapterMethod(_FULL),  # full fine-tuning
-    "frozen": AdapterMethod(_HEAD),  # backbone frozen, head trained
-    "freeze": AdapterMethod(_FULL),  # the last N layers / name patterns train
+    "none": AdapterMethod(_FULL, trains_all_weights=True, trains_base_weights=True),  # full fine-tuning
+    "frozen": AdapterMethod(_HEAD, trains_backbone=False),  # backbone frozen, head trained
+    "freeze": AdapterMethod(_FULL, trains_base_weights=True),  # the last N layers / name patterns
     "lora": AdapterMethod(_LORA, "LoraConfig"),
     "dora": AdapterMethod(_LORA, "LoraConfig", {"use_dora": True}),
-    "adalora": AdapterMethod(_LORA, "AdaLoraConfig"),
+    "adalora": AdapterMethod(_LORA, "AdaLoraConfig", budgets_ranks=True),
     "ia3": AdapterMethod(_IA3, "IA3Config"),
     "loha": AdapterMethod(_LORA, "LoHaConfig"),
     "lokr": AdapterMethod(_LORA, "LoKrConfig"),

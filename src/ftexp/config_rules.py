@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from ftexp.config import PROMPT_LEARNING_ADAPTERS
+from ftexp.config import ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.errors import ConfigError
 from ftexp.objective import lower_is_better
 from ftexp.tasks.registry import TASKS, TaskSpec, get_task
@@ -44,11 +44,11 @@ def _check_strategy(cfg: DictConfig) -> None:
 
 def _check_adapter_and_quant(cfg: DictConfig, spec: TaskSpec) -> None:
     method = cfg.adapter.method
-    if cfg.quant.method != "none" and method in ("none", "freeze"):
+    if cfg.quant.method != "none" and ADAPTERS[method].trains_base_weights:
         raise ConfigError(f"quant={cfg.quant.method} with adapter={method}: quantized "
                           "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
                           "i.e. QLoRA), adapter=frozen, or quant=none.")
-    if method == "frozen" and not spec.trains_with_frozen_backbone:
+    if not ADAPTERS[method].trains_backbone and not spec.trains_with_frozen_backbone:
         raise ConfigError(f"adapter=frozen trains nothing under task={spec.name} (there is no "
                           "head); use adapter=lora, freeze or none.")
 
@@ -97,7 +97,7 @@ def _check_caches(cfg: DictConfig, spec: TaskSpec) -> None:
         raise ConfigError(f"data.cache_encoder_embeddings=true applies to "
                           f"task={_tasks_that('cached_embeddings')}, not task={spec.name}; remove "
                           "the override.")
-    if cfg.adapter.method != "frozen":
+    if ADAPTERS[cfg.adapter.method].trains_backbone:
         raise ConfigError(f"data.cache_encoder_embeddings=true needs a frozen encoder, but "
                           f"adapter={cfg.adapter.method} trains it (its embeddings change every "
                           "step); use adapter=frozen, or set data.cache_encoder_embeddings=false.")

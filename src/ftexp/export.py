@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ftexp import atomic, run_dir
-from ftexp.config import PROMPT_LEARNING_ADAPTERS
+from ftexp.config import ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
@@ -40,7 +40,7 @@ def _merged_model(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: st
                for k, v in state_dict.items()}
     result = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if adapter["method"] == "none":
+    if ADAPTERS[adapter["method"]].trains_all_weights:
         trainable = {n for n, _ in model.named_parameters()}
     if trainable & set(result.missing_keys) or result.unexpected_keys:
         raise FtexpError(f"the checkpoint does not match the rebuilt model (unexpected "

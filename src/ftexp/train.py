@@ -128,6 +128,14 @@ class Recipe:
         self.spec = get_task(cfg.task.name)
         self.out = Path(cfg.paths.output_dir)
         self.reporters: list[Reports] = []  # what adds to metrics.json, besides fit and test
+        # Filled by setup() and fit(), in this order.
+        self.model_type: str | None = None
+        self.datamodule: Any = None
+        self.task: Any = None
+        self.trainer: Any = None
+        self.tuned: dict[str, Any] = {}
+        self.best_path = ""
+        self.fit_seconds = 0.0
 
     # -- setup ------------------------------------------------------------------------------------
 

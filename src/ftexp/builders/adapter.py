@@ -128,7 +128,7 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
 
 def backbone_is_frozen(method: str) -> bool:
     """Only `frozen` leaves the whole backbone fixed (so its dropout stays off too)."""
-    return method == "frozen"
+    return not ADAPTERS[method].trains_backbone if method in ADAPTERS else False
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -44,11 +44,13 @@ def _option_name(settings: dict[str, Any]) -> str:
 def check_scheduler_node(settings: dict[str, Any]) -> None:
     """Before the model loads: the target imports, takes the node's keys, and warms up if asked."""
     target = check_node(_target_node(settings), "scheduler", wired=_WIRED)
-    wants_warmup = settings.get("warmup_fraction", 0) > 0 or (settings.get("warmup_steps") or 0) > 0
+    steps, fraction = settings.get("warmup_steps"), settings.get("warmup_fraction", 0)
+    warmup_key = ("scheduler.warmup_steps=0" if steps is not None and steps > 0
+                  else "scheduler.warmup_fraction=0" if steps is None and fraction > 0 else None)
     # transformers' `get_constant_schedule` takes no warmup: a warmup must not vanish unnoticed.
-    if wants_warmup and "num_warmup_steps" not in parameters(target):
+    if warmup_key and "num_warmup_steps" not in parameters(target):
         raise ConfigError(f"{_option_name(settings)} has no warmup; use scheduler=constant_with_warmup "
-                          "to warm up, or set the warmup to 0 (scheduler.warmup_fraction=0).")
+                          f"to warm up, or set {warmup_key}.")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict[str, Any],

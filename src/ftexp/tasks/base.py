@@ -18,6 +18,7 @@ from ftexp.builders.optim import build_optimizer, use_fused_adamw
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 from ftexp.builders.strategy import plain_parameter_name
+from ftexp.config import ADAPTERS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class FinetuneTask(L.LightningModule):
         # With an adapter, checkpoints keep only what trains (adapter + head); the frozen rest
         # comes back from the base weights (random-init bases are rebuilt identically), so
         # loading is not strict.
-        self.saves_trainable_only = adapter["method"] != "none"
+        self.saves_trainable_only = not ADAPTERS[adapter["method"]].trains_all_weights
         self.strict_loading = not self.saves_trainable_only
         self.network: nn.Module | None = None
         self.parameter_counts: dict[str, int] = {}
@@ -113,7 +114,7 @@ class FinetuneTask(L.LightningModule):
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
         if quant["method"] != "none":
             backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
-        if a["method"] == "adalora" and self._trainer is not None:
+        if ADAPTERS[a["method"]].budgets_ranks and self._trainer is not None:
             a = {**a, "total_step": int(self.trainer.estimated_stepping_batches)}
         return apply_adapter(backbone, a, task_type="CAUSAL_LM" if causal_lm else None)
 
@@ -164,13 +165,13 @@ class FinetuneTask(L.LightningModule):
 
     def adapter_penalty(self) -> torch.Tensor | float:
         """Regularisation the adapter method asks to add to the training loss (AdaLoRA's)."""
-        if self.hparams.adapter["method"] == "adalora":
+        if ADAPTERS[self.hparams.adapter["method"]].budgets_ranks:
             return adalora_orthogonal_penalty(self.backbone)
         return 0.0
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.hparams.adapter["method"] == "adalora":
+        if ADAPTERS[self.hparams.adapter["method"]].budgets_ranks:
             # AdaLoRA re-budgets ranks from the gradients, after the step and before zero_grad.
             self.backbone.base_model.update_and_allocate(self.global_step)
 
