@@ -24,7 +24,7 @@ from ftexp.config import GROUP_SCHEMAS, FtexpConfig, check_adapter
 from ftexp.config_rules import check_combinations
 from ftexp.errors import ConfigError, did_you_mean
 from ftexp.objective import monitor_mode
-from ftexp.tasks.registry import get_task, tasks_with_key
+from ftexp.tasks.registry import TaskSpec, get_task, tasks_with_key
 
 # Keys that moved to another group: the error names the new place.
 MOVED_KEYS = {"task.learning_rate": "optimizer.learning_rate",
@@ -101,8 +101,8 @@ def _typed(schema: Any, node: Any) -> DictConfig:
         raise ConfigError(f"unknown config key '{err.full_key}'.") from err
 
 
-def _typed_task(task: DictConfig) -> DictConfig:
-    """The task group merged onto the schema its registry entry names."""
+def _typed_task(task: DictConfig) -> tuple[TaskSpec, DictConfig]:
+    """The task's registry entry, and the task group merged onto the schema it names."""
     if OmegaConf.is_missing(task, "name") or task.get("name") is None:
         raise ConfigError("missing required value 'task.name': choose a task, e.g. task=classification.")
     spec = get_task(task.name)
@@ -118,7 +118,7 @@ def _typed_task(task: DictConfig) -> DictConfig:
                                   f"task={spec.name}; remove the override.")
             raise ConfigError(f"unknown config key '{full}'.{did_you_mean(str(key), known, 'task.')} "
                               f"Valid keys of task={spec.name}: {', '.join(known)}.")
-    return _typed(OmegaConf.structured(spec.settings), task)
+    return spec, _typed(OmegaConf.structured(spec.settings), task)
 
 
 def _check_choices(node: DictConfig, schema: type, prefix: str) -> None:
@@ -144,8 +144,7 @@ def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
         if group_schema.TAKES_TARGET_ARGUMENTS:
             OmegaConf.set_struct(schema[group], False)  # declared keys stay typed
     typed = _typed(schema, user)
-    task = _typed_task(typed.task)
-    spec = get_task(task.name)
+    spec, task = _typed_task(typed.task)
     OmegaConf.set_struct(typed, False)
     typed.task = task
 
@@ -161,13 +160,13 @@ def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
     except (InterpolationResolutionError, MissingMandatoryValue) as err:
         raise ConfigError(f"cannot resolve '{err.full_key}': {str(err.msg).splitlines()[0]}") from err
 
-    for group, schema in GROUP_SCHEMAS.items():
-        _check_choices(typed[group], schema, f"{group}.")
+    for group, group_schema in GROUP_SCHEMAS.items():
+        _check_choices(typed[group], group_schema, f"{group}.")
     _check_choices(typed.task, spec.settings, "task.")
     if typed.task.monitor_mode is None:
         typed.task.monitor_mode = monitor_mode(typed.task.monitor)
-    for group, schema in GROUP_SCHEMAS.items():
-        schema.check(typed[group])
+    for group, group_schema in GROUP_SCHEMAS.items():
+        group_schema.check(typed[group])
     check_adapter(typed.adapter)
     spec.settings.check(typed.task)
     check_combinations(typed)

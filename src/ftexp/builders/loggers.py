@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ftexp import atomic
+from ftexp.errors import ConfigError
 from ftexp.objective import PRUNED, is_pruned
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,9 @@ def _check_node(name: str, node: Any) -> Callable[..., Any]:
     target = check_node(node, f"logger.{name}", wired=_WIRING, provided=("save_dir",))
     modules = _PACKAGES.get(getattr(target, "__name__", ""), ())
     if modules and not any(importlib.util.find_spec(m) for m in modules):
-        raise _config_error(f"logger.{name} needs the {modules[0]} package: "
+        raise ConfigError(f"logger.{name} needs the {modules[0]} package: "
                             f"pip install 'ftexp[{EXTRAS[modules[0]]}]'.")
     return target
-
-
-def _config_error(message: str) -> Exception:
-    from ftexp.errors import ConfigError
-
-    return ConfigError(message)
 
 
 def check_logger_nodes(settings: dict[str, Any] | None) -> None:
@@ -78,7 +73,7 @@ def check_logger_nodes(settings: dict[str, Any] | None) -> None:
     if not settings:
         return
     if not isinstance(settings, dict):
-        raise _config_error(f"logger must be a mapping of named `_target_` nodes (conf/logger/); "
+        raise ConfigError(f"logger must be a mapping of named `_target_` nodes (conf/logger/); "
                             f"got {settings!r}.")
     for name, node in settings.items():
         if node is not None:
@@ -107,7 +102,7 @@ def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] |
             logger = instantiate_node(node, f"logger.{name}", _WIRING, save_dir=str(run_dir),
                                       run_dir=run_dir, run=run or {})
         except ModuleNotFoundError as err:
-            raise _config_error(f"logger.{name} ({node['_target_']}) needs a package that is not "
+            raise ConfigError(f"logger.{name} ({node['_target_']}) needs a package that is not "
                                 f"installed: {str(err).splitlines()[0]}") from err
         if logger is not None:
             loggers.append(logger)
@@ -196,7 +191,7 @@ def wandb_logger(mode: WandbMode = "auto", project: str = "ftexp", entity: str |
         import wandb
         from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:  # pragma: no cover - wandb is in the dev and wandb extras
-        raise _config_error("logger=wandb needs the wandb package: pip install 'ftexp[wandb]'.") from err
+        raise ConfigError("logger=wandb needs the wandb package: pip install 'ftexp[wandb]'.") from err
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -266,7 +261,7 @@ def mlflow_logger(experiment_name: str = "ftexp", tracking_uri: str | None = Non
         import mlflow  # noqa: F401
         from lightning.pytorch.loggers import MLFlowLogger
     except ImportError as err:  # pragma: no cover - mlflow is in the dev and mlflow extras
-        raise _config_error("logger=mlflow needs the mlflow package: pip install 'ftexp[mlflow]'.") from err
+        raise ConfigError("logger=mlflow needs the mlflow package: pip install 'ftexp[mlflow]'.") from err
 
     from lightning.pytorch.utilities import rank_zero_only
 

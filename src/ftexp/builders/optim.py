@@ -54,14 +54,11 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
                     fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer group's target over the trainable parameters of `model`; weight decay is
     per parameter group (see parameter_groups). `fused` only where the target takes it."""
-    node = _target_node(settings)
-    target = check_node(node, "optimizer", wired=_WIRED)
-    if "fused" in parameters(target):
-        # None (not False) lets torch pick its foreach kernel on GPU; fused only when asked,
-        # see use_fused_adamw for when that is safe.
-        node["fused"] = True if fused else None
     groups = parameter_groups(model, settings.get("weight_decay", 0.0))
-    return instantiate_node(node, "optimizer", _WIRED, params=groups, lr=learning_rate)
+    # `fused` reaches only targets that name it. None (not False) lets torch pick its foreach
+    # kernel on GPU; fused only when asked, see use_fused_adamw for when that is safe.
+    return instantiate_node(_target_node(settings), "optimizer", _WIRED, params=groups, lr=learning_rate,
+                            fused=True if fused else None)
 
 
 def auto_learning_rate(adapter_method: str) -> float:

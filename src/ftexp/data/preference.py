@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
@@ -227,32 +227,39 @@ def _prepare(frame: pd.DataFrame, settings: Any, paired: bool) -> tuple[Preferen
 
 # -- reading ----------------------------------------------------------------------------------------
 
+def _read(frame: pd.DataFrame, columns: PreferenceColumns | Mapping[str, Any] | None, paired: bool,
+          record: Callable[[_Rows, PreferenceColumns, dict[str, Any], dict[str, Any]], Any]) -> list[Any]:
+    """`record(reader, settings, row, extra)` for every row, the reader pointed at the row's
+    number (1-based) so a malformed row is named in its error."""
+    s, fmt, used = _prepare(frame, columns, paired=paired)
+    reader = _Rows(s, fmt)
+    records = []
+    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
+        reader.row = number
+        records.append(record(reader, s, row, _extra(row, used)))
+    return records
+
+
+def _pair(reader: _Rows, s: PreferenceColumns, row: dict[str, Any], extra: dict[str, Any]) -> PreferencePair:
+    margin = reader.margin(row[s.margin_column]) if s.margin_column is not None else None
+    return PreferencePair(*reader.pair(row), margin, extra)
+
+
+def _example(reader: _Rows, s: PreferenceColumns, row: dict[str, Any],
+             extra: dict[str, Any]) -> PreferenceExample:
+    return PreferenceExample(*reader.unpaired(row), reader.label(row[s.label_column]), extra)
+
+
 def read_pairs(frame: pd.DataFrame,
                columns: PreferenceColumns | Mapping[str, Any] | None = None) -> list[PreferencePair]:
     """Every row of `frame` as a PreferencePair; the first malformed row stops it (DataError)."""
-    s, fmt, used = _prepare(frame, columns, paired=True)
-    reader = _Rows(s, fmt)
-    pairs = []
-    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-        reader.row = number
-        prompt, chosen, rejected = reader.pair(row)
-        margin = reader.margin(row[s.margin_column]) if s.margin_column is not None else None
-        pairs.append(PreferencePair(prompt, chosen, rejected, margin, _extra(row, used)))
-    return pairs
+    return _read(frame, columns, True, _pair)
 
 
 def read_unpaired(frame: pd.DataFrame,
                   columns: PreferenceColumns | Mapping[str, Any] | None = None) -> list[PreferenceExample]:
     """Every row of `frame` as a PreferenceExample (KTO); the first malformed row stops it."""
-    s, fmt, used = _prepare(frame, columns, paired=False)
-    reader = _Rows(s, fmt)
-    examples = []
-    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-        reader.row = number
-        prompt, completion = reader.unpaired(row)
-        examples.append(PreferenceExample(prompt, completion, reader.label(row[s.label_column]),
-                                          _extra(row, used)))
-    return examples
+    return _read(frame, columns, False, _example)
 
 
 def unpair(pairs: list[PreferencePair]) -> list[PreferenceExample]:
