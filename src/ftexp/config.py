@@ -12,7 +12,8 @@ ftexp.config_rules, and ftexp.validation runs both. Kept free of torch/transform
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -65,8 +66,19 @@ class ModelConfig(GroupSchema):
     # Recompute activations in the backward pass instead of storing them (non-reentrant): less
     # memory for some more compute.
     gradient_checkpointing: bool = False
+    # A finished ftexp run directory (config.yaml + checkpoints/best.ckpt) whose trained network
+    # this run starts from (SFT → DPO, LM → classifier): its base is rebuilt as that run built it
+    # (itself from an init_from, if it had one) and its weights loaded. The model group must name
+    # the same base (name_or_path, random_init); model.tokenizer / chat_template, when null, are
+    # that run's. The run dir must stay where it is: predict, generate and export rebuild from it.
+    init_from: Optional[str] = None
+    # What becomes of the init_from run's adapter: merge (into its base weights; this run's
+    # adapter, if any, starts fresh on top) | continue (its weights are loaded into this run's
+    # adapter and keep training; adapter must then be the same method and keys as that run's).
+    init_from_adapter: str = "merge"
 
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": DTYPES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": DTYPES,
+                                                     "init_from_adapter": ("merge", "continue")}
 
     @staticmethod
     def check(model: DictConfig) -> None:
@@ -175,6 +187,108 @@ class LanguageModelTaskConfig(TaskConfig):
             raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
 
 
+# The DPO family's `task.loss_type` values (ftexp.tasks.preference_losses.dpo_loss).
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+@dataclass
+class RewardTaskConfig(TaskConfig):
+    """reward: a scalar score per (prompt, response) from a pooled linear head, trained with the
+    Bradley–Terry loss on preference pairs (data.preference.margin_column adds a margin)."""
+    monitor: str = "val/accuracy"
+    # As for classification: auto (last non-padding token for decoders, mean for encoders) | …
+    pooling: str = "auto"
+    head_dropout: float = 0.0
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **TaskConfig.CHOICES, "pooling": HeadTaskConfig.CHOICES["pooling"]}
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        if not 0.0 <= task.head_dropout < 1.0:
+            raise ConfigError(f"task.head_dropout={task.head_dropout} must be in [0, 1).")
+
+
+@dataclass
+class PreferenceTaskConfig(TaskConfig):
+    """dpo / simpo / orpo / kto: a causal LM trained to prefer one response over another."""
+    monitor: str = "val/rewards/accuracy"
+    # Strength of the preference term (DPO's beta, IPO's tau, SimPO's beta, ORPO's lambda).
+    beta: float = 0.1
+    # Generate from this many fixed validation prompts at each evaluation.
+    sample_generations: int = 2
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        if not task.beta > 0:
+            raise ConfigError(f"task.beta={task.beta} must be > 0 (the strength of the preference term).")
+        if task.sample_generations < 0:
+            raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+        if not 0.0 <= task.get("label_smoothing", 0.0) < 0.5:
+            raise ConfigError(f"task.label_smoothing={task.label_smoothing} must lie in [0, 0.5) (the "
+                              "assumed probability that a preference label is flipped).")
+
+
+@dataclass
+class ReferenceTaskConfig(PreferenceTaskConfig):
+    """Preference tasks that compare the policy with a frozen reference policy (dpo, kto)."""
+    # Where the reference log-probs come from: auto (adapter with a PEFT adapter, else copy) |
+    # adapter (the same network with its adapter disabled: one copy of the weights) | copy (a
+    # frozen copy of the starting weights) | precompute (computed once before training and kept
+    # in the content-addressed cache, so later runs on the same data and base do no reference pass).
+    reference: str = "auto"
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **TaskConfig.CHOICES, "reference": ("auto", "adapter", "copy", "precompute")}
+
+
+@dataclass
+class DPOTaskConfig(ReferenceTaskConfig):
+    """dpo: the DPO loss family on the policy's log-ratios to the reference."""
+    # sigmoid (DPO; with label_smoothing: cDPO) | robust (label-noise-robust DPO) | ipo | hinge (SLiC)
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0  # sigmoid / robust: assumed share of flipped labels
+    reference_free: bool = False  # compare the policy's log-probs directly (reference = 0)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **ReferenceTaskConfig.CHOICES, "loss_type": DPO_LOSS_TYPES}
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        PreferenceTaskConfig.check(task)
+        if task.label_smoothing and task.loss_type not in ("sigmoid", "robust"):
+            raise ConfigError(f"task.label_smoothing={task.label_smoothing} has no effect with "
+                              f"task.loss_type={task.loss_type}; set it to 0 or use sigmoid or robust.")
+
+
+@dataclass
+class SimPOTaskConfig(PreferenceTaskConfig):
+    """simpo: reference-free, on length-averaged log-probs, with a target reward margin."""
+    beta: float = 2.0  # the SimPO paper's pick
+    gamma: float = 1.0  # target margin in reward units (the paper's gamma / beta = 0.5)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ORPOTaskConfig(PreferenceTaskConfig):
+    """orpo: NLL on the chosen response + beta * the odds-ratio term; no reference."""
+
+
+@dataclass
+class KTOTaskConfig(ReferenceTaskConfig):
+    """kto: unpaired desirable / undesirable examples; the reference point is a KL estimate on
+    mismatched (prompt, completion) pairs."""
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        PreferenceTaskConfig.check(task)
+        for key in ("desirable_weight", "undesirable_weight"):
+            if not task[key] > 0:
+                raise ConfigError(f"task.{key}={task[key]} must be > 0.")
+
+
 @dataclass
 class GenerationConfig(GroupSchema):
     """Decoding settings for sample generations during training and for `ftexp.generate`."""
@@ -246,6 +360,71 @@ class SchedulerConfig(GroupSchema):
             raise ConfigError(f"scheduler.warmup_steps={sched.warmup_steps} must be 0 or more (or null).")
 
 
+# -- preference data (data.preference) -------------------------------------------------------
+# Record shapes ftexp.data.preference reads; its docstring shows each one.
+PAIRED_FORMATS = ("standard", "conversational", "implicit_prompt", "sharegpt")
+UNPAIRED_FORMATS = ("unpaired_standard", "unpaired_conversational", "unpaired_messages")
+FORMATS = ("auto", *PAIRED_FORMATS, *UNPAIRED_FORMATS)
+# The roles the normalised messages use (what chat templates expect).
+ROLES = ("system", "user", "assistant", "tool")
+# Role names as they appear in the wild → the normalised ones; `roles` in the settings adds to it.
+DEFAULT_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user",
+                 "gpt": "assistant"}
+
+
+@dataclass
+class PreferenceColumns(GroupSchema):
+    """data.preference: where a table keeps each part of a preference record (reward models, the
+    DPO family, KTO; ftexp.data.preference reads them). A dict (or Hydra node) with these keys
+    works wherever an instance does."""
+    # auto | standard | conversational | implicit_prompt | sharegpt | unpaired_standard |
+    # unpaired_conversational | unpaired_messages
+    format: str = "auto"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    completion_column: str = "completion"
+    # KTO: true / false, 1 / 0 or "true" / "false" — is the completion desirable?
+    label_column: str = "label"
+    # A whole conversation (sharegpt, unpaired_messages); None: the first of `conversations`,
+    # `messages` that the table has.
+    messages_column: Optional[str] = None
+    # A number per pair: how much better chosen is (None: no margin).
+    margin_column: Optional[str] = None
+    # The keys of a message; None: role/content, else from/value (ShareGPT), per message.
+    role_key: Optional[str] = None
+    content_key: Optional[str] = None
+    # More role names → system | user | assistant | tool, added to DEFAULT_ROLES (e.g. {bot: assistant}).
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"preference format '{self.format}' is unknown; use one of "
+                              f"{', '.join(FORMATS)}.{did_you_mean(self.format, FORMATS)}")
+        if (self.role_key is None) != (self.content_key is None):
+            raise ConfigError("set role_key and content_key together (the two keys of a message), "
+                              "or neither to detect role/content and from/value.")
+        bad = {k: v for k, v in dict(self.roles).items() if v not in ROLES}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise ConfigError(f"roles.{name}={value!r} is not a role chat templates know; map it to "
+                              f"one of {', '.join(ROLES)}.")
+        self.roles = {**DEFAULT_ROLES, **{str(k): str(v) for k, v in dict(self.roles).items()}}
+
+    @classmethod
+    def of(cls, settings: PreferenceColumns | Mapping[str, Any] | None) -> PreferenceColumns:
+        if settings is None:
+            return cls()
+        if isinstance(settings, cls):
+            return settings
+        known = [f.name for f in fields(cls)]
+        for key in settings:
+            if key not in known:
+                raise ConfigError(f"preference setting '{key}' is unknown; the settings are "
+                                  f"{', '.join(known)}.{did_you_mean(str(key), known)}")
+        return cls(**{k: (dict(v) if k == "roles" else v) for k, v in settings.items()})
+
+
 @dataclass
 class DataConfig(GroupSchema):
     path: str = MISSING  # CSV / TSV / JSON / JSONL / Parquet file
@@ -278,8 +457,13 @@ class DataConfig(GroupSchema):
     # Conversation data instead: a column of [{role, content}, …] rendered by the tokenizer's
     # chat template (model.chat_template sets one); loss on assistant turns only.
     messages_column: Optional[str] = None
-    # Samples longer than max_length: cut (keep the first max_length tokens) | drop.
+    # Samples longer than max_length: cut (keep the first max_length tokens; preference pairs keep
+    # their responses and lose the prompt's start first) | drop.
     truncation: str = "cut"
+    # -- preference tasks (reward, dpo, simpo, orpo, kto) ---------------------------------------
+    # Prompts longer than this keep their last tokens (null: only max_length limits them).
+    max_prompt_length: Optional[int] = None
+    preference: PreferenceColumns = field(default_factory=PreferenceColumns)
     # Several samples per row, each attending only to itself (position ids restart per sample).
     packing: bool = False
     # -- caches (under paths.cache_dir, keyed by a content hash of all they depend on) ------------
@@ -318,8 +502,14 @@ class DataConfig(GroupSchema):
         if data.max_train_samples is not None and data.max_train_samples < 1:
             raise ConfigError(f"data.max_train_samples={data.max_train_samples} must be at least 1 "
                               "(or null for all rows).")
+        if data.max_prompt_length is not None and not 1 <= data.max_prompt_length < data.max_length:
+            raise ConfigError(f"data.max_prompt_length={data.max_prompt_length} must be at least 1 and "
+                              f"below data.max_length={data.max_length} (room for the response).")
         if data.label_separator == "":
             raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
+        from omegaconf import OmegaConf
+
+        PreferenceColumns.of(OmegaConf.to_container(data.preference))  # its own one-line errors
 
 
 @dataclass

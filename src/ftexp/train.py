@@ -168,6 +168,7 @@ class Recipe:
         self.reporters = [*reporting, self.task, self.datamodule]
         if cfg.data.cache_encoder_embeddings:
             self._setup_cached_embeddings(str(self.trainer.precision))
+        self.task.before_fit(cfg, self.trainer, self.datamodule)
         self.tuned = self._setup_batch_size_and_learning_rate()
         return self.trainer
 
@@ -185,7 +186,10 @@ class Recipe:
         from ftexp.builders.backbone import model_type_of
         from ftexp.config_rules import check_model_fit
 
+        from ftexp.builders.init_from import inherit_settings
+
         m = self.cfg.model
+        inherit_settings(m)  # model.init_from: its absolute path, the earlier run's tokenizer
         model_type = model_type_of(m.name_or_path, _plain(m.random_init) if m.random_init else None,
                                    trust_remote_code=m.trust_remote_code, revision=m.revision)
         check_model_fit(self.cfg, model_type)

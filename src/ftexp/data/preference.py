@@ -44,6 +44,14 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
+from ftexp.config import (
+    DEFAULT_ROLES,
+    FORMATS,
+    PAIRED_FORMATS,
+    ROLES,
+    UNPAIRED_FORMATS,
+    PreferenceColumns,
+)
 from ftexp.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -51,14 +59,6 @@ log = logging.getLogger(__name__)
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
 
-PAIRED_FORMATS = ("standard", "conversational", "implicit_prompt", "sharegpt")
-UNPAIRED_FORMATS = ("unpaired_standard", "unpaired_conversational", "unpaired_messages")
-FORMATS = ("auto", *PAIRED_FORMATS, *UNPAIRED_FORMATS)
-# The roles the normalised messages use (what chat templates expect).
-ROLES = ("system", "user", "assistant", "tool")
-# Role names as they appear in the wild → the normalised ones; `roles` in the settings adds to it.
-DEFAULT_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user",
-                 "gpt": "assistant"}
 # Message key pairs tried, in order, when role_key / content_key are left unset.
 MESSAGE_KEYS = (("role", "content"), ("from", "value"))
 # Conversation columns tried when messages_column is left unset.
@@ -84,58 +84,6 @@ class PreferenceExample:
     completion: str
     desirable: bool
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PreferenceColumns:
-    """Where a table keeps each part of a preference record. A dict (or Hydra node) with these
-    keys works wherever an instance does."""
-    # auto | standard | conversational | implicit_prompt | sharegpt | unpaired_standard |
-    # unpaired_conversational | unpaired_messages
-    format: str = "auto"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    completion_column: str = "completion"
-    # KTO: true / false, 1 / 0 or "true" / "false" — is the completion desirable?
-    label_column: str = "label"
-    # A whole conversation (sharegpt, unpaired_messages); None: the first of `conversations`,
-    # `messages` that the table has.
-    messages_column: Optional[str] = None
-    # A number per pair: how much better chosen is (None: no margin).
-    margin_column: Optional[str] = None
-    # The keys of a message; None: role/content, else from/value (ShareGPT), per message.
-    role_key: Optional[str] = None
-    content_key: Optional[str] = None
-    # More role names → system | user | assistant | tool, added to DEFAULT_ROLES (e.g. {bot: assistant}).
-    roles: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"preference format '{self.format}' is unknown; use one of "
-                              f"{', '.join(FORMATS)}.{did_you_mean(self.format, FORMATS)}")
-        if (self.role_key is None) != (self.content_key is None):
-            raise ConfigError("set role_key and content_key together (the two keys of a message), "
-                              "or neither to detect role/content and from/value.")
-        bad = {k: v for k, v in dict(self.roles).items() if v not in ROLES}
-        if bad:
-            name, value = next(iter(bad.items()))
-            raise ConfigError(f"roles.{name}={value!r} is not a role chat templates know; map it to "
-                              f"one of {', '.join(ROLES)}.")
-        self.roles = {**DEFAULT_ROLES, **{str(k): str(v) for k, v in dict(self.roles).items()}}
-
-    @classmethod
-    def of(cls, settings: PreferenceColumns | Mapping[str, Any] | None) -> PreferenceColumns:
-        if settings is None:
-            return cls()
-        if isinstance(settings, cls):
-            return settings
-        known = [f.name for f in fields(cls)]
-        for key in settings:
-            if key not in known:
-                raise ConfigError(f"preference setting '{key}' is unknown; the settings are "
-                                  f"{', '.join(known)}.{did_you_mean(str(key), known)}")
-        return cls(**{k: (dict(v) if k == "roles" else v) for k, v in settings.items()})
 
 
 # -- detection --------------------------------------------------------------------------------------

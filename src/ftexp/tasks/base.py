@@ -86,6 +86,10 @@ class FinetuneTask(L.LightningModule):
         """The class that serves this target description (see ftexp.data.targets)."""
         return cls
 
+    def before_fit(self, cfg: Any, trainer: Any, datamodule: Any) -> None:
+        """Work on the starting weights that must happen before fitting (and before a resumed run
+        loads its checkpoint), such as precomputed reference log-probs; nothing by default."""
+
     def summary(self) -> dict[str, Any]:
         """What the task adds to the run's metrics.json."""
         return dict(self.parameter_counts)

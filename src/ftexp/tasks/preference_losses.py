@@ -15,10 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ftexp.config import DPO_LOSS_TYPES
 from ftexp.errors import ConfigError, did_you_mean
-
-# The DPO family's `loss_type` values; the preference task schema reads this tuple.
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
 class PreferenceLoss(NamedTuple):

@@ -17,7 +17,16 @@ from dataclasses import dataclass, fields
 
 from hydra.core.config_store import ConfigStore
 
-from ftexp.config import HeadTaskConfig, LanguageModelTaskConfig, TaskConfig
+from ftexp.config import (
+    DPOTaskConfig,
+    HeadTaskConfig,
+    KTOTaskConfig,
+    LanguageModelTaskConfig,
+    ORPOTaskConfig,
+    RewardTaskConfig,
+    SimPOTaskConfig,
+    TaskConfig,
+)
 from ftexp.errors import ConfigError, did_you_mean
 
 
@@ -35,6 +44,9 @@ class TaskSpec:
     # What the label column holds: "classes" (one per row, or several: lists or
     # data.label_separator) | "number" | None (language-model tasks read text instead).
     labels: str | None = None
+    # Preference data (ftexp.data.preference): "pairs" (prompt, chosen, rejected) or "unpaired"
+    # (prompt, completion, desirable); None: the task reads text/label columns.
+    preference_data: str | None = None
     # data.packing=true may put several samples in one row.
     packing: bool = False
     # data.cache_encoder_embeddings=true may train the head on stored encoder outputs.
@@ -68,6 +80,13 @@ _LM = dict(implementation="ftexp.tasks.causal_lm:CausalLMTask", settings=Languag
            metrics=("loss", "perplexity"), language_model=True, packing=True, generates=True,
            exports=True)
 
+# What a policy trained on preferences reports (val/…, test/…), as TRL names them.
+_PREFERENCE_METRICS = ("loss", "rewards/accuracy", "rewards/margin", "rewards/chosen",
+                       "rewards/rejected", "logps/chosen", "logps/rejected")
+_POLICY = dict(language_model=True, generates=True, exports=True)
+_PAIRS = dict(implementation="ftexp.tasks.preference:PairedPreferenceTask",
+              metrics=_PREFERENCE_METRICS, preference_data="pairs", **_POLICY)
+
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # One class per row, or several when the label column holds lists (multi-label).
     TaskSpec("classification", "ftexp.tasks.classification:ClassificationTask",
@@ -79,6 +98,17 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("causal_lm", needs_prompts=True, **_LM),
     # Next-token prediction on raw text.
     TaskSpec("pretrain", **_LM),
+    # A scalar score per (prompt, response), trained on preference pairs (Bradley–Terry).
+    TaskSpec("reward", "ftexp.tasks.reward:RewardTask", RewardTaskConfig,
+             metrics=("accuracy", "margin", "loss"), preference_data="pairs",
+             trains_with_frozen_backbone=True, predicts=True, exports=True),
+    # The policy learns from preference pairs: DPO and its loss family, SimPO, ORPO.
+    TaskSpec("dpo", settings=DPOTaskConfig, **_PAIRS),
+    TaskSpec("simpo", settings=SimPOTaskConfig, **_PAIRS),
+    TaskSpec("orpo", settings=ORPOTaskConfig, **_PAIRS),
+    # … or from unpaired desirable / undesirable examples.
+    TaskSpec("kto", "ftexp.tasks.preference:KTOTask", KTOTaskConfig,
+             metrics=(*_PREFERENCE_METRICS, "kl"), preference_data="unpaired", **_POLICY),
 )}
 
 

@@ -1,0 +1,328 @@
+"""Policy objectives on preference data: the DPO loss family, SimPO and ORPO on pairs, KTO on
+unpaired examples. The arithmetic lives in tasks/preference_losses.py; this module runs the
+model, finds the reference log-probs and reports TRL's metrics.
+
+The reference policy (task.reference), for the objectives that have one (dpo, kto):
+  adapter     the same network with its PEFT adapter disabled — one copy of the weights;
+  copy        a frozen copy of the starting weights (full fine-tuning), kept out of
+              checkpoints and the optimizer;
+  precompute  computed once before training on every split, stored in the content-addressed
+              cache (keyed by the encoded data and the base weights), and served in the batches:
+              a sweep over beta or loss_type does no reference pass after its first trial;
+  auto        adapter with a PEFT adapter, else copy.
+`reference_forward_passes` in metrics.json counts the reference's forward passes (batches).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ftexp.config import ADAPTERS
+from ftexp.data.preference_batches import REFERENCE_KEYS
+from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
+from ftexp.tasks.preference_losses import (
+    dpo_loss,
+    kto_kl_estimate,
+    kto_loss,
+    orpo_loss,
+    sequence_logps,
+    simpo_loss,
+)
+
+log = logging.getLogger(__name__)
+
+REFERENCE_MODES = ("adapter", "copy", "precompute")
+
+
+def _metric_key(metric: str) -> str:
+    return metric.replace("/", "__")  # module names cannot hold "." and read better without "/"
+
+
+class PreferenceTask(FinetuneTask):
+    """What the preference objectives share: the data, the forward pass of 2B sequences, the
+    reference policy, and metrics averaged over pairs (examples)."""
+
+    # "pairs" or "unpaired": which batches the loss reads (data/preference_batches.py).
+    kind: str
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        from ftexp.tasks.registry import get_task
+
+        self.metric_names = get_task(self.hparams.task["name"]).metrics
+        self.eval_metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({_metric_key(m): MeanMetric() for m in self.metric_names})
+            for stage in (*EVAL_STAGES, "test")})
+        self.reference_forward_passes = 0
+        # A list, not an attribute: a frozen copy must stay out of state_dict, parameters() and .to().
+        self._reference_copy: list[nn.Module] = []
+
+    # -- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> RunParts:
+        """Preference records, the task, and sample generations from the first validation prompts."""
+        from omegaconf import OmegaConf
+
+        from ftexp import run_dir as run_files
+        from ftexp.callbacks.sample_generations import SampleGenerations
+        from ftexp.data.preference_batches import PreferenceDataModule
+
+        datamodule = PreferenceDataModule(
+            OmegaConf.to_object(cfg.data), tokenizer, cls.kind, seed=cfg.seed,
+            cache_dir=cfg.paths.cache_dir, evaluate_training_set=cfg.trainer.evaluate_training_set)
+        datamodule.setup()
+        texts, ids = datamodule.validation_prompts(cfg.task.sample_generations)
+        callbacks = [SampleGenerations(tokenizer, texts, ids, settings["generation"],
+                                       run_dir / run_files.GENERATIONS_FILE)] if texts else []
+        return RunParts(datamodule, cls(**settings), callbacks)
+
+    def build_network(self) -> nn.Module:
+        return self.adapted_backbone(causal_lm=True)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network
+
+    @property
+    def reference_mode(self) -> str | None:
+        """adapter | copy | precompute, or None when the objective has no reference."""
+        t = self.hparams.task
+        if "reference" not in t or t.get("reference_free"):
+            return None
+        if t["reference"] != "auto":
+            return t["reference"]
+        method = self.hparams.adapter["method"]
+        return "adapter" if ADAPTERS[method].peft_config is not None or method == "peft" else "copy"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.reference_mode == "copy" and not self._reference_copy:
+            # Taken before the first step (and, when resuming, before the checkpoint loads).
+            self._reference_copy.append(copy.deepcopy(self.network).requires_grad_(False).eval())
+
+    def summary(self) -> dict[str, Any]:
+        out = {**super().summary(), "reference": self.reference_mode or "none"}
+        if self.reference_mode is not None:
+            out["reference_forward_passes"] = self.reference_forward_passes
+        return out
+
+    # -- log-probs --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _logps(network: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs of each sequence's response tokens, and their counts."""
+        logits = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False).logits
+        return sequence_logps(logits, batch["labels"])
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed reference log-probs of the batch's 2B sequences."""
+        first, second = REFERENCE_KEYS[self.kind]
+        if first in batch:  # task.reference=precompute
+            return torch.cat([batch[first], batch[second]]).to(self.device)
+        self.reference_forward_passes += 1
+        if self.reference_mode == "copy":
+            reference = self._reference_copy[0]
+            if next(reference.parameters()).device != self.device:
+                reference.to(self.device)
+            return self._logps(reference, batch)[0]
+        with self.network.disable_adapter():
+            return self._logps(self.network, batch)[0]
+
+    @torch.no_grad()
+    def precompute_references(self, rows: list[dict[str, Any]], collate: Any, batch_size: int,
+                              device: torch.device, autocast: torch.dtype | None) -> torch.Tensor:
+        """(rows, 2) reference log-probs of encoded rows, from the starting weights (adapter
+        disabled where there is one)."""
+        from contextlib import nullcontext
+
+        from rich.progress import track
+
+        network = self.network
+        disabled = network.disable_adapter() if hasattr(network, "disable_adapter") else nullcontext()
+        out = []
+        with disabled, torch.autocast(device.type, autocast, enabled=autocast is not None):
+            for start in track(range(0, len(rows), batch_size), "reference log-probs", transient=True):
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                         for k, v in collate(rows[start:start + batch_size]).items()}
+                logps = self._logps(network, batch)[0].float().cpu()
+                self.reference_forward_passes += 1
+                out.append(logps.view(2, -1).T)
+        return torch.cat(out) if out else torch.zeros(0, 2)
+
+    def before_fit(self, cfg: Any, trainer: Any, datamodule: Any) -> None:
+        """task.reference=precompute: reference log-probs for every split, from the cache or
+        computed now (before fit, so from the starting weights even when resuming)."""
+        if self.reference_mode != "precompute":
+            return
+        from omegaconf import OmegaConf
+
+        from ftexp.data.cache import ContentCache, digest, file_digest
+
+        plain = OmegaConf.to_container
+        model = plain(cfg.model, resolve=True)
+        init_from = model.get("init_from")
+        weights = file_digest(Path(init_from) / "checkpoints" / "best.ckpt", cfg.paths.cache_dir) if init_from else None
+        precision = str(trainer.precision)
+        key = digest("reference_logps", datamodule.encoding_key, model, plain(cfg.quant, resolve=True),
+                     precision, weights)
+        use_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        device = torch.device("cuda" if use_gpu else "cpu")
+        autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+        def compute() -> dict[str, torch.Tensor]:
+            self.configure_model()
+            training = self.network.training
+            self.network.to(device).eval()
+            with torch.random.fork_rng(devices=[]):  # a cache miss must not shift the run's seed stream
+                values = {split: self.precompute_references(rows.rows, datamodule.collate,
+                                                             cfg.data.eval_batch_size, device, autocast)
+                          for split, rows in datamodule.datasets.items()}
+            self.network.to("cpu").train(training)
+            return values
+
+        cache = ContentCache(cfg.paths.cache_dir, "reference_logps")
+        values = cache.get_or_compute(key, compute, "reference log-probs")
+        first, second = REFERENCE_KEYS[self.kind]
+        for split, rows in datamodule.datasets.items():
+            for row, (a, b) in zip(rows.rows, values[split].tolist(), strict=True):
+                row[first], row[second] = a, b
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+        """Per-example losses, and each metric's batch mean with the number of examples it
+        averages (a metric over desirable examples only counts those)."""
+        raise NotImplementedError
+
+    def trained(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels[:, 1:] != -100
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses, metrics = self.loss_and_metrics(batch)
+        count = torch.tensor(len(losses), device=losses.device)
+        self.log_train_loss(losses.mean(), count, batch_idx)
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/{name}": value for name, (value, n) in metrics.items() if n},
+                          on_step=True, on_epoch=False)
+        return self.normalized_loss(losses.sum(), count, batch) + self.adapter_penalty()
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        losses, metrics = self.loss_and_metrics(batch)
+        stage_metrics = self.eval_metrics[stage]
+        stage_metrics[_metric_key("loss")].update(losses.mean(), weight=len(losses))
+        for name, (value, n) in metrics.items():
+            if n:
+                stage_metrics[_metric_key(name)].update(value, weight=n)
+
+    def _log_eval(self, stage: str) -> None:
+        values = {}
+        for name in self.metric_names:
+            metric = self.eval_metrics[stage][_metric_key(name)]
+            if metric.update_called:
+                values[f"{stage}/{name}"] = metric.compute()
+            metric.reset()
+        # compute() already gathers every rank; sync_dist only averages equal values.
+        shown = {f"{stage}/loss", f"{stage}/rewards/accuracy"} if stage == "val" else set()
+        for prog_bar in (True, False):
+            part = {k: v for k, v in values.items() if (k in shown) == prog_bar}
+            if part:
+                self.log_dict(part, prog_bar=prog_bar, add_dataloader_idx=False, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, EVAL_STAGES[dataloader_idx])
+
+    def on_validation_epoch_end(self) -> None:
+        for stage in EVAL_STAGES:
+            self._log_eval(stage)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+
+def _mean(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return (x.float().mean() if len(x) else x.new_zeros(()).float()), len(x)
+
+
+class PairedPreferenceTask(PreferenceTask):
+    """dpo, simpo, orpo: rows [0, B) of a batch are the chosen responses, [B, 2B) the rejected."""
+
+    kind = "pairs"
+
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+        t = self.hparams.task
+        name = t["name"]
+        logps, counts = self._logps(self.network, batch)
+        chosen, rejected = logps.chunk(2)
+        chosen_n, rejected_n = counts.chunk(2)
+        avg_c, avg_r = chosen / chosen_n.clamp(min=1), rejected / rejected_n.clamp(min=1)
+        if name == "dpo":
+            ref_c = ref_r = None
+            if self.reference_mode is not None:
+                ref_c, ref_r = self.reference_logps(batch).chunk(2)
+            # IPO compares length-averaged log-probs, as TRL does (preference_losses.dpo_loss).
+            average = t["loss_type"] == "ipo"
+            if average:
+                pc, pr = avg_c, avg_r
+                if ref_c is not None:
+                    ref_c, ref_r = ref_c / chosen_n.clamp(min=1), ref_r / rejected_n.clamp(min=1)
+            else:
+                pc, pr = chosen, rejected
+            result = dpo_loss(pc, pr, ref_c, ref_r, beta=t["beta"], loss_type=t["loss_type"],
+                              label_smoothing=t["label_smoothing"], reference_free=t["reference_free"])
+        elif name == "simpo":
+            result = simpo_loss(avg_c, avg_r, beta=t["beta"], gamma=t["gamma"],
+                                label_smoothing=t["label_smoothing"])
+        else:  # orpo: the NLL is the token mean over the batch's chosen responses, as in SFT
+            nll = -chosen.sum() / chosen_n.sum().clamp(min=1)
+            result = orpo_loss(avg_c, avg_r, nll, beta=t["beta"])
+        c, r = result.chosen_rewards, result.rejected_rewards
+        n = len(c)
+        return result.losses, {
+            "rewards/chosen": (c.mean(), n), "rewards/rejected": (r.mean(), n),
+            "rewards/accuracy": ((c > r).float().mean(), n), "rewards/margin": ((c - r).mean(), n),
+            "logps/chosen": (chosen.detach().mean(), n), "logps/rejected": (rejected.detach().mean(), n)}
+
+
+class KTOTask(PreferenceTask):
+    """kto: rows [0, B) of a batch are the examples, [B, 2B) their prompts with mismatched
+    completions, whose policy / reference log-ratio estimates the KL reference point.
+
+    `rewards/accuracy` is the share of examples on the side of zero their label says (reward
+    beta * (policy - reference) above 0 for desirable ones, below for undesirable), and
+    `rewards/margin` the mean desirable reward minus the mean undesirable one."""
+
+    kind = "unpaired"
+
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+        t = self.hparams.task
+        logps, _ = self._logps(self.network, batch)
+        policy, policy_kl = logps.chunk(2)
+        reference, reference_kl = self.reference_logps(batch).chunk(2)
+        kl = kto_kl_estimate(policy_kl.detach(), reference_kl)
+        desirable = batch["desirable"].bool()
+        result = kto_loss(policy, reference, desirable, kl, beta=t["beta"],
+                          desirable_weight=t["desirable_weight"], undesirable_weight=t["undesirable_weight"])
+        rewards = result.rewards
+        chosen, chosen_n = _mean(rewards[desirable])
+        rejected, rejected_n = _mean(rewards[~desirable])
+        right = torch.where(desirable, rewards > 0, rewards < 0).float().mean()
+        both = min(chosen_n, rejected_n) and len(rewards)
+        return result.losses, {
+            "rewards/chosen": (chosen, chosen_n), "rewards/rejected": (rejected, rejected_n),
+            "rewards/accuracy": (right, len(rewards)), "rewards/margin": (chosen - rejected, both),
+            "logps/chosen": _mean(policy.detach()[desirable]),
+            "logps/rejected": _mean(policy.detach()[~desirable]), "kl": (result.kl, len(rewards))}
