@@ -39,6 +39,45 @@ def sentiment_rows(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# A learnable preference task: the true colour of a thing is preferred to a wrong one. Held-out
+# prompts phrase the question in ways training never saw (validation and test templates).
+COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red",
+           "sun": "yellow", "orange": "orange", "violet": "purple", "chocolate": "brown",
+           "rose": "pink", "ocean": "blue", "leaf": "green", "milk": "white", "night": "black",
+           "cherry": "red", "lemon": "yellow"}
+COLOUR_TEMPLATES = ["the colour of {o} is", "what colour is {o}?", "{o} has the colour",
+                    "tell me the colour of {o}.", "name the colour of {o}:",
+                    "which colour does {o} have?", "the {o} looks", "colour of {o}:"]
+
+
+def colour_preferences(path: Path, paired: bool = True, seed: int = 0) -> Path:
+    """JSONL of (prompt, chosen, rejected) pairs with a split column, or, unpaired, of (prompt,
+    completion, label) examples: each pair's chosen and rejected as two examples."""
+    rng = random.Random(seed)
+    palette = sorted(set(COLOURS.values()))
+    rows = []
+    for i, template in enumerate(COLOUR_TEMPLATES):
+        split = {6: "validation", 7: "test"}.get(i, "train")
+        for thing, colour in COLOURS.items():
+            wrong = rng.choice([c for c in palette if c != colour])
+            prompt = template.format(o=thing)
+            if paired:
+                rows.append({"prompt": prompt, "chosen": colour, "rejected": wrong, "split": split})
+            else:
+                rows += [{"prompt": prompt, "completion": colour, "label": True, "split": split},
+                         {"prompt": prompt, "completion": wrong, "label": False, "split": split}]
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+def preference_overrides(data_path: Path, task: str = "dpo", *extra: str) -> list[str]:
+    """A fast CPU run of the tiny random-init Llama on a toy preference file."""
+    return [f"task={task}", "model=tiny_llama", f"data.path={data_path}", "data.split_column=split",
+            "data.max_length=32", "data.batch_size=8", "data.eval_batch_size=32",
+            *(["task.sample_generations=0"] if task != "reward" else []),
+            "trainer.precision=32", "trainer.enable_progress_bar=false", *extra]
+
+
 @pytest.fixture
 def toy_csv(tmp_path: Path) -> Path:
     path = tmp_path / "toy.csv"

@@ -31,13 +31,13 @@ class PooledHeadModel(nn.Module):
     """backbone → pool → dropout → linear. The head is fp32 whatever the backbone's dtype."""
 
     def __init__(self, backbone: nn.Module, num_outputs: int, pooling: str, dropout: float,
-                 freeze_backbone: bool = False):
+                 freeze_backbone: bool = False, bias: bool = True):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.freeze_backbone = freeze_backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.hidden_size, num_outputs)
+        self.head = nn.Linear(backbone.config.hidden_size, num_outputs, bias=bias)
         # Backbone forward passes so far: a run on cached embeddings shows 0 here.
         self.encoder_forward_passes = 0
 

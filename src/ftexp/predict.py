@@ -3,7 +3,8 @@
 Reads the run's resolved config and best checkpoint, tokenizes the file's text columns the
 way training did, and writes every input row with its prediction — `predicted_label` (or
 `predicted_labels` for multi-label) and one `prob_<label>` column per class, or `prediction` for
-regression — as CSV or JSONL (by the output's extension).
+regression, or `score` for a reward model (whose input rows hold a prompt and a response) — as
+CSV or JSONL (by the output's extension).
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int
                  text_columns: list[str] | None = None) -> pd.DataFrame:
     import lightning as L
     from omegaconf import OmegaConf
-    from transformers import DataCollatorWithPadding
 
-    from ftexp.data.encoding import check_text_columns, encode
     from ftexp.data.readers import read_table
     from ftexp.data.rows import Rows, rows_loader
     from ftexp.tasks.registry import get_task
@@ -105,11 +104,9 @@ def predict_file(run: Path, input_path: Path, output_path: Path, batch_size: int
             raise FtexpError(f"'{run}' is a task={name} run, which writes text, not labels; "
                              "use `python -m ftexp.generate` on it.")
     task, tokenizer, cfg = load_trained(run)
-    columns = text_columns or list(cfg.data.text_columns)
     frame = read_table(input_path)
-    check_text_columns(frame, columns, f"'{input_path}'")
-    rows, _ = encode(tokenizer, frame, columns, cfg.data.max_length)
-    loader = rows_loader(Rows(rows), batch_size, False, DataCollatorWithPadding(tokenizer), 0, 0)
+    rows, collate = task.prediction_rows(frame, tokenizer, cfg, text_columns)
+    loader = rows_loader(Rows(rows), batch_size, False, collate, 0, 0)
     predictor = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                           enable_model_summary=False, enable_progress_bar=len(rows) > 10 * batch_size)
     predictions = predictor.predict(task, dataloaders=loader)
@@ -121,8 +118,9 @@ def _summary(result: pd.DataFrame) -> str:
         if column in result:
             counts = result[column].value_counts().to_dict()
             return f" (predicted label counts: {json.dumps(counts, default=str)})"
-    if "prediction" in result:
-        return f" (mean prediction {result['prediction'].mean():.4g})"
+    for column in ("prediction", "score"):
+        if column in result:
+            return f" (mean {column} {result[column].mean():.4g})"
     return ""
 
 

@@ -250,7 +250,9 @@ class PreferenceDataModule(RowsDataModule):
             self.datasets[split] = Rows(rows)
             log.info("%s split: %d %s", split, len(rows),
                      "pairs" if self.kind == "pairs" else "examples")
-        self.frames = {split: frame.drop(columns=[_RECORD]) for split, frame in frames.items()}
+        # The records that were kept, in the rows' order (prediction files line up with them).
+        self.frames = {split: frame[frame[_RECORD].isin({row["record"] for row in self.datasets[split].rows})]
+                       .drop(columns=[_RECORD]).reset_index(drop=True) for split, frame in frames.items()}
 
     def _encode_split(self, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], int, int]:
         cfg = self.config
@@ -275,3 +277,20 @@ class PreferenceDataModule(RowsDataModule):
         records = [self.records[row["record"] - 1] for row in rows]
         texts = [self.encoder.prompt_text(r.prompt, r.extra) for r in records]
         return texts, [row["prompt"] for row in rows]
+
+
+def encode_responses(encoder: PreferenceEncoder, prompts: list[Any], responses: list[str], max_length: int,
+                     max_prompt_length: int | None) -> list[dict[str, Any]]:
+    """(prompt, response) rows to score one by one (a reward model's predictions), encoded and cut
+    as in training."""
+    rows = []
+    for record, (prompt, response) in enumerate(zip(prompts, responses, strict=True), start=1):
+        prompt_ids = encoder.prompt_ids(prompt, None, record)
+        response_ids = encoder.response_ids(prompt, prompt_ids, response, record)
+        prompt_ids, (response_ids,), _ = fit_lengths(prompt_ids, [response_ids], max_length, max_prompt_length)
+        rows.append({"prompt": prompt_ids, "response": response_ids})
+    return rows
+
+
+def collate_responses(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    return _sequences([r["prompt"] for r in rows], [r["response"] for r in rows], pad_id)

@@ -158,3 +158,16 @@ class PooledHeadTask(FinetuneTask):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.predictions(self(batch))
+
+    @staticmethod
+    def prediction_rows(frame: Any, tokenizer: Any, cfg: Any,
+                        columns: list[str] | None) -> tuple[list[dict[str, Any]], Any]:
+        """A file's rows → encoded rows (its text columns, or the run's) and their collate function."""
+        from transformers import DataCollatorWithPadding
+
+        from ftexp.data.encoding import check_text_columns, encode
+
+        columns = columns or list(cfg.data.text_columns)
+        check_text_columns(frame, columns, "the input file")
+        rows, _ = encode(tokenizer, frame, columns, cfg.data.max_length)
+        return rows, DataCollatorWithPadding(tokenizer)

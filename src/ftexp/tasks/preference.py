@@ -166,12 +166,12 @@ class PreferenceTask(FinetuneTask):
             return
         from omegaconf import OmegaConf
 
-        from ftexp.data.cache import ContentCache, digest, file_digest
+        from ftexp.builders.init_from import init_from_fingerprint
+        from ftexp.data.cache import ContentCache, digest
 
         plain = OmegaConf.to_container
         model = plain(cfg.model, resolve=True)
-        init_from = model.get("init_from")
-        weights = file_digest(Path(init_from) / "checkpoints" / "best.ckpt", cfg.paths.cache_dir) if init_from else None
+        weights = init_from_fingerprint(model, cfg.paths.cache_dir)  # the starting weights' contents
         precision = str(trainer.precision)
         key = digest("reference_logps", datamodule.encoding_key, model, plain(cfg.quant, resolve=True),
                      precision, weights)
