@@ -134,3 +134,10 @@ def test_cfg_job_and_help_do_not_import_torch():
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert "torch" not in imported and "transformers" not in imported, flags
     assert "model:" in run_cli("--cfg", "job").stdout
+
+
+def test_template_values_with_braces_and_quotes_pass_the_command_line_check(monkeypatch, capsys):
+    """The preflight composes every override again: a quoted template must go back quoted."""
+    code, err = run_in_process(["task=causal_lm", "data.prompt_template='{prompt}'",
+                                "data.response_template=' {chosen} it\\'s'", "--cfg", "job"], monkeypatch, capsys)
+    assert code == 0 and "error" not in err, err

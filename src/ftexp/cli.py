@@ -8,6 +8,8 @@ any problem into one line (see `ftexp.errors`). Nothing heavy is imported until 
 
 from __future__ import annotations
 
+import re
+
 import os
 import sys
 from pathlib import Path
@@ -74,7 +76,12 @@ def _expand(override) -> list[str]:
     """Every value a (possibly sweeping) override takes; [] if it cannot be listed up front."""
     if not override.is_sweep_override():
         value = override.value()
-        return [value if isinstance(value, str) else override.get_value_element_as_str()]
+        if not isinstance(value, str):
+            return [override.get_value_element_as_str()]
+        # Composed again below: a string with characters the override grammar reads (braces of a
+        # template, spaces, quotes) goes back quoted, or `'{prompt} A:'` would parse as a dict.
+        plain = re.fullmatch(r"[\w./:@+-]*", value) is not None
+        return [value if plain else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"]
     try:
         return list(override.sweep_string_iterator())
     except (TypeError, HydraException, ValueError):

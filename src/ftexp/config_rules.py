@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from ftexp.builders.init_from import check_init_from
 from ftexp.config import ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.errors import ConfigError
 from ftexp.objective import lower_is_better
@@ -30,6 +31,8 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_data_for_task(cfg, spec)
     _check_monitor(cfg, spec)
     _check_caches(cfg, spec)
+    _check_reference(cfg)
+    check_init_from(cfg)
 
 
 def _check_strategy(cfg: DictConfig) -> None:
@@ -101,6 +104,27 @@ def _check_caches(cfg: DictConfig, spec: TaskSpec) -> None:
         raise ConfigError(f"data.cache_encoder_embeddings=true needs a frozen encoder, but "
                           f"adapter={cfg.adapter.method} trains it (its embeddings change every "
                           "step); use adapter=frozen, or set data.cache_encoder_embeddings=false.")
+
+
+def _check_reference(cfg: DictConfig) -> None:
+    """task.reference (dpo, kto): where the reference log-probs can come from."""
+    reference = cfg.task.get("reference")
+    if reference is None or cfg.task.get("reference_free"):
+        return
+    method = cfg.adapter.method
+    is_peft = ADAPTERS[method].peft_config is not None or method == "peft"
+    if reference == "adapter" and not is_peft:
+        raise ConfigError(f"task.reference=adapter disables the PEFT adapter to get the reference, but "
+                          f"adapter={method} is not one; use task.reference=copy or precompute, or a "
+                          "PEFT adapter (adapter=lora).")
+    copies = reference == "copy" or (reference == "auto" and not is_peft)
+    if copies and cfg.strategy.name in ("fsdp", "deepspeed"):
+        raise ConfigError(f"task.reference=copy keeps a whole unsharded copy of the model on every device, "
+                          f"which strategy={cfg.strategy.name} exists to avoid; use "
+                          "task.reference=precompute (computed once, before training) or an adapter.")
+    if reference == "copy" and cfg.quant.method != "none":
+        raise ConfigError(f"task.reference=copy with quant={cfg.quant.method}: a quantized model is not "
+                          "copied; use task.reference=adapter (the adapter-disabled network) or precompute.")
 
 
 def check_model_fit(cfg: DictConfig, model_type: str) -> None:

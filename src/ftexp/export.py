@@ -5,7 +5,9 @@
 The adapter is merged into the base weights. A base trained in 8-bit / 4-bit is dequantized
 first, so the merged weights are the ones the adapter was trained against. The directory holds
 safetensors weights, the config, the tokenizer, a generation config and a model card with the
-training config and metrics; `AutoModelForCausalLM.from_pretrained(DIR)` loads it.
+training config and metrics; `AutoModelForCausalLM.from_pretrained(DIR)` loads it. A reward
+model (task=reward on a decoder LLM) exports as `AutoModelForSequenceClassification` with
+num_labels=1, giving the scores `ftexp.predict` gives.
 """
 
 from __future__ import annotations
@@ -19,47 +21,57 @@ from pathlib import Path
 from typing import Any
 
 from ftexp import atomic, run_dir
-from ftexp.config import ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config import PROMPT_LEARNING_ADAPTERS
 from ftexp.console import quiet_third_party
 from ftexp.errors import FtexpError, reported_as_one_line
 
 
-def _merged_model(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: str):
-    from ftexp.builders.adapter import apply_adapter
-    from ftexp.builders.backbone import DTYPES, load_configured_backbone
-    from ftexp.builders.quant import quantization_config
+def _sequence_scorer(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: str, run: Path):
+    """A reward run as transformers' AutoModelForSequenceClassification with num_labels=1: the
+    merged transformer, and the reward head's weights as its `score` layer (both bias-free).
+    transformers reads a decoder's score at its last non-padding token, as training pooled it;
+    an encoder's classifier reads a pooler ftexp does not train, so encoders are refused."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
 
-    adapter = hparams["adapter"]
-    quant = hparams.get("quant") or {"method": "none"}
-    base = load_configured_backbone(hparams["model"], quantization_config(quant), causal_lm=True)
-    if quant["method"] != "none":
-        base = base.dequantize()  # bitsandbytes layers → plain Linear with the dequantized weights
-    base = base.to(DTYPES[dtype])
-    model = apply_adapter(base, adapter, task_type="CAUSAL_LM")
-    weights = {k.removeprefix("network."): v.to(DTYPES[dtype]) if v.is_floating_point() else v
-               for k, v in state_dict.items()}
-    result = model.load_state_dict(weights, strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if ADAPTERS[adapter["method"]].trains_all_weights:
-        trainable = {n for n, _ in model.named_parameters()}
-    if trainable & set(result.missing_keys) or result.unexpected_keys:
-        raise FtexpError(f"the checkpoint does not match the rebuilt model (unexpected "
-                         f"{result.unexpected_keys[:3]}); was the base model changed since training?")
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    from ftexp.builders.backbone import DTYPES, is_decoder_only
+    from ftexp.builders.init_from import merged_network
+
+    backbone = merged_network(hparams, state_dict, dtype, causal_lm=False)
+    if not is_decoder_only(backbone.config) or hparams["task"].get("pooling", "auto") not in ("auto", "last"):
+        raise FtexpError(f"'{run}' is a reward model on {backbone.config.model_type} pooled by "
+                         f"{hparams['task'].get('pooling')}; transformers' sequence classifiers read the "
+                         "last token of decoder LLMs only, so only those (task.pooling=auto or last) export.")
+    config = backbone.config
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config, dtype=DTYPES[dtype])
+    getattr(model, model.base_model_prefix).load_state_dict(backbone.state_dict())
+    head = [m for name, m in model.named_children()
+            if name != model.base_model_prefix and isinstance(m, torch.nn.Linear)]
+    if len(head) != 1:
+        raise FtexpError(f"cannot find the score layer of {type(model).__name__} to export the reward head into.")
+    with torch.no_grad():
+        head[0].weight.copy_(state_dict["network.head.weight"].to(DTYPES[dtype]))
     return model.requires_grad_(False).eval()
 
 
 def _model_card(cfg_text: str, metrics: dict[str, Any], hparams: dict[str, Any]) -> str:
+    from ftexp.tasks.registry import get_task
+
+    auto = ("AutoModelForCausalLM" if get_task(hparams["task"]["name"]).language_model
+            else "AutoModelForSequenceClassification")
     m, a, q = hparams["model"], hparams["adapter"], hparams.get("quant") or {"method": "none"}
     base = "random-init " + m["random_init"]["model_type"] if m.get("random_init") else m["name_or_path"]
     shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))}
     return (f"# Fine-tuned with ftexp\n\n"
-            f"- base model: `{base}`\n- method: `adapter={a['method']}`, `quant={q['method']}` "
+            f"- base model: `{base}`\n"
+            + (f"- started from the ftexp run `{m['init_from']}` (adapter "
+               f"{m.get('init_from_adapter', 'merge')}d)\n" if m.get("init_from") else "")
+            + f"- method: `adapter={a['method']}`, `quant={q['method']}` "
             f"(merged{' after dequantizing' if q['method'] != 'none' else ''})\n"
             f"- task: `{hparams['task']['name']}`\n\n"
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"<this directory>\")\n"
+            f"```python\nfrom transformers import {auto}, AutoTokenizer\n"
+            f"model = {auto}.from_pretrained(\"<this directory>\")\n"
             "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n\n"
             f"## Metrics\n\n```json\n{json.dumps(shown, indent=2)}\n```\n\n"
             f"## Training config\n\n```yaml\n{cfg_text}```\n")
@@ -69,6 +81,7 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
     from transformers import GenerationConfig
 
     from ftexp.builders.backbone import load_tokenizer
+    from ftexp.builders.init_from import merged_network
     from ftexp.data.causal_lm import ensure_eos
     from ftexp.predict import load_checkpoint
 
@@ -90,7 +103,11 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
         raise FtexpError(f"adapter={method} adds virtual tokens that cannot be merged into the "
                          "weights; export supports weight adapters (lora, dora, ia3, …) and full "
                          "fine-tuning.")
-    model = _merged_model(hparams, saved["state_dict"], dtype)
+    spec = get_task(task)
+    if spec.language_model:
+        model = merged_network(hparams, saved["state_dict"], dtype)
+    else:  # a reward model: its merged transformer and its scalar head, as a sequence classifier
+        model = _sequence_scorer(hparams, saved["state_dict"], dtype, run)
     m = hparams["model"]
     tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
                                trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
@@ -107,8 +124,9 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         generation = dict(hparams.get("generation") or {})
-        GenerationConfig(**generation, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id).save_pretrained(staging)
+        if spec.generates:
+            GenerationConfig(**generation, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id).save_pretrained(staging)
         atomic.write_text(staging / "README.md", _model_card(config_path.read_text(), metrics, hparams))
         atomic.fsync_tree(staging)  # every file on disk before the folder is published
         if output.exists():
@@ -130,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     with reported_as_one_line(args.debug):
         quiet_third_party()
         out = export_run(args.run_dir, args.output or args.run_dir / "export", args.dtype)
-        print(f"exported to {out} (load with AutoModelForCausalLM.from_pretrained)")
+        kind = "AutoModelForCausalLM" if (out / "generation_config.json").is_file() else "AutoModelForSequenceClassification"
+        print(f"exported to {out} (load with {kind}.from_pretrained)")
 
 
 if __name__ == "__main__":

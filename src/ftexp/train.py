@@ -184,9 +184,8 @@ class Recipe:
     def _setup_model_type(self) -> str:
         """The architecture, read from its config (no weights), and the checks that need it."""
         from ftexp.builders.backbone import model_type_of
-        from ftexp.config_rules import check_model_fit
-
         from ftexp.builders.init_from import inherit_settings
+        from ftexp.config_rules import check_model_fit
 
         m = self.cfg.model
         inherit_settings(m)  # model.init_from: its absolute path, the earlier run's tokenizer
@@ -214,6 +213,11 @@ class Recipe:
         cache = ContentCache(cfg.paths.cache_dir, "embeddings")
         key = embedding_key(datamodule.encoding_key, _plain(cfg.model), _plain(cfg.quant),
                             cfg.task.pooling, precision, cfg.paths.cache_dir)
+        if cfg.model.init_from:  # the weights are that run's: its checkpoint's contents count
+            from ftexp.builders.init_from import init_from_fingerprint
+            from ftexp.data.cache import digest
+
+            key = digest(key, init_from_fingerprint(_plain(cfg.model), cfg.paths.cache_dir))
         use_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         device = torch.device("cuda" if use_gpu else "cpu")
         autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)

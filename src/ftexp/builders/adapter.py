@@ -122,8 +122,12 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
         return backbone
     import peft
 
+    from ftexp.builders.init_from import load_pending_adapter_state
+
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
-    return peft.get_peft_model(backbone, peft_config(method, params, task_type))
+    wrapped = peft.get_peft_model(backbone, peft_config(method, params, task_type))
+    load_pending_adapter_state(backbone, wrapped)  # model.init_from_adapter=continue
+    return wrapped
 
 
 def backbone_is_frozen(method: str) -> bool:
