@@ -39,8 +39,9 @@ def sentiment_rows(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# A learnable preference task: the true colour of a thing is preferred to a wrong one. Held-out
-# prompts phrase the question in ways training never saw (validation and test templates).
+# A learnable preference task: the true colour of a thing is preferred to a wrong one. Every
+# thing and every phrasing is seen in training, but each held-out prompt (two things per phrasing
+# for validation, two for test) is a combination training never saw.
 COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red",
            "sun": "yellow", "orange": "orange", "violet": "purple", "chocolate": "brown",
            "rose": "pink", "ocean": "blue", "leaf": "green", "milk": "white", "night": "black",
@@ -56,9 +57,12 @@ def colour_preferences(path: Path, paired: bool = True, seed: int = 0) -> Path:
     rng = random.Random(seed)
     palette = sorted(set(COLOURS.values()))
     rows = []
-    for i, template in enumerate(COLOUR_TEMPLATES):
-        split = {6: "validation", 7: "test"}.get(i, "train")
+    for template in COLOUR_TEMPLATES:
+        things = list(COLOURS)
+        rng.shuffle(things)
+        held_out = {**dict.fromkeys(things[:2], "validation"), **dict.fromkeys(things[2:4], "test")}
         for thing, colour in COLOURS.items():
+            split = held_out.get(thing, "train")
             wrong = rng.choice([c for c in palette if c != colour])
             prompt = template.format(o=thing)
             if paired:

@@ -211,3 +211,33 @@ def test_a_run_saved_by_an_older_ftexp_resumes_with_the_same_meaning(tmp_path, d
     resumed = validate(resumed_config(cfg, [f"resume={tmp_path / 'run'}"]))
     for group in ("optimizer", "scheduler", "logger", "task", "model"):
         assert OmegaConf.to_container(resumed[group]) == OmegaConf.to_container(current[group]), group
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", ["adapter", "precompute"])
+def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
+    """The resume machinery covers the preference tasks: DPO with LoRA (reference: the disabled
+    adapter, or log-probs precomputed before the first start and cached), killed mid-epoch."""
+    from conftest import colour_preferences, preference_overrides
+
+    data = colour_preferences(tmp_path / "pairs.jsonl")
+    # 96 pairs / batch 8 = 12 steps per epoch, 2 epochs; LoRA dropout on, so the RNG matters.
+    args = [*preference_overrides(data, "dpo", "adapter=lora", "optimizer.learning_rate=5e-3",
+                                  "trainer.max_epochs=2", "callbacks.resume_every_n_steps=5",
+                                  f"task.reference={reference}")]
+    whole, killed_run = tmp_path / "whole", tmp_path / "killed"
+    done = _run([*args, f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _run([*args, f"hydra.run.dir={killed_run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "after_step"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run([f"resume={killed_run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (metrics, weights), (expected_metrics, expected_weights) = _outcome(killed_run), _outcome(whole)
+    assert metrics.pop("reference") == expected_metrics.pop("reference") == ("adapter" if reference == "adapter"
+                                                                             else "precompute")
+    # A resumed run counts only the reference passes after its restart.
+    metrics.pop("reference_forward_passes"), expected_metrics.pop("reference_forward_passes")
+    assert metrics == pytest.approx(expected_metrics, rel=1e-6, abs=1e-7)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
