@@ -48,7 +48,9 @@ COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "b
            "cherry": "red", "lemon": "yellow"}
 COLOUR_TEMPLATES = ["the colour of {o} is", "what colour is {o}?", "{o} has the colour",
                     "tell me the colour of {o}.", "name the colour of {o}:",
-                    "which colour does {o} have?", "the {o} looks", "colour of {o}:"]
+                    "which colour does {o} have?", "the {o} looks", "colour of {o}:",
+                    "i think {o} is coloured", "describe the colour of {o}:", "{o} is usually",
+                    "q: colour of {o}? a:"]
 
 
 def colour_preferences(path: Path, paired: bool = True, seed: int = 0) -> Path:
@@ -63,13 +65,13 @@ def colour_preferences(path: Path, paired: bool = True, seed: int = 0) -> Path:
         held_out = {**dict.fromkeys(things[:2], "validation"), **dict.fromkeys(things[2:4], "test")}
         for thing, colour in COLOURS.items():
             split = held_out.get(thing, "train")
-            wrong = rng.choice([c for c in palette if c != colour])
             prompt = template.format(o=thing)
-            if paired:
-                rows.append({"prompt": prompt, "chosen": colour, "rejected": wrong, "split": split})
-            else:
-                rows += [{"prompt": prompt, "completion": colour, "label": True, "split": split},
-                         {"prompt": prompt, "completion": wrong, "label": False, "split": split}]
+            for wrong in rng.sample([c for c in palette if c != colour], 2):  # two pairs per prompt
+                if paired:
+                    rows.append({"prompt": prompt, "chosen": colour, "rejected": wrong, "split": split})
+                else:
+                    rows += [{"prompt": prompt, "completion": colour, "label": True, "split": split},
+                             {"prompt": prompt, "completion": wrong, "label": False, "split": split}]
     pd.DataFrame(rows).to_json(path, orient="records", lines=True)
     return path
 

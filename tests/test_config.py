@@ -141,5 +141,6 @@ def test_cfg_job_and_help_do_not_import_torch():
 def test_template_values_with_braces_and_quotes_pass_the_command_line_check(monkeypatch, capsys):
     """The preflight composes every override again: a quoted template must go back quoted."""
     code, err = run_in_process(["task=causal_lm", "data.prompt_template='{prompt}'",
-                                "data.response_template=' {chosen} it\\'s'", "--cfg", "job"], monkeypatch, capsys)
+                                "data.response_template=' {chosen} it\\'s'", "--cfg", "job"],
+                               monkeypatch, capsys)
     assert code == 0 and "error" not in err, err

@@ -16,7 +16,6 @@ import torch
 from conftest import assert_one_line, colour_preferences, compose_config, preference_overrides, run_in_process
 from ftexp.data.preference import PreferencePair
 from ftexp.data.preference_batches import (
-    PreferenceDataModule,
     PreferenceEncoder,
     collate_pairs,
     encode_pairs,
@@ -37,8 +36,8 @@ def unpaired_file(tmp_path_factory) -> Path:
 
 def _task(overrides: list[str], tmp_path: Path):
     from ftexp.builders.backbone import load_tokenizer
-    from ftexp.train import task_settings
     from ftexp.tasks.registry import get_task
+    from ftexp.train import task_settings
 
     cfg = compose_config(overrides, tmp_path)
     m = cfg.model
@@ -90,7 +89,8 @@ def test_truncation_keeps_the_responses_and_the_end_of_the_prompt():
     kept, _, _ = fit_lengths(prompt, responses, max_length=200, max_prompt_length=16)
     assert kept == list(range(84, 100))
     # A response longer than the room left: the prompt keeps half of max_length, the response its start.
-    kept, (long, _), _ = fit_lengths(prompt, [list(range(500, 560)), [1]], max_length=40, max_prompt_length=None)
+    kept, (long, _), _ = fit_lengths(prompt, [list(range(500, 560)), [1]], max_length=40,
+                                     max_prompt_length=None)
     assert kept == list(range(80, 100)) and long == list(range(500, 520))
     assert fit_lengths([1, 2], [[3]], 10, None)[2] is False
 
@@ -125,8 +125,8 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
     batch = datamodule.collate(datamodule.datasets["validation"].rows[:4])
     reference = task.reference_logps(batch)
     with torch.no_grad():
-        expected = sequence_logps(base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                  batch["labels"])[0]
+        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = sequence_logps(logits, batch["labels"])[0]
         policy = task._logps(task.network, batch)[0]
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(policy, expected)  # the adapter is on for the policy
@@ -136,7 +136,8 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
     rc, rr = expected.chunk(2)
     want = dpo_loss(pc, pr, rc, rr, beta=cfg.task.beta, loss_type="sigmoid")
     torch.testing.assert_close(losses.detach(), want.losses, rtol=1e-5, atol=1e-6)
-    assert metrics["rewards/accuracy"][0] == pytest.approx(float((want.chosen_rewards > want.rejected_rewards).float().mean()))
+    right = (want.chosen_rewards > want.rejected_rewards).float().mean()
+    assert metrics["rewards/accuracy"][0] == pytest.approx(float(right))
     assert task.reference_forward_passes == 2
 
 
@@ -180,13 +181,14 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
     from ftexp.predict import predict_file
 
     run = tmp_path / "reward"
-    code, err = run_in_process([*preference_overrides(pairs_file, "reward", "adapter=lora", "trainer.max_steps=3",
-                                                      "optimizer.learning_rate=1e-2"),
+    code, err = run_in_process([*preference_overrides(pairs_file, "reward", "adapter=lora",
+                                                      "trainer.max_steps=3", "optimizer.learning_rate=1e-2"),
                                 f"paths.output_dir={run}"], monkeypatch, capsys)
     assert code == 0, err[-2000:]
     test_scores = pd.read_csv(run / "predictions_test.csv")
     assert {"score_chosen", "score_rejected"} <= set(test_scores.columns) and len(test_scores) == 16
-    rows = pd.DataFrame({"prompt": ["the colour of snow is", "what colour is coal?"], "response": ["white", "pink"]})
+    rows = pd.DataFrame({"prompt": ["the colour of snow is", "what colour is coal?"],
+                         "response": ["white", "pink"]})
     rows.to_csv(tmp_path / "rows.csv", index=False)
     scored = predict_file(run, tmp_path / "rows.csv", tmp_path / "scores.csv")
     assert scored["score"].notna().all() and scored["score"].nunique() == 2
@@ -216,12 +218,14 @@ def _one_row(tmp_path: Path, prompt: str, response: str) -> Path:
 # -- errors -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["task=dpo", "adapter=none", "task.reference=adapter"], "task.reference=adapter disables the PEFT adapter"),
+    (["task=dpo", "adapter=none", "task.reference=adapter"],
+     "task.reference=adapter disables the PEFT adapter"),
     (["task=dpo", "task.loss_type=ipo", "task.label_smoothing=0.1"], "has no effect with task.loss_type=ipo"),
     (["task=dpo", "task.loss_type=sigmod"], "'task.loss_type=sigmod' is not a valid choice. Did you mean"),
     (["task=dpo", "task.gamma=0.5"], "task.gamma is a setting of task=simpo, not task=dpo"),
     (["task=orpo", "data.packing=true"], "data.packing=true applies to task=causal_lm / pretrain"),
-    (["task=kto", "adapter=lora", "strategy=fsdp", "task.reference=copy"], "task.reference=copy keeps a whole"),
+    (["task=kto", "adapter=lora", "strategy=fsdp", "task.reference=copy"],
+     "task.reference=copy keeps a whole"),
     (["task=dpo", "data.max_prompt_length=64"], "data.max_prompt_length=64 must be at least 1 and below"),
 ])
 def test_impossible_preference_settings_are_refused_in_one_line(pairs_file, extra, message, monkeypatch,

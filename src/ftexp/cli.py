@@ -8,9 +8,8 @@ any problem into one line (see `ftexp.errors`). Nothing heavy is imported until 
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any

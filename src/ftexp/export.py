@@ -49,7 +49,8 @@ def _sequence_scorer(hparams: dict[str, Any], state_dict: dict[str, Any], dtype:
     head = [m for name, m in model.named_children()
             if name != model.base_model_prefix and isinstance(m, torch.nn.Linear)]
     if len(head) != 1:
-        raise FtexpError(f"cannot find the score layer of {type(model).__name__} to export the reward head into.")
+        raise FtexpError(f"cannot find the score layer of {type(model).__name__} to export the reward "
+                         "head into.")
     with torch.no_grad():
         head[0].weight.copy_(state_dict["network.head.weight"].to(DTYPES[dtype]))
     return model.requires_grad_(False).eval()
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     with reported_as_one_line(args.debug):
         quiet_third_party()
         out = export_run(args.run_dir, args.output or args.run_dir / "export", args.dtype)
-        kind = "AutoModelForCausalLM" if (out / "generation_config.json").is_file() else "AutoModelForSequenceClassification"
+        kind = ("AutoModelForCausalLM" if (out / "generation_config.json").is_file()
+                else "AutoModelForSequenceClassification")
         print(f"exported to {out} (load with {kind}.from_pretrained)")
 
 

@@ -39,20 +39,18 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import pandas as pd
 
 from ftexp.config import (
-    DEFAULT_ROLES,
-    FORMATS,
     PAIRED_FORMATS,
     ROLES,
     UNPAIRED_FORMATS,
     PreferenceColumns,
 )
-from ftexp.errors import ConfigError, DataError, did_you_mean
+from ftexp.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -287,7 +287,8 @@ def encode_responses(encoder: PreferenceEncoder, prompts: list[Any], responses: 
     for record, (prompt, response) in enumerate(zip(prompts, responses, strict=True), start=1):
         prompt_ids = encoder.prompt_ids(prompt, None, record)
         response_ids = encoder.response_ids(prompt, prompt_ids, response, record)
-        prompt_ids, (response_ids,), _ = fit_lengths(prompt_ids, [response_ids], max_length, max_prompt_length)
+        prompt_ids, (response_ids,), _ = fit_lengths(prompt_ids, [response_ids], max_length,
+                                                     max_prompt_length)
         rows.append({"prompt": prompt_ids, "response": response_ids})
     return rows
 

@@ -38,7 +38,8 @@ from ftexp.tasks.preference_losses import (
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MODES = ("adapter", "copy", "precompute")
+# A batch's metrics: name → (batch mean, how many examples it averages).
+Metrics = dict[str, tuple[torch.Tensor, int]]
 
 
 def _metric_key(metric: str) -> str:
@@ -199,7 +200,7 @@ class PreferenceTask(FinetuneTask):
 
     # -- steps ------------------------------------------------------------------------------------
 
-    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """Per-example losses, and each metric's batch mean with the number of examples it
         averages (a metric over desirable examples only counts those)."""
         raise NotImplementedError
@@ -262,7 +263,7 @@ class PairedPreferenceTask(PreferenceTask):
 
     kind = "pairs"
 
-    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         t = self.hparams.task
         name = t["name"]
         logps, counts = self._logps(self.network, batch)
@@ -301,13 +302,14 @@ class KTOTask(PreferenceTask):
     """kto: rows [0, B) of a batch are the examples, [B, 2B) their prompts with mismatched
     completions, whose policy / reference log-ratio estimates the KL reference point.
 
-    `rewards/accuracy` is the share of examples on the side of zero their label says (reward
-    beta * (policy - reference) above 0 for desirable ones, below for undesirable), and
-    `rewards/margin` the mean desirable reward minus the mean undesirable one."""
+    With no pairs to compare, `rewards/accuracy` ranks the examples: the share of (desirable,
+    undesirable) example pairs within a batch whose implicit rewards beta * (policy - reference)
+    put the desirable one higher (a ROC AUC); `rewards/margin` is the mean desirable reward minus
+    the mean undesirable one."""
 
     kind = "unpaired"
 
-    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         t = self.hparams.task
         logps, _ = self._logps(self.network, batch)
         policy, policy_kl = logps.chunk(2)
@@ -319,10 +321,11 @@ class KTOTask(PreferenceTask):
         rewards = result.rewards
         chosen, chosen_n = _mean(rewards[desirable])
         rejected, rejected_n = _mean(rewards[~desirable])
-        right = torch.where(desirable, rewards > 0, rewards < 0).float().mean()
+        # Every (desirable, undesirable) pair of the batch: is the desirable one rewarded more?
+        ranked = (rewards[desirable][:, None] > rewards[~desirable][None, :]).float()
         both = min(chosen_n, rejected_n) and len(rewards)
         return result.losses, {
             "rewards/chosen": (chosen, chosen_n), "rewards/rejected": (rejected, rejected_n),
-            "rewards/accuracy": (right, len(rewards)), "rewards/margin": (chosen - rejected, both),
+            "rewards/accuracy": _mean(ranked.flatten()), "rewards/margin": (chosen - rejected, both),
             "logps/chosen": _mean(policy.detach()[desirable]),
             "logps/rejected": _mean(policy.detach()[~desirable]), "kl": (result.kl, len(rewards))}

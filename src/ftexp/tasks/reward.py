@@ -98,7 +98,8 @@ class RewardTask(FinetuneTask):
         if values:
             self.log_dict(values, prog_bar=stage == "val", add_dataloader_idx=False, sync_dist=True)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         self._eval_step(batch, EVAL_STAGES[dataloader_idx])
 
     def on_validation_epoch_end(self) -> None:
@@ -142,7 +143,8 @@ class RewardTask(FinetuneTask):
         response_column = next((c for c in ("response", "completion") if c in frame.columns), "response")
         if columns:
             if len(columns) != 2:
-                raise DataError(f"a reward model scores (prompt, response) rows: give two columns, got {columns}.")
+                raise DataError(f"a reward model scores (prompt, response) rows: give two columns, "
+                                f"got {columns}.")
             prompt_column, response_column = columns
         missing = [c for c in (prompt_column, response_column) if c not in frame.columns]
         if missing:
@@ -150,6 +152,7 @@ class RewardTask(FinetuneTask):
                             f"response column (columns are: {', '.join(map(str, frame.columns))}); name them "
                             "with --text-columns PROMPT RESPONSE.")
         encoder = PreferenceEncoder(tokenizer, cfg.data.get("prompt_template"), end_with_eos=False)
-        rows = encode_responses(encoder, frame[prompt_column].tolist(), frame[response_column].astype(str).tolist(),
-                                cfg.data.max_length, cfg.data.get("max_prompt_length"))
+        rows = encode_responses(encoder, frame[prompt_column].tolist(),
+                                frame[response_column].astype(str).tolist(), cfg.data.max_length,
+                                cfg.data.get("max_prompt_length"))
         return rows, partial(collate_responses, pad_id=int(tokenizer.pad_token_id))
