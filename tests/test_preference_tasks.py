@@ -186,7 +186,9 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
                                 f"paths.output_dir={run}"], monkeypatch, capsys)
     assert code == 0, err[-2000:]
     test_scores = pd.read_csv(run / "predictions_test.csv")
-    assert {"score_chosen", "score_rejected"} <= set(test_scores.columns) and len(test_scores) == 16
+    test_pairs = pd.read_json(pairs_file, lines=True).query("split == 'test'")
+    assert {"score_chosen", "score_rejected"} <= set(test_scores.columns)
+    assert test_scores.prompt.tolist() == test_pairs.prompt.tolist()  # one row per test pair, in order
     rows = pd.DataFrame({"prompt": ["the colour of snow is", "what colour is coal?"],
                          "response": ["white", "pink"]})
     rows.to_csv(tmp_path / "rows.csv", index=False)
