@@ -130,15 +130,21 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
         policy = task._logps(task.network, batch)[0]
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(policy, expected)  # the adapter is on for the policy
-    # The task's loss is dpo_loss on these log-probs.
+    # The task's loss is dpo_loss on these log-probs, from one policy and one reference pass,
+    # each over all 2B sequences (chosen and rejected together).
+    seen = []
+    hook = task.network.register_forward_hook(lambda module, args, kwargs, out: seen.append(
+        (kwargs["input_ids"].shape[0], torch.is_grad_enabled())), with_kwargs=True)
     losses, metrics = task.loss_and_metrics(batch)
+    hook.remove()
+    assert sorted(seen) == [(8, False), (8, True)]
     pc, pr = policy.chunk(2)
     rc, rr = expected.chunk(2)
     want = dpo_loss(pc, pr, rc, rr, beta=cfg.task.beta, loss_type="sigmoid")
     torch.testing.assert_close(losses.detach(), want.losses, rtol=1e-5, atol=1e-6)
     right = (want.chosen_rewards > want.rejected_rewards).float().mean()
     assert metrics["rewards/accuracy"][0] == pytest.approx(float(right))
-    assert task.reference_forward_passes == 2
+    assert task.reference_forward_passes == 2  # the one above, and the one inside the loss
 
 
 def test_full_fine_tuning_keeps_a_frozen_copy_out_of_checkpoints_and_the_optimizer(pairs_file, tmp_path):
@@ -169,6 +175,11 @@ def test_precomputed_references_train_like_a_copy_and_a_second_run_does_no_refer
     for key in ("val/loss", "val/rewards/margin", "test/logps/chosen"):
         assert outcomes["first"][key] == pytest.approx(outcomes["copy"][key], rel=1e-4, abs=1e-6), key
     assert outcomes["second"]["val/loss"] != pytest.approx(outcomes["first"]["val/loss"])  # beta differs
+    # The comparison report draws the reward margin beside the monitored metric and the loss.
+    from ftexp.report import write_report
+
+    html, markdown = write_report([tmp_path / "first", tmp_path / "second"], tmp_path / "report")
+    assert "val/rewards/margin vs step" in html.read_text() and "val/rewards/accuracy" in markdown.read_text()
 
 
 # -- reward models ----------------------------------------------------------------------------------

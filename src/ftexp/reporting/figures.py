@@ -19,7 +19,11 @@ COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db
 # this priority, shown validation first.
 _TABLE_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "val/f1_macro", "test/f1_macro",
                   "val/perplexity", "test/perplexity", "val/mse", "test/mse", "val/r2", "test/r2",
-                  "val/mae", "test/mae")
+                  "val/mae", "test/mae", "val/rewards/accuracy", "val/rewards/margin",
+                  "test/rewards/accuracy", "val/accuracy", "val/margin", "test/accuracy")
+# Preference runs (dpo / simpo / orpo / kto, reward): the margin between chosen and rejected
+# gets its own panel beside the monitored metric and the training loss.
+_MARGIN_METRICS = ("val/rewards/margin", "val/margin")
 _MAX_METRICS = 4
 PRUNED_COLOR = "#9ca3af"
 
@@ -334,13 +338,13 @@ def curves_section(comparison: Comparison, top: int) -> Section:
                       intro=f"{metric} at each evaluation and training loss at each logged step, for the "
                             f"top {_plural(min(top, len(ranked)), 'trial')} (best first)"
                             + (f" and {min(top, len(pruned))} pruned (grey, dotted)." if pruned else "."))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} vs step", "train loss vs step"),
-                        horizontal_spacing=0.08)
+    frames = [(i, run, _curves(run)) for i, run in enumerate(chosen)]
+    frames = [(i, run, frame) for i, run, frame in frames if frame is not None and "step" in frame]
+    margin = next((m for m in _MARGIN_METRICS if m != metric and any(m in f for _, _, f in frames)), None)
+    titles = (f"{metric} vs step", "train loss vs step") + ((f"{margin} vs step",) if margin else ())
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
     rows, drawn = [], 0
-    for i, run in enumerate(chosen):
-        frame = _curves(run)
-        if frame is None or "step" not in frame:
-            continue
+    for i, run, frame in frames:
         pruned_run = run.state == "pruned"
         color = PRUNED_COLOR if pruned_run else COLORS[i % len(COLORS)]
         label = _run_label(run) + (" (pruned)" if pruned_run else "")
@@ -356,6 +360,10 @@ def curves_section(comparison: Comparison, top: int) -> Section:
                             showlegend=val is None or not len(val),
                             line=dict(color=color, dash=dash, width=1.5),
                             opacity=0.85, row=1, col=2)
+        gap = frame[["step", margin]].dropna() if margin and margin in frame else None
+        if gap is not None and len(gap):
+            fig.add_scatter(x=gap["step"], y=gap[margin], mode="lines+markers", name=label, legendgroup=label,
+                            showlegend=False, line=dict(color=color, dash=dash), row=1, col=3)
         drawn += 1
         last_val = float(val[metric].iloc[-1]) if val is not None and len(val) else None
         last_loss = float(loss[loss_col].iloc[-1]) if loss is not None and len(loss) else None
