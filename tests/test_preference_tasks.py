@@ -255,3 +255,35 @@ def test_unpaired_data_for_a_paired_task_names_the_fix(unpaired_file, monkeypatc
                                 f"paths.output_dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code != 0
     assert_one_line(err, "unpaired")
+
+
+# -- as a new user runs it ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("task", "data"), [("dpo", "dpo_demo"), ("kto", "kto_demo")])
+def test_the_shipped_demo_data_train_then_generate_and_export(task, data, tmp_path, monkeypatch, capsys):
+    """The shipped LLaMA-Factory samples (conversations) through task=dpo / kto with LoRA, then
+    generate renders a new prompt through the chat template as training did, and export writes a
+    model transformers loads."""
+    from transformers import AutoModelForCausalLM
+
+    from ftexp.export import export_run
+    from ftexp.generate import RunGenerator
+
+    run = tmp_path / task
+    code, err = run_in_process([f"task={task}", "model=tiny_llama", "adapter=lora", f"data={data}",
+                                "data.max_length=96", "data.max_prompt_length=48", "trainer.max_steps=2",
+                                "trainer.precision=32", "task.sample_generations=1",
+                                "generation.max_new_tokens=4", "trainer.enable_progress_bar=false",
+                                f"paths.output_dir={run}"], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["val/rewards/accuracy"] <= 1 and metrics["reference"] == "adapter"
+    assert (run / "generations.jsonl").read_text().count("\n") >= 1  # sample generations as in SFT
+    generator = RunGenerator(run, {"max_new_tokens": 3})
+    chat = [{"role": "user", "content": "Name a colour."}]
+    expected = generator.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)
+    expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+    assert generator.prompt_ids({"prompt": "Name a colour."}) == expected
+    assert isinstance(generator.generate([{"prompt": "Name a colour."}])[0], str)
+    model = AutoModelForCausalLM.from_pretrained(export_run(run, tmp_path / "export", dtype="float32"))
+    assert model.config.model_type == "llama"

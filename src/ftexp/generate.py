@@ -47,14 +47,31 @@ class RunGenerator:
         self.main_column = data.text_columns[0]
         self.uses_template = spec.needs_prompts and data.prompt_template is not None
         self.settings = {**task.hparams.generation, **(overrides or {})}
+        # Preference runs: a prompt is rendered as in training — as a user message through the
+        # chat template when the training prompts were conversations, else as text through
+        # data.prompt_template's {prompt}.
+        self.preference = None
+        if spec.preference_data:
+            from ftexp.data.preference_batches import PreferenceEncoder
+
+            self.preference = PreferenceEncoder(self.tokenizer, data.prompt_template)
+            self.chat = (task.hparams.target or {}).get("prompts") == "chat"
+            self.main_column = data.preference.prompt_column
 
     def prompt_text(self, row: dict[str, Any], raw: bool = False) -> str:
         return self.formatter.prompt(row) if self.uses_template and not raw else str(row[self.main_column])
 
+    def prompt_ids(self, row: dict[str, Any], raw: bool = False) -> list[int]:
+        if self.preference is None or raw:
+            return self.encoder.prompt_ids(self.prompt_text(row, raw))
+        text = str(row[self.main_column])
+        prompt = [{"role": "user", "content": text}] if self.chat else text
+        return self.preference.prompt_ids(prompt, row)
+
     def generate(self, rows: list[dict[str, Any]], raw: bool = False) -> list[str]:
         from ftexp.generation import generate_texts
 
-        prompts = [self.encoder.prompt_ids(self.prompt_text(row, raw)) for row in rows]
+        prompts = [self.prompt_ids(row, raw) for row in rows]
         return generate_texts(self.model, self.tokenizer, prompts, self.settings)
 
 

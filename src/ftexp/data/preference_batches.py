@@ -220,6 +220,7 @@ class PreferenceDataModule(RowsDataModule):
         self.kind = kind
         self.encoder = PreferenceEncoder(tokenizer, config.prompt_template, end_with_eos)
         self.records: list[Any] = []
+        self.prompt_kind = "text"
         self.frames: dict[str, pd.DataFrame] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -229,6 +230,9 @@ class PreferenceDataModule(RowsDataModule):
         table = read_table(cfg.path, cfg.format)
         reader = read_pairs if self.kind == "pairs" else read_unpaired
         self.records = reader(table, cfg.preference)
+        # How prompts reach the model — "chat" (messages, through the chat template) or "text" —
+        # kept with the run so generation renders new prompts the same way.
+        self.prompt_kind = "chat" if self.records and isinstance(self.records[0].prompt, list) else "text"
         numbered = table.assign(**{_RECORD: range(1, len(table) + 1)})
         frames = split_frame(numbered, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:

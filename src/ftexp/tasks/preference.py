@@ -83,7 +83,8 @@ class PreferenceTask(FinetuneTask):
         texts, ids = datamodule.validation_prompts(cfg.task.sample_generations)
         callbacks = [SampleGenerations(tokenizer, texts, ids, settings["generation"],
                                        run_dir / run_files.GENERATIONS_FILE)] if texts else []
-        return RunParts(datamodule, cls(**settings), callbacks)
+        # The checkpoint remembers how prompts were given, for ftexp.generate.
+        return RunParts(datamodule, cls(target={"prompts": datamodule.prompt_kind}, **settings), callbacks)
 
     def build_network(self) -> nn.Module:
         return self.adapted_backbone(causal_lm=True)

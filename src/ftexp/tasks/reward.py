@@ -46,7 +46,8 @@ class RewardTask(FinetuneTask):
             OmegaConf.to_object(cfg.data), tokenizer, "pairs", seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
             evaluate_training_set=cfg.trainer.evaluate_training_set, end_with_eos=False)
         datamodule.setup()
-        return RunParts(datamodule, cls(**settings), [])
+        # The checkpoint remembers how prompts were given, so predictions render them alike.
+        return RunParts(datamodule, cls(target={"prompts": datamodule.prompt_kind}, **settings), [])
 
     def build_network(self) -> nn.Module:
         t = self.hparams.task
@@ -123,17 +124,17 @@ class RewardTask(FinetuneTask):
 
     def prediction_columns(self, predictions: torch.Tensor) -> dict[str, list[Any]]:
         """Test pairs: both scores; scored (prompt, response) rows: `score`."""
-        values = predictions.float().cpu().numpy().round(6)
+        values = predictions.double().cpu().numpy().round(6)
         if values.ndim == 2:
             return {"score_chosen": values[:, 0].tolist(), "score_rejected": values[:, 1].tolist()}
         return {"score": values.tolist()}
 
-    @staticmethod
-    def prediction_rows(frame: pd.DataFrame, tokenizer: Any, cfg: Any,
+    def prediction_rows(self, frame: pd.DataFrame, tokenizer: Any, cfg: Any,
                         columns: list[str] | None) -> tuple[list[dict[str, Any]], Any]:
         """A file of (prompt, response) rows → encoded rows and their collate function. The prompt
-        column is the run's data.preference.prompt_column (text, or a list of messages); the
-        response column is `response` or `completion`, or `columns` = [prompt, response]."""
+        column is the run's data.preference.prompt_column (text, or a list of messages; text is
+        sent as one user message when the run trained on conversations); the response column is
+        `response` or `completion`, or `columns` = [prompt, response]."""
         from functools import partial
 
         from ftexp.data.preference_batches import PreferenceEncoder, collate_responses, encode_responses
@@ -152,7 +153,10 @@ class RewardTask(FinetuneTask):
                             f"response column (columns are: {', '.join(map(str, frame.columns))}); name them "
                             "with --text-columns PROMPT RESPONSE.")
         encoder = PreferenceEncoder(tokenizer, cfg.data.get("prompt_template"), end_with_eos=False)
-        rows = encode_responses(encoder, frame[prompt_column].tolist(),
+        chat = (self.hparams.target or {}).get("prompts") == "chat"
+        prompts = [[{"role": "user", "content": p}] if chat and isinstance(p, str) else p
+                   for p in frame[prompt_column].tolist()]
+        rows = encode_responses(encoder, prompts,
                                 frame[response_column].astype(str).tolist(), cfg.data.max_length,
                                 cfg.data.get("max_prompt_length"))
         return rows, partial(collate_responses, pad_id=int(tokenizer.pad_token_id))
