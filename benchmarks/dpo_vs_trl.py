@@ -8,8 +8,9 @@ builds random-init models, so both start from the same weights), LoRA r=8 / alph
 0.05 on q_proj, k_proj, v_proj, o_proj, the sigmoid DPO loss with beta 0.1, AdamW at lr 5e-4,
 linear decay without warm-up, no weight decay, gradient clipping at 1.0, fp32, batch 4, 15
 optimizer steps (one epoch of the 60 pairs), no evaluation, no checkpoint, no gradient
-checkpointing, dropout kept (TRL's `disable_dropout` off). Data: `data/preference/
-dpo_en_demo_sample.json` turned into TRL's "standard" format (prompt / chosen / rejected text,
+checkpointing, dropout off in the policy (both defaults: TRL's `disable_dropout`, ftexp's
+`task.disable_dropout`). Data: `data/preference/dpo_en_demo_sample.json` turned into TRL's
+"standard" format (prompt / chosen / rejected text,
 no chat template on either side): the prompt is the conversation's turns joined by newlines
 and ending in one, each response ends in EOS ([SEP]: MiniLM's vocabulary has no EOS; ftexp
 uses its SEP, and so does the TRL side here). The texts are cut beforehand, at word boundaries,
@@ -278,7 +279,7 @@ def trl_child(spec: dict) -> None:
         max_steps=spec["steps"], learning_rate=LEARNING_RATE, lr_scheduler_type="linear",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA, loss_type=["sigmoid"],
         max_length=MAX_LENGTH, bf16=False, fp16=False, gradient_checkpointing=False,
-        disable_dropout=False, eval_strategy="no", save_strategy="no", report_to="none",
+        disable_dropout=True, eval_strategy="no", save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, seed=42)
     trainer = CountingDPOTrainer(model=model, args=training, processing_class=tokenizer,
                                  train_dataset=Dataset.from_list(rows),

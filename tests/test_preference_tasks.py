@@ -95,6 +95,37 @@ def test_truncation_keeps_the_responses_and_the_end_of_the_prompt():
     assert fit_lengths([1, 2], [[3]], 10, None)[2] is False
 
 
+def test_a_kto_example_keeps_its_prompt_whatever_completion_it_borrows(minilm_tokenizer):
+    from ftexp.data.causal_lm import ensure_eos
+    from ftexp.data.preference import PreferenceExample
+    from ftexp.data.preference_batches import encode_unpaired
+
+    ensure_eos(minilm_tokenizer)
+    encoder = PreferenceEncoder(minilm_tokenizer, prompt_template=None)
+    examples = [(1, PreferenceExample("what colour is the sky?", "blue", True)),
+                (2, PreferenceExample("and grass?", " ".join(["green"] * 40), False))]
+    rows, cut, dropped = encode_unpaired(encoder, examples, max_length=24, max_prompt_length=None,
+                                         policy="drop", seed=0)
+    # The first example fits alone: it is neither cut nor dropped for its partner's long answer,
+    # whose borrowed copy gets the room left; the second does not fit and is dropped.
+    assert (cut, dropped) == (0, 1) and [r["record"] for r in rows] == [1]
+    first = rows[0]
+    assert first["prompt"] == encoder.prompt_ids("what colour is the sky?")
+    assert len(first["prompt"]) + len(first["kl_completion"]) == 24
+    assert encode_unpaired(encoder, [], 24, None, "cut", 0) == ([], 0, 0)  # an empty split is no error
+
+
+def test_kto_trains_on_paired_data_unpaired_and_without_a_test_split(pairs_file, tmp_path):
+    task, datamodule, _ = _task(preference_overrides(
+        pairs_file, "kto", "data.preference.unpair=true", "data.split_column=null",
+        "data.split_probabilities=[0.8,0.2,0.0]"), tmp_path)
+    pairs = len(pd.read_json(pairs_file, lines=True))
+    sizes = {split: len(rows) for split, rows in datamodule.datasets.items()}
+    assert sizes["test"] == 0 and sizes["train"] + sizes["validation"] == 2 * pairs
+    desirable = [r["desirable"] for r in datamodule.datasets["train"].rows]
+    assert desirable.count(True) == desirable.count(False)
+
+
 def test_kto_examples_get_another_examples_completion_for_the_kl_estimate(unpaired_file, tmp_path):
     task, datamodule, _ = _task(preference_overrides(unpaired_file, "kto"), tmp_path)
     rows = datamodule.datasets["train"].rows
@@ -110,7 +141,9 @@ def test_kto_examples_get_another_examples_completion_for_the_kl_estimate(unpair
 def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs_file, tmp_path):
     from ftexp.builders.backbone import load_configured_backbone
 
-    task, datamodule, cfg = _task(preference_overrides(pairs_file, "dpo", "adapter=lora"), tmp_path)
+    # LoRA dropout at 0.5: task.disable_dropout (default) must keep both passes deterministic.
+    task, datamodule, cfg = _task(preference_overrides(pairs_file, "dpo", "adapter=lora",
+                                                       "adapter.lora_dropout=0.5"), tmp_path)
     assert task.reference_mode == "adapter" and task._reference_copy == []
     base = load_configured_backbone(task.hparams.model, causal_lm=True)
     base_count = sum(p.numel() for p in base.parameters())
@@ -121,7 +154,7 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
         for name, p in task.network.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    task.eval()  # no LoRA dropout: the same forward twice gives the same log-probs
+    assert task.network.training  # train mode, as in a training step
     batch = datamodule.collate(datamodule.datasets["validation"].rows[:4])
     reference = task.reference_logps(batch)
     with torch.no_grad():
@@ -179,7 +212,8 @@ def test_precomputed_references_train_like_a_copy_and_a_second_run_does_no_refer
     from ftexp.report import write_report
 
     html, markdown = write_report([tmp_path / "first", tmp_path / "second"], tmp_path / "report")
-    assert "val/rewards/margin vs step" in html.read_text() and "val/rewards/accuracy" in markdown.read_text()
+    page = html.read_text().replace("\\u002f", "/")  # plotly's JSON escapes slashes
+    assert "val/rewards/margin vs step" in page and "val/rewards/accuracy" in markdown.read_text()
 
 
 # -- reward models ----------------------------------------------------------------------------------
@@ -222,6 +256,21 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
         assert float(logit) == pytest.approx(score, rel=1e-4, abs=1e-5)
 
 
+def test_scoring_a_row_without_a_response_names_the_row(pairs_file, tmp_path, monkeypatch, capsys):
+    from ftexp.errors import DataError
+    from ftexp.predict import predict_file
+
+    run = tmp_path / "reward"
+    args = preference_overrides(pairs_file, "reward", "adapter=lora", "trainer.max_steps=1")
+    code, err = run_in_process([*args, f"paths.output_dir={run}"], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"prompt": ["a", "b"], "response": ["white", None]}).to_csv(rows, index=False)
+    with pytest.raises(DataError, match="^row 2: 'response' has no value"):
+        predict_file(run, rows, tmp_path / "scores.csv")
+    assert not (tmp_path / "scores.csv").exists()
+
+
 def _one_row(tmp_path: Path, prompt: str, response: str) -> Path:
     path = tmp_path / "one.csv"
     pd.DataFrame({"prompt": [prompt], "response": [response]}).to_csv(path, index=False)
@@ -233,13 +282,16 @@ def _one_row(tmp_path: Path, prompt: str, response: str) -> Path:
 @pytest.mark.parametrize(("extra", "message"), [
     (["task=dpo", "adapter=none", "task.reference=adapter"],
      "task.reference=adapter disables the PEFT adapter"),
-    (["task=dpo", "task.loss_type=ipo", "task.label_smoothing=0.1"], "has no effect with task.loss_type=ipo"),
+    (["task=dpo", "task.loss_type=ipo", "task.label_smoothing=0.1"],
+     "'task.label_smoothing=0.1' has no effect with loss_type=ipo"),
     (["task=dpo", "task.loss_type=sigmod"], "'task.loss_type=sigmod' is not a valid choice. Did you mean"),
     (["task=dpo", "task.gamma=0.5"], "task.gamma is a setting of task=simpo, not task=dpo"),
     (["task=orpo", "data.packing=true"], "data.packing=true applies to task=causal_lm / pretrain"),
     (["task=kto", "adapter=lora", "strategy=fsdp", "task.reference=copy"],
      "task.reference=copy keeps a whole"),
     (["task=dpo", "data.max_prompt_length=64"], "data.max_prompt_length=64 must be at least 1 and below"),
+    (["task=dpo", "adapter=lora", "adapter.init_lora_weights=pissa"],
+     "adapter.init_lora_weights=pissa changes the base weights"),
 ])
 def test_impossible_preference_settings_are_refused_in_one_line(pairs_file, extra, message, monkeypatch,
                                                                  capsys, tmp_path):

@@ -189,6 +189,24 @@ class LanguageModelTaskConfig(TaskConfig):
 
 # The DPO family's `task.loss_type` values (ftexp.tasks.preference_losses.dpo_loss).
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+# Loss types whose label smoothing means something (the assumed share of flipped labels).
+SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
+
+
+# Preference hyper-parameters, checked once for the config (`key` = task.beta, …) and for
+# callers of the loss functions in ftexp.tasks.preference_losses.
+def check_beta(beta: float, key: str = "beta") -> None:
+    if not beta > 0:
+        raise ConfigError(f"'{key}={beta}' must be > 0 (the strength of the preference term).")
+
+
+def check_label_smoothing(value: float, loss_type: str | None = None, key: str = "label_smoothing") -> None:
+    if value and loss_type is not None and loss_type not in SMOOTHED_LOSS_TYPES:
+        raise ConfigError(f"'{key}={value}' has no effect with loss_type={loss_type}; set it to 0 or "
+                          f"use loss_type={' or '.join(SMOOTHED_LOSS_TYPES)}.")
+    if not 0.0 <= value < 0.5:
+        raise ConfigError(f"'{key}={value}' must lie in [0, 0.5) (the assumed probability that a "
+                          "preference label is flipped).")
 
 
 @dataclass
@@ -217,16 +235,17 @@ class PreferenceTaskConfig(TaskConfig):
     beta: float = 0.1
     # Generate from this many fixed validation prompts at each evaluation.
     sample_generations: int = 2
+    # Dropout off in the policy (as TRL does): with it on, the policy's and the reference's
+    # log-probs would differ by random masks, and by more for longer responses.
+    disable_dropout: bool = True
 
     @staticmethod
     def check(task: DictConfig) -> None:
-        if not task.beta > 0:
-            raise ConfigError(f"task.beta={task.beta} must be > 0 (the strength of the preference term).")
+        check_beta(task.beta, "task.beta")
         if task.sample_generations < 0:
             raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
-        if not 0.0 <= task.get("label_smoothing", 0.0) < 0.5:
-            raise ConfigError(f"task.label_smoothing={task.label_smoothing} must lie in [0, 0.5) (the "
-                              "assumed probability that a preference label is flipped).")
+        if "label_smoothing" in task:
+            check_label_smoothing(task.label_smoothing, task.get("loss_type"), "task.label_smoothing")
 
 
 @dataclass
@@ -252,13 +271,6 @@ class DPOTaskConfig(ReferenceTaskConfig):
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **ReferenceTaskConfig.CHOICES, "loss_type": DPO_LOSS_TYPES}
-
-    @staticmethod
-    def check(task: DictConfig) -> None:
-        PreferenceTaskConfig.check(task)
-        if task.label_smoothing and task.loss_type not in ("sigmoid", "robust"):
-            raise ConfigError(f"task.label_smoothing={task.label_smoothing} has no effect with "
-                              f"task.loss_type={task.loss_type}; set it to 0 or use sigmoid or robust.")
 
 
 @dataclass
@@ -396,6 +408,8 @@ class PreferenceColumns(GroupSchema):
     content_key: Optional[str] = None
     # More role names → system | user | assistant | tool, added to DEFAULT_ROLES (e.g. {bot: assistant}).
     roles: dict[str, str] = field(default_factory=dict)
+    # KTO on paired data: each pair becomes two examples, chosen desirable and rejected not.
+    unpair: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.builders.init_from import check_init_from
-from ftexp.config import ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.errors import ConfigError
 from ftexp.objective import lower_is_better
 from ftexp.tasks.registry import TASKS, TaskSpec, get_task
@@ -112,7 +112,7 @@ def _check_reference(cfg: DictConfig) -> None:
     if reference is None or cfg.task.get("reference_free"):
         return
     method = cfg.adapter.method
-    is_peft = ADAPTERS[method].peft_config is not None or method == "peft"
+    is_peft = method not in NON_PEFT_ADAPTERS
     if reference == "adapter" and not is_peft:
         raise ConfigError(f"task.reference=adapter disables the PEFT adapter to get the reference, but "
                           f"adapter={method} is not one; use task.reference=copy or precompute, or a "
@@ -120,8 +120,17 @@ def _check_reference(cfg: DictConfig) -> None:
     copies = reference == "copy" or (reference == "auto" and not is_peft)
     if copies and cfg.strategy.name in ("fsdp", "deepspeed"):
         raise ConfigError(f"task.reference=copy keeps a whole unsharded copy of the model on every device, "
-                          f"which strategy={cfg.strategy.name} exists to avoid; use "
-                          "task.reference=precompute (computed once, before training) or an adapter.")
+                          f"which strategy={cfg.strategy.name} exists to avoid; train an adapter (its "
+                          "disabled network is the reference), or, if the model fits on one device, "
+                          "use task.reference=precompute (computed once, before training).")
+    # LoRA inits that rewrite the base weights (PiSSA, OLoRA, LoftQ, …): with the adapter disabled
+    # the network is no longer the starting policy.
+    init = str(cfg.adapter.get("init_lora_weights", True)).lower()
+    uses_base = reference in ("adapter", "precompute") or (reference == "auto" and is_peft)
+    if uses_base and init not in ("true", "false", "gaussian"):
+        raise ConfigError(f"adapter.init_lora_weights={init} changes the base weights, so the "
+                          f"adapter-disabled network is not the starting policy task.reference={reference} "
+                          "needs; use task.reference=copy, or init_lora_weights=true / gaussian.")
     if reference == "copy" and cfg.quant.method != "none":
         raise ConfigError(f"task.reference=copy with quant={cfg.quant.method}: a quantized model is not "
                           "copied; use task.reference=adapter (the adapter-disabled network) or precompute.")

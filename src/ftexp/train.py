@@ -205,6 +205,7 @@ class Recipe:
         """Train the head on stored encoder embeddings, computing them (once per key) if needed."""
         import torch
 
+        from ftexp.builders.strategy import precompute_device
         from ftexp.data.cache import ContentCache
         from ftexp.data.embeddings import embed_rows, embedding_key
         from ftexp.data.rows import rows_loader
@@ -213,14 +214,7 @@ class Recipe:
         cache = ContentCache(cfg.paths.cache_dir, "embeddings")
         key = embedding_key(datamodule.encoding_key, _plain(cfg.model), _plain(cfg.quant),
                             cfg.task.pooling, precision, cfg.paths.cache_dir)
-        if cfg.model.init_from:  # the weights are that run's: its checkpoint's contents count
-            from ftexp.builders.init_from import init_from_fingerprint
-            from ftexp.data.cache import digest
-
-            key = digest(key, init_from_fingerprint(_plain(cfg.model), cfg.paths.cache_dir))
-        use_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        device = torch.device("cuda" if use_gpu else "cpu")
-        autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        device, autocast = precompute_device(self.trainer)
 
         def compute() -> dict[str, torch.Tensor]:
             task.configure_model()

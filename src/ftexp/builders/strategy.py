@@ -131,6 +131,16 @@ def build_strategy(settings: dict[str, Any], block_classes: set[type] | None = N
     raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
+def precompute_device(trainer: Any) -> tuple[Any, Any]:
+    """Where work on the starting weights runs before fit (cached embeddings, reference log-probs):
+    this process's own device (a DDP rank's GPU, not every rank's cuda:0), and the autocast dtype
+    of the trainer's precision (None: full precision)."""
+    import torch
+
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
+    return trainer.strategy.root_device, autocast
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 matrix units (AVX512-BF16 / AMX), where autocast pays off."""
     import torch

@@ -39,13 +39,24 @@ def model_fingerprint(model: dict[str, Any], memo_dir: str | Path | None) -> str
     return directory_digest(source, memo_dir)
 
 
+def starting_weights_key(model: dict[str, Any], quant: dict[str, Any], precision: str,
+                         memo_dir: str | Path | None) -> str:
+    """Identity of the network a run starts from, as far as its outputs go: the base weights'
+    files (or random-init architecture), the earlier run's checkpoint under model.init_from,
+    dtype, attention implementation, quantization and precision."""
+    from ftexp.builders.init_from import init_from_fingerprint
+
+    numerics = {k: model.get(k) for k in ("dtype", "attn_implementation")}
+    return digest(FORMAT_VERSION, model_fingerprint(model, memo_dir), init_from_fingerprint(model, memo_dir),
+                  numerics, quant, precision)
+
+
 def embedding_key(encoding_key: str, model: dict[str, Any], quant: dict[str, Any], pooling: str,
                   precision: str, memo_dir: str | Path | None) -> str:
     """Everything the stored vectors depend on. `encoding_key` already covers the data file
     contents, tokenizer, text columns, max length and splits (see RowsDataModule)."""
-    numerics = {k: model.get(k) for k in ("dtype", "attn_implementation")}
-    return digest("embeddings", FORMAT_VERSION, encoding_key, model_fingerprint(model, memo_dir),
-                  numerics, quant, pooling, precision)
+    return digest("embeddings", encoding_key, starting_weights_key(model, quant, precision, memo_dir),
+                  pooling)
 
 
 @torch.inference_mode()

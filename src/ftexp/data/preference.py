@@ -127,8 +127,8 @@ def _check_kind(fmt: str, paired: bool | None) -> None:
                         "unpaired objective (KTO).")
     if paired is False and fmt not in UNPAIRED_FORMATS:
         raise DataError(f"the data is paired ({fmt}: chosen / rejected per row), but this reads one "
-                        "labelled completion per row; split the pairs with preference.unpair(), or "
-                        "use a paired objective.")
+                        "labelled completion per row; set data.preference.unpair=true (each pair becomes "
+                        "a desirable and an undesirable example), or use a paired objective.")
 
 
 def _messages_column(s: PreferenceColumns, columns: set[str]) -> str | None:
@@ -206,6 +206,27 @@ def read_unpaired(frame: pd.DataFrame,
                   columns: PreferenceColumns | Mapping[str, Any] | None = None) -> list[PreferenceExample]:
     """Every row of `frame` as a PreferenceExample (KTO); the first malformed row stops it."""
     return _read(frame, columns, False, _example)
+
+
+def read_responses(frame: pd.DataFrame, prompt_column: str, response_column: str,
+                   columns: PreferenceColumns | Mapping[str, Any] | None = None) -> list[tuple[Prompt, str]]:
+    """(prompt, response) rows to score (a reward model's predictions): the prompt is text or a
+    list of messages (normalised as in training data), the response text; the first malformed
+    row stops it (DataError naming the row)."""
+    settings = PreferenceColumns.of(columns)
+    reader = _Rows(settings, "conversational")
+    rows = []
+    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
+        reader.row = number
+        value = row[prompt_column]
+        prompt = (reader.messages(value, prompt_column) if _is_list(value)
+                  else reader.text(value, prompt_column, is_prompt=True))
+        response = reader.text(row[response_column], response_column)
+        if not response.strip():
+            raise reader.fail(f"'{response_column}' is empty; give the response text to score, or drop "
+                              "the row.")
+        rows.append((prompt, response))
+    return rows
 
 
 def unpair(pairs: list[PreferencePair]) -> list[PreferenceExample]:

@@ -31,6 +31,7 @@ from ftexp.data.preference import (
     PreferencePair,
     read_pairs,
     read_unpaired,
+    unpair,
 )
 from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
@@ -88,8 +89,16 @@ class PreferenceEncoder:
             if whole[:len(prompt_ids)] != prompt_ids:
                 raise DataError(f"record {record}: the chat template does not render the prompt as a "
                                 "prefix of prompt + response, so the response cannot be located.")
-            return whole[len(prompt_ids):]
-        return self._ids(response) + ([self.eos] if self.end_with_eos else [])
+            response_ids = whole[len(prompt_ids):]
+        else:
+            response_ids = self._ids(response) + ([self.eos] if self.end_with_eos else [])
+        if not self.end_with_eos:
+            # A reward model's score is read at the last token. transformers' sequence classifiers
+            # read it at the last token that is not the pad id, so a chat template's closing token
+            # that doubles as the pad (EOS padding) is left off, or export would score another.
+            while len(response_ids) > 1 and response_ids[-1] == self.tokenizer.pad_token_id:
+                response_ids = response_ids[:-1]
+        return response_ids
 
     def prompt_text(self, prompt: Any, extra: dict[str, Any] | None = None) -> str:
         """The prompt as the model sees it, as text (for sample-generation tables)."""
@@ -134,12 +143,16 @@ def encode_pairs(encoder: PreferenceEncoder, pairs: list[tuple[int, PreferencePa
 
 def encode_unpaired(encoder: PreferenceEncoder, examples: list[tuple[int, PreferenceExample]],
                     max_length: int, max_prompt_length: int | None, policy: str,
-                    seed: int) -> tuple[list[dict[str, Any]], int, int]:
+                    seed: int, split: str = "") -> tuple[list[dict[str, Any]], int, int]:
     """Encoded KTO examples, each with the completion of another example (a seeded derangement
-    of the split) as its mismatched KL completion; and how many were cut / dropped."""
+    of the split) as its mismatched KL completion; and how many were cut / dropped. The example
+    alone decides the cut: the borrowed completion only gets the room left."""
+    if not examples:
+        return [], 0, 0
     if len(examples) < 2:
-        raise DataError(f"a KTO split needs at least 2 examples for the KL estimate (mismatched "
-                        f"prompt/completion pairs); it has {len(examples)}.")
+        raise DataError(f"the {split} split has 1 KTO example; the KL estimate needs at least 2 "
+                        "(each prompt with another example's completion): add examples or change "
+                        "the split.")
     encoded = []
     for record, ex in examples:
         prompt = encoder.prompt_ids(ex.prompt, ex.extra, record)
@@ -149,13 +162,12 @@ def encode_unpaired(encoder: PreferenceEncoder, examples: list[tuple[int, Prefer
     partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}  # no fixed point
     rows, cut, dropped = [], 0, 0
     for i, (record, ex, prompt, completion) in enumerate(encoded):
-        mismatched = encoded[partner[i]][3]
-        prompt, (completion, mismatched), was_cut = fit_lengths(prompt, [completion, mismatched],
-                                                                max_length, max_prompt_length)
+        prompt, (completion,), was_cut = fit_lengths(prompt, [completion], max_length, max_prompt_length)
         if was_cut and policy == "drop":
             dropped += 1
             continue
         cut += was_cut
+        mismatched = encoded[partner[i]][3][:max_length - len(prompt)]
         rows.append({"record": record, "prompt": prompt, "completion": completion,
                      "kl_completion": mismatched, "desirable": bool(ex.desirable)})
     return rows, cut, dropped
@@ -179,7 +191,8 @@ def _sequences(prompts: list[list[int]], responses: list[list[int]],
 def _references(rows: list[dict[str, Any]], keys: tuple[str, str]) -> dict[str, torch.Tensor]:
     if keys[0] not in rows[0]:
         return {}
-    return {key: torch.tensor([row[key] for row in rows], dtype=torch.float64) for key in keys}
+    # float32, as the log-probs a reference pass during training gives.
+    return {key: torch.tensor([row[key] for row in rows], dtype=torch.float32) for key in keys}
 
 
 def collate_pairs(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -219,7 +232,8 @@ class PreferenceDataModule(RowsDataModule):
                          tokenizer, cache_dir, evaluate_training_set)
         self.kind = kind
         self.encoder = PreferenceEncoder(tokenizer, config.prompt_template, end_with_eos)
-        self.records: list[Any] = []
+        # Per file row (from 1: records[n - 1]), the records it holds: one, or two when unpaired.
+        self.records: list[list[Any]] = []
         self.prompt_kind = "text"
         self.frames: dict[str, pd.DataFrame] = {}
 
@@ -228,16 +242,21 @@ class PreferenceDataModule(RowsDataModule):
             return
         cfg = self.config
         table = read_table(cfg.path, cfg.format)
-        reader = read_pairs if self.kind == "pairs" else read_unpaired
-        self.records = reader(table, cfg.preference)
+        if self.kind == "pairs":
+            self.records = [[pair] for pair in read_pairs(table, cfg.preference)]
+        elif cfg.preference.unpair:  # KTO on pairs: a desirable and an undesirable example each
+            self.records = [unpair([pair]) for pair in read_pairs(table, cfg.preference)]
+        else:
+            self.records = [[example] for example in read_unpaired(table, cfg.preference)]
         # How prompts reach the model — "chat" (messages, through the chat template) or "text" —
         # kept with the run so generation renders new prompts the same way.
-        self.prompt_kind = "chat" if self.records and isinstance(self.records[0].prompt, list) else "text"
+        first = self.records[0][0] if self.records else None
+        self.prompt_kind = "chat" if first is not None and isinstance(first.prompt, list) else "text"
         numbered = table.assign(**{_RECORD: range(1, len(table) + 1)})
         frames = split_frame(numbered, cfg.split_column, list(cfg.split_probabilities), cfg.split_seed)
         if cfg.max_train_samples is not None and len(frames["train"]) > cfg.max_train_samples:
             frames["train"] = frames["train"].sample(n=cfg.max_train_samples, random_state=cfg.split_seed)
-        encoded = self.encode_cached(lambda: {split: self._encode_split(frame)
+        encoded = self.encode_cached(lambda: {split: self._encode_split(frame, split)
                                               for split, frame in frames.items()},
                                      "preference", self.kind, self.encoder.end_with_eos)
         for split, frame in frames.items():
@@ -248,8 +267,11 @@ class PreferenceDataModule(RowsDataModule):
                             "(data.truncation=%s).", split, cut + dropped, len(frame), cfg.max_length,
                             cut, dropped, cfg.truncation)
             if split in ("train", "validation") and not rows:
+                limits = f"data.max_length={cfg.max_length}" + (
+                    f" (or their prompt over data.max_prompt_length={cfg.max_prompt_length})"
+                    if cfg.max_prompt_length is not None else "")
                 raise DataError(f"no {split} record is left after truncation: all {len(frame)} are over "
-                                f"data.max_length={cfg.max_length} tokens; raise data.max_length or set "
+                                f"{limits} tokens under data.truncation=drop; raise the limit or set "
                                 "data.truncation=cut.")
             self.datasets[split] = Rows(rows)
             log.info("%s split: %d %s", split, len(rows),
@@ -258,13 +280,13 @@ class PreferenceDataModule(RowsDataModule):
         self.frames = {split: frame[frame[_RECORD].isin({row["record"] for row in self.datasets[split].rows})]
                        .drop(columns=[_RECORD]).reset_index(drop=True) for split, frame in frames.items()}
 
-    def _encode_split(self, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], int, int]:
+    def _encode_split(self, frame: pd.DataFrame, split: str) -> tuple[list[dict[str, Any]], int, int]:
         cfg = self.config
-        chosen = [(int(n), self.records[int(n) - 1]) for n in frame[_RECORD]]
+        chosen = [(int(n), record) for n in frame[_RECORD] for record in self.records[int(n) - 1]]
         if self.kind == "pairs":
             return encode_pairs(self.encoder, chosen, cfg.max_length, cfg.max_prompt_length, cfg.truncation)
         return encode_unpaired(self.encoder, chosen, cfg.max_length, cfg.max_prompt_length,
-                               cfg.truncation, cfg.split_seed)
+                               cfg.truncation, cfg.split_seed, split)
 
     def loss_items(self, batch: dict[str, Any]) -> int:
         """Losses average over pairs (examples), whatever their lengths."""
@@ -278,7 +300,7 @@ class PreferenceDataModule(RowsDataModule):
         """The first n validation prompts (as text, and as the ids training used), for sample
         generations."""
         rows = list(self.datasets["validation"].rows[:n]) if n else []
-        records = [self.records[row["record"] - 1] for row in rows]
+        records = [self.records[row["record"] - 1][0] for row in rows]
         texts = [self.encoder.prompt_text(r.prompt, r.extra) for r in records]
         return texts, [row["prompt"] for row in rows]
 

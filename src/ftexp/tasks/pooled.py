@@ -22,6 +22,19 @@ from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
 log = logging.getLogger(__name__)
 
 
+def pooled_head_network(task: FinetuneTask, num_outputs: int, bias: bool = True) -> PooledHeadModel:
+    """The task's adapted backbone under a pooled linear head, pooled as task.pooling says (auto:
+    the last non-padding token for decoders, the mean for encoders)."""
+    t = task.hparams.task
+    backbone = task.adapted_backbone()
+    pooling = t["pooling"]
+    if pooling == "auto":
+        pooling = "last" if is_decoder_only(backbone.config) else "mean"
+    log.info("pooling: %s", pooling)
+    return PooledHeadModel(backbone, num_outputs, pooling, t["head_dropout"],
+                           backbone_is_frozen(task.hparams.adapter["method"]), bias=bias)
+
+
 class PooledHeadTask(FinetuneTask):
     num_outputs: int
 
@@ -80,14 +93,7 @@ class PooledHeadTask(FinetuneTask):
         return {**super().summary(), **({"encoder_forward_passes": passes} if passes is not None else {})}
 
     def build_network(self) -> nn.Module:
-        t = self.hparams.task
-        backbone = self.adapted_backbone()
-        pooling = t["pooling"]
-        if pooling == "auto":
-            pooling = "last" if is_decoder_only(backbone.config) else "mean"
-        log.info("pooling: %s", pooling)
-        return PooledHeadModel(backbone, self.num_outputs, pooling, t["head_dropout"],
-                               backbone_is_frozen(self.hparams.adapter["method"]))
+        return pooled_head_network(self, self.num_outputs)
 
     @property
     def backbone(self) -> nn.Module:

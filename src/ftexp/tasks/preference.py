@@ -7,7 +7,8 @@ The reference policy (task.reference), for the objectives that have one (dpo, kt
   copy        a frozen copy of the starting weights (full fine-tuning), kept out of
               checkpoints and the optimizer;
   precompute  computed once before training on every split, stored in the content-addressed
-              cache (keyed by the encoded data and the base weights), and served in the batches:
+              cache (keyed by the encoded data and the starting weights' files, init_from run,
+              dtype, quantization and precision), and served in the batches:
               a sweep over beta or loss_type does no reference pass after its first trial;
   auto        adapter with a PEFT adapter, else copy.
 `reference_forward_passes` in metrics.json counts the reference's forward passes (batches).
@@ -22,14 +23,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
-from ftexp.config import ADAPTERS
+from ftexp.config import NON_PEFT_ADAPTERS
 from ftexp.data.preference_batches import REFERENCE_KEYS
-from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
+from ftexp.tasks.base import RunParts
+from ftexp.tasks.per_example import Metrics, PerExampleTask
 from ftexp.tasks.preference_losses import (
     dpo_loss,
-    kto_kl_estimate,
     kto_loss,
     orpo_loss,
     sequence_logps,
@@ -38,29 +38,17 @@ from ftexp.tasks.preference_losses import (
 
 log = logging.getLogger(__name__)
 
-# A batch's metrics: name → (batch mean, how many examples it averages).
-Metrics = dict[str, tuple[torch.Tensor, int]]
 
 
-def _metric_key(metric: str) -> str:
-    return metric.replace("/", "__")  # module names cannot hold "." and read better without "/"
-
-
-class PreferenceTask(FinetuneTask):
-    """What the preference objectives share: the data, the forward pass of 2B sequences, the
-    reference policy, and metrics averaged over pairs (examples)."""
+class PreferenceTask(PerExampleTask):
+    """What the preference objectives share: the data, the forward pass of 2B sequences and the
+    reference policy."""
 
     # "pairs" or "unpaired": which batches the loss reads (data/preference_batches.py).
     kind: str
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from ftexp.tasks.registry import get_task
-
-        self.metric_names = get_task(self.hparams.task["name"]).metrics
-        self.eval_metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({_metric_key(m): MeanMetric() for m in self.metric_names})
-            for stage in (*EVAL_STAGES, "test")})
         self.reference_forward_passes = 0
         # A list, not an attribute: a frozen copy must stay out of state_dict, parameters() and .to().
         self._reference_copy: list[nn.Module] = []
@@ -87,7 +75,12 @@ class PreferenceTask(FinetuneTask):
         return RunParts(datamodule, cls(target={"prompts": datamodule.prompt_kind}, **settings), callbacks)
 
     def build_network(self) -> nn.Module:
-        return self.adapted_backbone(causal_lm=True)
+        network = self.adapted_backbone(causal_lm=True)
+        if self.hparams.task["disable_dropout"]:
+            for module in network.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        return network
 
     @property
     def backbone(self) -> nn.Module:
@@ -101,8 +94,7 @@ class PreferenceTask(FinetuneTask):
             return None
         if t["reference"] != "auto":
             return t["reference"]
-        method = self.hparams.adapter["method"]
-        return "adapter" if ADAPTERS[method].peft_config is not None or method == "peft" else "copy"
+        return "copy" if self.hparams.adapter["method"] in NON_PEFT_ADAPTERS else "adapter"
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -168,18 +160,16 @@ class PreferenceTask(FinetuneTask):
             return
         from omegaconf import OmegaConf
 
-        from ftexp.builders.init_from import init_from_fingerprint
+        from ftexp.builders.strategy import precompute_device
         from ftexp.data.cache import ContentCache, digest
+        from ftexp.data.embeddings import starting_weights_key
 
         plain = OmegaConf.to_container
-        model = plain(cfg.model, resolve=True)
-        weights = init_from_fingerprint(model, cfg.paths.cache_dir)  # the starting weights' contents
-        precision = str(trainer.precision)
-        key = digest("reference_logps", datamodule.encoding_key, model, plain(cfg.quant, resolve=True),
-                     precision, weights)
-        use_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        device = torch.device("cuda" if use_gpu else "cpu")
-        autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        # The encoded data (file contents, tokenizer, template, lengths, splits) and the weights.
+        key = digest("reference_logps", datamodule.encoding_key, starting_weights_key(
+            plain(cfg.model, resolve=True), plain(cfg.quant, resolve=True), str(trainer.precision),
+            cfg.paths.cache_dir))
+        device, autocast = precompute_device(trainer)
 
         def compute() -> dict[str, torch.Tensor]:
             self.configure_model()
@@ -198,61 +188,6 @@ class PreferenceTask(FinetuneTask):
         for split, rows in datamodule.datasets.items():
             for row, (a, b) in zip(rows.rows, values[split].tolist(), strict=True):
                 row[first], row[second] = a, b
-
-    # -- steps ------------------------------------------------------------------------------------
-
-    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
-        """Per-example losses, and each metric's batch mean with the number of examples it
-        averages (a metric over desirable examples only counts those)."""
-        raise NotImplementedError
-
-    def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return labels[:, 1:] != -100
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses, metrics = self.loss_and_metrics(batch)
-        count = torch.tensor(len(losses), device=losses.device)
-        self.log_train_loss(losses.mean(), count, batch_idx)
-        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{name}": value for name, (value, n) in metrics.items() if n},
-                          on_step=True, on_epoch=False)
-        return self.normalized_loss(losses.sum(), count, batch) + self.adapter_penalty()
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        losses, metrics = self.loss_and_metrics(batch)
-        stage_metrics = self.eval_metrics[stage]
-        stage_metrics[_metric_key("loss")].update(losses.mean(), weight=len(losses))
-        for name, (value, n) in metrics.items():
-            if n:
-                stage_metrics[_metric_key(name)].update(value, weight=n)
-
-    def _log_eval(self, stage: str) -> None:
-        values = {}
-        for name in self.metric_names:
-            metric = self.eval_metrics[stage][_metric_key(name)]
-            if metric.update_called:
-                values[f"{stage}/{name}"] = metric.compute()
-            metric.reset()
-        # compute() already gathers every rank; sync_dist only averages equal values.
-        shown = {f"{stage}/loss", f"{stage}/rewards/accuracy"} if stage == "val" else set()
-        for prog_bar in (True, False):
-            part = {k: v for k, v in values.items() if (k in shown) == prog_bar}
-            if part:
-                self.log_dict(part, prog_bar=prog_bar, add_dataloader_idx=False, sync_dist=True)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
-                        dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, EVAL_STAGES[dataloader_idx])
-
-    def on_validation_epoch_end(self) -> None:
-        for stage in EVAL_STAGES:
-            self._log_eval(stage)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
 
 
 def _mean(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -315,7 +250,11 @@ class KTOTask(PreferenceTask):
         logps, _ = self._logps(self.network, batch)
         policy, policy_kl = logps.chunk(2)
         reference, reference_kl = self.reference_logps(batch).chunk(2)
-        kl = kto_kl_estimate(policy_kl.detach(), reference_kl)
+        # The KL reference point on the mismatched pairs, over every rank's part of the batch
+        # before kto_loss clamps it at 0 (kto_kl_estimate is the one-process form).
+        kl = (policy_kl.detach().float() - reference_kl.float()).mean()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            kl = self.all_gather(kl).mean()
         desirable = batch["desirable"].bool()
         result = kto_loss(policy, reference, desirable, kl, beta=t["beta"],
                           desirable_weight=t["desirable_weight"], undesirable_weight=t["undesirable_weight"])
@@ -324,7 +263,7 @@ class KTOTask(PreferenceTask):
         rejected, rejected_n = _mean(rewards[~desirable])
         # Every (desirable, undesirable) pair of the batch: is the desirable one rewarded more?
         ranked = (rewards[desirable][:, None] > rewards[~desirable][None, :]).float()
-        both = min(chosen_n, rejected_n) and len(rewards)
+        both = len(rewards) if chosen_n and rejected_n else 0
         return result.losses, {
             "rewards/chosen": (chosen, chosen_n), "rewards/rejected": (rejected, rejected_n),
             "rewards/accuracy": _mean(ranked.flatten()), "rewards/margin": (chosen - rejected, both),

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ftexp.config import DPO_LOSS_TYPES
+from ftexp.config import DPO_LOSS_TYPES, check_beta, check_label_smoothing
 from ftexp.errors import ConfigError, did_you_mean
 
 
@@ -50,17 +50,6 @@ class KTOLoss(NamedTuple):
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """At least float32: half-precision log-probs are widened, float64 stays float64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _check_beta(beta: float) -> None:
-    if not beta > 0:
-        raise ConfigError(f"'beta={beta}' must be > 0 (the strength of the preference term).")
-
-
-def _check_smoothing(label_smoothing: float, what: str) -> None:
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ConfigError(f"'label_smoothing={label_smoothing}' for {what} must lie in [0, 0.5) "
-                          "(the assumed probability that a preference label is flipped).")
 
 
 def check_dpo_loss_type(loss_type: str) -> None:
@@ -124,12 +113,8 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     (batch,). Rewards: beta * (pi - ref) per answer, detached, as TRL logs them.
     """
     check_dpo_loss_type(loss_type)
-    _check_beta(beta)
-    if loss_type in ("sigmoid", "robust"):
-        _check_smoothing(label_smoothing, f"loss_type={loss_type}")
-    elif label_smoothing:
-        raise ConfigError(f"'label_smoothing={label_smoothing}' has no effect with loss_type={loss_type}; "
-                          "set it to 0 or use loss_type=sigmoid or robust.")
+    check_beta(beta)
+    check_label_smoothing(label_smoothing, loss_type)
     chosen, rejected = _wide(policy_chosen_logps), _wide(policy_rejected_logps)
     if not reference_free:
         chosen = chosen - _wide(ref_chosen_logps).detach()
@@ -160,8 +145,8 @@ def simpo_loss(policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps:
     No NLL term: TRL's CPOTrainer adds `cpo_alpha` * NLL (pure SimPO is cpo_alpha=0).
     Rewards: beta * a, detached.
     """
-    _check_beta(beta)
-    _check_smoothing(label_smoothing, "SimPO")
+    check_beta(beta)
+    check_label_smoothing(label_smoothing)
     chosen, rejected = _wide(policy_chosen_avg_logps), _wide(policy_rejected_avg_logps)
     m = beta * (chosen - rejected) - gamma
     losses = -(1 - label_smoothing) * F.logsigmoid(m) - label_smoothing * F.logsigmoid(-m)
@@ -191,7 +176,7 @@ def orpo_loss(policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps: 
     or a scalar, broadcast. TRL's NLL is one token-mean over all chosen tokens of the batch
     (prompt included): pass that scalar to match it. Rewards: beta * a, detached, as TRL logs.
     """
-    _check_beta(beta)
+    check_beta(beta)
     chosen, rejected = _wide(policy_chosen_avg_logps), _wide(policy_rejected_avg_logps)
     log_odds = (chosen - log1mexp(chosen)) - (rejected - log1mexp(rejected))
     odds_ratio_losses = -F.logsigmoid(log_odds)
@@ -222,7 +207,7 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     desirable ones first); the weights are TRL's desirable_weight / undesirable_weight.
     Rewards: beta * r, detached. See kto_kl_estimate for `kl`.
     """
-    _check_beta(beta)
+    check_beta(beta)
     logratio = _wide(policy_logps) - _wide(ref_logps).detach()
     z0 = torch.as_tensor(kl, dtype=logratio.dtype, device=logratio.device).detach().clamp(min=0)
     losses = torch.where(desirable.bool(),

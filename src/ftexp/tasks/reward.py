@@ -4,8 +4,9 @@ preference pairs with the Bradley–Terry loss (minus a margin per pair when the
 
 The head has no bias: a constant shift cancels in every pairwise loss, and without it the
 exported AutoModelForSequenceClassification (whose `score` layer has none) gives the same
-scores. Responses end without EOS, so the score is read at the response's last token, the
-position transformers' sequence classifiers read."""
+scores. The score is read at the response's last token, where transformers' sequence
+classifiers read it (their last token that is not the pad id): text responses get no EOS, and a
+chat turn's closing token is left off when it doubles as the pad (preference_batches)."""
 
 from __future__ import annotations
 
@@ -15,25 +16,19 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
-from ftexp.builders.adapter import backbone_is_frozen
-from ftexp.builders.backbone import is_decoder_only
-from ftexp.modeling import PooledHeadModel
-from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
+from ftexp.tasks.base import RunParts
+from ftexp.tasks.per_example import Metrics, PerExampleTask
+from ftexp.tasks.pooled import pooled_head_network
 from ftexp.tasks.preference_losses import bradley_terry_loss
 
-METRICS = ("loss", "accuracy", "margin")
 
-
-class RewardTask(FinetuneTask):
+class RewardTask(PerExampleTask):
     """Metrics: `accuracy` (share of pairs whose chosen response scores higher; a tie is wrong),
     `margin` (mean chosen − rejected score) and `loss`, averaged over pairs."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.eval_metrics = nn.ModuleDict({stage: nn.ModuleDict({m: MeanMetric() for m in METRICS})
-                                           for stage in (*EVAL_STAGES, "test")})
         self.test_predictions: list[torch.Tensor] = []
 
     @classmethod
@@ -50,13 +45,7 @@ class RewardTask(FinetuneTask):
         return RunParts(datamodule, cls(target={"prompts": datamodule.prompt_kind}, **settings), [])
 
     def build_network(self) -> nn.Module:
-        t = self.hparams.task
-        backbone = self.adapted_backbone()
-        pooling = t["pooling"]
-        if pooling == "auto":
-            pooling = "last" if is_decoder_only(backbone.config) else "mean"
-        return PooledHeadModel(backbone, 1, pooling, t["head_dropout"],
-                               backbone_is_frozen(self.hparams.adapter["method"]), bias=False)
+        return pooled_head_network(self, 1, bias=False)
 
     @property
     def backbone(self) -> nn.Module:
@@ -66,56 +55,26 @@ class RewardTask(FinetuneTask):
         """One score per sequence of the batch."""
         return self.network(batch["input_ids"], batch["attention_mask"]).squeeze(-1).float()
 
-    def trained(self, labels: torch.Tensor) -> torch.Tensor:
-        return labels[:, 1:] != -100
-
-    def _scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen scores, rejected scores, per-pair losses)."""
+    def _scored(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics, torch.Tensor]:
+        """Per-pair losses, the metrics, and the (pairs, 2) chosen / rejected scores."""
         chosen, rejected = self(batch).chunk(2)
-        return chosen, rejected, bradley_terry_loss(chosen, rejected, batch.get("margin"))
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        chosen, rejected, losses = self._scores(batch)
-        count = torch.tensor(len(losses), device=losses.device)
-        self.log_train_loss(losses.mean(), count, batch_idx)
-        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({"train/accuracy": (chosen > rejected).float().mean(),
-                           "train/margin": (chosen - rejected).mean().detach()}, on_step=True, on_epoch=False)
-        return self.normalized_loss(losses.sum(), count, batch) + self.adapter_penalty()
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        chosen, rejected, losses = self._scores(batch)
+        losses = bradley_terry_loss(chosen, rejected, batch.get("margin"))
         n = len(losses)
-        for name, value in (("loss", losses.mean()), ("accuracy", (chosen > rejected).float().mean()),
-                            ("margin", (chosen - rejected).mean())):
-            self.eval_metrics[stage][name].update(value, weight=n)
-        return torch.stack([chosen, rejected], dim=1)
+        metrics = {"accuracy": ((chosen > rejected).float().mean(), n),
+                   "margin": ((chosen - rejected).mean(), n)}
+        return losses, metrics, torch.stack([chosen, rejected], dim=1)
 
-    def _log_eval(self, stage: str) -> None:
-        metrics = self.eval_metrics[stage]
-        values = {f"{stage}/{name}": m.compute() for name, m in metrics.items() if m.update_called}
-        for m in metrics.values():
-            m.reset()
-        if values:
-            self.log_dict(values, prog_bar=stage == "val", add_dataloader_idx=False, sync_dist=True)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
-                        dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, EVAL_STAGES[dataloader_idx])
-
-    def on_validation_epoch_end(self) -> None:
-        for stage in EVAL_STAGES:
-            self._log_eval(stage)
+    def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        return self._scored(batch)[:2]
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses, metrics, scores = self._scored(batch)
+        self.record("test", losses, metrics)
         # Kept so the run writes the test pairs' scores without a second pass.
-        self.test_predictions.append(self._eval_step(batch, "test").cpu())
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
+        self.test_predictions.append(scores.detach().cpu())
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch)
@@ -137,6 +96,7 @@ class RewardTask(FinetuneTask):
         `response` or `completion`, or `columns` = [prompt, response]."""
         from functools import partial
 
+        from ftexp.data.preference import read_responses
         from ftexp.data.preference_batches import PreferenceEncoder, collate_responses, encode_responses
         from ftexp.errors import DataError
 
@@ -154,9 +114,8 @@ class RewardTask(FinetuneTask):
                             "with --text-columns PROMPT RESPONSE.")
         encoder = PreferenceEncoder(tokenizer, cfg.data.get("prompt_template"), end_with_eos=False)
         chat = (self.hparams.target or {}).get("prompts") == "chat"
-        prompts = [[{"role": "user", "content": p}] if chat and isinstance(p, str) else p
-                   for p in frame[prompt_column].tolist()]
-        rows = encode_responses(encoder, prompts,
-                                frame[response_column].astype(str).tolist(), cfg.data.max_length,
+        scored = read_responses(frame, prompt_column, response_column, cfg.data.preference)
+        prompts = [[{"role": "user", "content": p}] if chat and isinstance(p, str) else p for p, _ in scored]
+        rows = encode_responses(encoder, prompts, [r for _, r in scored], cfg.data.max_length,
                                 cfg.data.get("max_prompt_length"))
         return rows, partial(collate_responses, pad_id=int(tokenizer.pad_token_id))
