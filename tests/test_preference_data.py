@@ -200,7 +200,7 @@ BAD = [
     ("no format fits", [{"question": "q", "answer": "a"}], {}, True, None,
      "cannot tell the preference format from the columns (question, answer)"),
     ("unpaired data for a paired reader", [GOOD_KTO], {}, True, None, "the data is unpaired"),
-    ("paired data for an unpaired reader", [GOOD], {}, False, None, "preference.unpair()"),
+    ("paired data for an unpaired reader", [GOOD], {}, False, None, "data.preference.unpair=true"),
     ("empty chosen", [GOOD, {**GOOD, "chosen": "  "}], {}, True, 2,
      "'chosen' is empty; give the response text"),
     ("empty rejected message", [{"prompt": [user("q")], "chosen": [assistant("a")],
