@@ -141,6 +141,17 @@ def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> 
     return code, capsys.readouterr().err
 
 
+def top_level_imports(module_file: str) -> set[str]:
+    """The top-level packages a module's source imports (for tests that keep a module light)."""
+    import ast
+
+    tree = ast.parse(Path(module_file).read_text(encoding="utf-8"))
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    return names | {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+
+
 def assert_one_line(stderr: str, message: str) -> None:
     errors = [line for line in stderr.splitlines() if line.startswith("ftexp: error: ")]
     assert len(errors) == 1, stderr

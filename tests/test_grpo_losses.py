@@ -5,14 +5,13 @@ clipping bounds and diagnostics, and the per-token helpers."""
 
 from __future__ import annotations
 
-import ast
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import top_level_imports
 from ftexp.errors import ConfigError
 from ftexp.tasks import grpo_losses
 from ftexp.tasks.grpo_losses import (
@@ -414,9 +413,5 @@ def test_masked_mean_ignores_what_is_masked():
 
 
 def test_module_stays_torch_only():
-    tree = ast.parse(Path(grpo_losses.__file__).read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = top_level_imports(grpo_losses.__file__)
     assert imported <= {"__future__", "math", "typing", "torch", "ftexp"}

@@ -4,13 +4,12 @@ never torch the same way), plus gradients, the reference-free / smoothing identi
 
 from __future__ import annotations
 
-import ast
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import top_level_imports
 from ftexp.errors import ConfigError
 from ftexp.tasks import preference_losses as pl
 from ftexp.tasks.preference_losses import (
@@ -345,9 +344,5 @@ def test_sequence_logps_other_ignore_index_dtype_and_gradient():
 
 
 def test_module_stays_torch_only():
-    tree = ast.parse(Path(pl.__file__).read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = top_level_imports(pl.__file__)
     assert imported <= {"__future__", "math", "typing", "torch", "ftexp"}

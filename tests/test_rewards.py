@@ -3,7 +3,6 @@ checks, `build_reward` from config-like nodes, and the shipped arithmetic prompt
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import math
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import top_level_imports
 from ftexp import rewards
 from ftexp.errors import ConfigError
 from ftexp.rewards import (
@@ -268,11 +268,7 @@ def test_build_reward_from_callables():
 
 def test_module_stays_light():
     # Rewards run next to the sampler and in user code: the standard library and ftexp only.
-    tree = ast.parse(Path(rewards.__file__).read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = top_level_imports(rewards.__file__)
     assert imported <= {"__future__", "collections", "fractions", "functools", "inspect", "math", "re",
                         "typing", "ftexp"}
 
