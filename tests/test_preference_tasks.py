@@ -208,12 +208,6 @@ def test_precomputed_references_train_like_a_copy_and_a_second_run_does_no_refer
     for key in ("val/loss", "val/rewards/margin", "test/logps/chosen"):
         assert outcomes["first"][key] == pytest.approx(outcomes["copy"][key], rel=1e-4, abs=1e-6), key
     assert outcomes["second"]["val/loss"] != pytest.approx(outcomes["first"]["val/loss"])  # beta differs
-    # The comparison report draws the reward margin beside the monitored metric and the loss.
-    from ftexp.report import write_report
-
-    html, markdown = write_report([tmp_path / "first", tmp_path / "second"], tmp_path / "report")
-    page = html.read_text().replace("\\u002f", "/")  # plotly's JSON escapes slashes
-    assert "val/rewards/margin vs step" in page and "val/rewards/accuracy" in markdown.read_text()
 
 
 # -- reward models ----------------------------------------------------------------------------------

@@ -501,3 +501,22 @@ def test_screenshot_of_a_report(tmp_path: Path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1400, 3000) and len(data) > 100_000  # drawn figures, not a blank page
+
+
+def test_preference_runs_get_a_reward_margin_curve(tmp_path: Path):
+    """DPO-style runs: the learning curves add val/rewards/margin beside the monitored metric."""
+    runs = []
+    for i, beta in enumerate((0.1, 0.5)):
+        run = _run_dir(tmp_path / f"run{i}", {"task.beta": beta},
+                       {"val/rewards/accuracy": 0.8 + i / 10, "best/val/rewards/accuracy": 0.8 + i / 10,
+                        "val/rewards/margin": 0.3 * (i + 1), "fit_seconds": 3.0},
+                       monitor="val/rewards/accuracy")
+        (run / "csv").mkdir()
+        (run / "csv" / "metrics.csv").write_text(
+            "step,train/loss_step,val/rewards/accuracy,val/rewards/margin\n"
+            "5,0.69,,\n5,,0.6,0.1\n10,0.6,,\n10,,0.8,0.3\n")
+        runs.append(run)
+    html, markdown = write_report(runs, tmp_path / "report")
+    page = html.read_text().replace("\\u002f", "/")  # plotly's JSON escapes slashes
+    assert "val/rewards/margin vs step" in page and "val/rewards/accuracy vs step" in page
+    assert "val/rewards/accuracy" in markdown.read_text()
