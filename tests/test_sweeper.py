@@ -312,6 +312,7 @@ def test_too_many_failures_stop_the_sweep_with_one_line(split_csv: Path, tmp_pat
     assert [t.state for t in load_study(sweep_dir).trials] == [TrialState.FAIL] * 3
 
 
+@pytest.mark.slow  # ~20 s (real sweep processes); the fast tier keeps the storage and pruning tests
 def test_a_killed_sweep_resumes_without_redoing_finished_trials(split_csv: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(split_csv, sweep_dir, "optimizer.learning_rate=choice(1e-2,1e-7)",
@@ -349,6 +350,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_trials(split_csv: Path,
     assert "trial 2: its sweep process" in again.stderr + again.stdout
 
 
+@pytest.mark.slow  # ~11 s: two sweep processes on one storage
 def test_two_workers_share_one_study(split_csv: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(split_csv, sweep_dir, "optimizer.learning_rate=choice(1e-2,3e-3,1e-3)",

@@ -301,6 +301,91 @@ class KTOTaskConfig(ReferenceTaskConfig):
                 raise ConfigError(f"task.{key}={task[key]} must be > 0.")
 
 
+# GRPO's `task.loss_type` and `task.scale_rewards` values (ftexp.tasks.grpo_losses).
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def reference_source(task: Mapping[str, Any], adapter_method: str) -> str | None:
+    """Where a policy objective's reference log-probs come from — adapter (the network with its
+    PEFT adapter disabled) | copy (a frozen copy of the starting weights) | precompute — or None
+    when it has none: no `task.reference` key, `reference_free`, or a KL weight `beta` of 0
+    (GRPO). `auto` is adapter with a PEFT adapter, else copy. Shared by the preference tasks, GRPO
+    and the config rules, so they agree on when a reference pass happens."""
+    if "reference" not in task or task.get("reference_free") or task.get("beta", 1) == 0:
+        return None
+    if task["reference"] != "auto":
+        return str(task["reference"])
+    return "copy" if adapter_method in NON_PEFT_ADAPTERS else "adapter"
+
+
+@dataclass
+class GRPOTaskConfig(TaskConfig):
+    """grpo: online RL — the policy samples `num_generations` completions per prompt, reward
+    functions score them, and the clipped policy-ratio objective (tasks/grpo_losses.py) pushes it
+    toward the better ones of each group."""
+    monitor: str = "val/reward"  # mean reward of greedy completions on the validation prompts
+    num_generations: int = 4  # G: completions sampled per prompt (a group)
+    # Optimizer steps per batch of samples (PPO epochs); only 1 for now (on-policy).
+    num_iterations: int = 1
+    epsilon: float = 0.2  # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: Optional[float] = None  # null: epsilon (DAPO's clip-higher: e.g. 0.28)
+    # Weight of the k3 KL to the reference policy; 0: no reference and no reference pass at all.
+    beta: float = 0.0
+    # With beta > 0: auto (the adapter-disabled network with a PEFT adapter, else copy) | adapter |
+    # copy (a frozen copy of the starting weights).
+    reference: str = "auto"
+    loss_type: str = "grpo"  # grpo (per-sequence mean) | dr_grpo (/ G L) | dapo (token mean)
+    scale_rewards: str = "group"  # advantages / group std | / batch std | none (Dr. GRPO)
+    # Tokens sampled per completion (null: generation.max_new_tokens); dr_grpo divides by it.
+    max_completion_length: Optional[int] = None
+    # name → {_target_, weight, its own keys}: ftexp.rewards.build_reward builds each; a completion's
+    # reward is the weighted sum. The default (`correct`: exact match of the last number against
+    # the `answer` column) is in conf/task/grpo.yaml, not here: a schema's dict default would come
+    # back in every merge, so ~task.rewards.correct could not drop it.
+    rewards: dict[str, Any] = field(default_factory=dict)
+    # Generate from this many fixed validation prompts at each evaluation.
+    sample_generations: int = 2
+    # Dropout off in the policy (as for the preference tasks): the ratio and KL compare log-probs
+    # of the same network, which random dropout masks would make differ.
+    disable_dropout: bool = True
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **TaskConfig.CHOICES, "loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
+        "reference": ("auto", "adapter", "copy")}
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        if task.num_generations < 2:
+            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2: "
+                              "advantages compare the completions of one prompt with each other.")
+        if task.num_iterations != 1:
+            raise ConfigError(f"task.num_iterations={task.num_iterations}: only 1 is supported for now "
+                              "(one optimizer step per batch of samples).")
+        if not 0.0 < task.epsilon < 1.0:
+            raise ConfigError(f"task.epsilon={task.epsilon} must lie in (0, 1): the policy ratio is "
+                              "clipped to [1 - epsilon, 1 + epsilon_high].")
+        if task.epsilon_high is not None and not task.epsilon_high > 0:
+            raise ConfigError(f"task.epsilon_high={task.epsilon_high} must be > 0 (or null: epsilon).")
+        if not task.beta >= 0:
+            raise ConfigError(f"task.beta={task.beta} must be >= 0 (the KL weight; 0: no reference).")
+        if task.max_completion_length is not None and task.max_completion_length < 1:
+            raise ConfigError(f"task.max_completion_length={task.max_completion_length} must be at least "
+                              "1 (or null: generation.max_new_tokens).")
+        if task.sample_generations < 0:
+            raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+        if not task.rewards:
+            raise ConfigError("task.rewards is empty: give at least one reward function, e.g. "
+                              "+task.rewards.correct._target_=ftexp.rewards.exact_match.")
+        for name, node in task.rewards.items():
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                raise ConfigError(f"task.rewards.{name} needs a _target_: "
+                                  f"+task.rewards.{name}._target_=my.module.my_reward.")
+            weight = node.get("weight", 1.0)
+            if not _is_number(weight) or weight != weight or abs(weight) == float("inf"):
+                raise ConfigError(f"task.rewards.{name}.weight={weight} must be a finite number.")
+
+
 @dataclass
 class GenerationConfig(GroupSchema):
     """Decoding settings for sample generations during training and for `ftexp.generate`."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.builders.init_from import check_init_from
-from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS, reference_source
 from ftexp.errors import ConfigError
 from ftexp.objective import lower_is_better
 from ftexp.tasks.registry import TASKS, TaskSpec, get_task
@@ -32,6 +32,7 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_monitor(cfg, spec)
     _check_caches(cfg, spec)
     _check_reference(cfg)
+    _check_sampling(cfg)
     check_init_from(cfg)
 
 
@@ -107,10 +108,11 @@ def _check_caches(cfg: DictConfig, spec: TaskSpec) -> None:
 
 
 def _check_reference(cfg: DictConfig) -> None:
-    """task.reference (dpo, kto): where the reference log-probs can come from."""
-    reference = cfg.task.get("reference")
-    if reference is None or cfg.task.get("reference_free"):
+    """task.reference (dpo, kto, grpo with beta > 0): where the reference log-probs can come from."""
+    # None: the objective has no reference pass (no key, reference_free, GRPO's beta=0).
+    if reference_source(cfg.task, cfg.adapter.method) is None:
         return
+    reference = cfg.task.reference
     method = cfg.adapter.method
     is_peft = method not in NON_PEFT_ADAPTERS
     if reference == "adapter" and not is_peft:
@@ -136,6 +138,21 @@ def _check_reference(cfg: DictConfig) -> None:
                           "copied; use task.reference=adapter (the adapter-disabled network) or precompute.")
 
 
+def _check_sampling(cfg: DictConfig) -> None:
+    """Online RL (task=grpo, the tasks with task.num_generations) samples from the policy during
+    training: with the generation group's temperature, on a model each device holds whole."""
+    if "num_generations" not in cfg.task:
+        return
+    if not cfg.generation.temperature > 0:
+        raise ConfigError(f"generation.temperature={cfg.generation.temperature}: task={cfg.task.name} "
+                          "samples its completions, which needs a temperature > 0 (e.g. 1.0).")
+    strategy = cfg.strategy
+    if strategy.name == "fsdp" or (strategy.name == "deepspeed" and strategy.stage == 3):
+        raise ConfigError(f"task={cfg.task.name} samples with transformers' generate, which needs the whole "
+                          f"model on each device, but strategy={strategy.name} shards its weights; use "
+                          "strategy=ddp (or deepspeed ZeRO stage 2) with an adapter, or one device.")
+
+
 def check_model_fit(cfg: DictConfig, model_type: str) -> None:
     """Second phase, at job start: what needs the model's type or the optional packages the
     config names. Imports torch / transformers / peft."""
@@ -157,3 +174,7 @@ def check_model_fit(cfg: DictConfig, model_type: str) -> None:
     check_scheduler_node(plain(cfg.scheduler, resolve=True))
     check_logger_nodes(plain(cfg.logger, resolve=True))
     check_callback_nodes(plain(cfg.callbacks.extra, resolve=True))
+    if "rewards" in cfg.task:  # task=grpo: each reward target imported and built, its keys checked
+        from ftexp.tasks.grpo import build_rewards
+
+        build_rewards(plain(cfg.task.rewards, resolve=True))

@@ -47,15 +47,17 @@ class RunGenerator:
         self.main_column = data.text_columns[0]
         self.uses_template = spec.needs_prompts and data.prompt_template is not None
         self.settings = {**task.hparams.generation, **(overrides or {})}
-        # Preference runs: a prompt is rendered as in training — as a user message through the
-        # chat template when the training prompts were conversations, else as text through
+        # Runs that read a prompt column (preference tasks, GRPO; their checkpoint says how prompts
+        # were given): a prompt is rendered as in training — as a user message through the chat
+        # template when the training prompts were conversations, else as text through
         # data.prompt_template's {prompt}.
         self.preference = None
-        if spec.preference_data:
+        prompts = (task.hparams.target or {}).get("prompts")
+        if prompts is not None:
             from ftexp.data.preference_batches import PreferenceEncoder
 
             self.preference = PreferenceEncoder(self.tokenizer, data.prompt_template)
-            self.chat = (task.hparams.target or {}).get("prompts") == "chat"
+            self.chat = prompts == "chat"
             self.main_column = data.preference.prompt_column
 
     def prompt_text(self, row: dict[str, Any], raw: bool = False) -> str:

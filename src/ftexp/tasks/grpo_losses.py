@@ -20,10 +20,9 @@ from typing import NamedTuple
 
 import torch
 
+from ftexp.config import GRPO_LOSS_TYPES, SCALE_REWARDS  # noqa: F401  (re-exported)
 from ftexp.errors import ConfigError, did_you_mean
 
-GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-SCALE_REWARDS = ("group", "batch", "none")
 # Added to the standard deviation before dividing by it (TRL's constant): a group whose rewards
 # barely differ gets large but finite advantages instead of a division by ~0.
 STD_EPS = 1e-4

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import NON_PEFT_ADAPTERS
+from ftexp.config import reference_source
 from ftexp.data.preference_batches import REFERENCE_KEYS
 from ftexp.tasks.base import RunParts
 from ftexp.tasks.per_example import Metrics, PerExampleTask
@@ -89,12 +89,7 @@ class PreferenceTask(PerExampleTask):
     @property
     def reference_mode(self) -> str | None:
         """adapter | copy | precompute, or None when the objective has no reference."""
-        t = self.hparams.task
-        if "reference" not in t or t.get("reference_free"):
-            return None
-        if t["reference"] != "auto":
-            return t["reference"]
-        return "copy" if self.hparams.adapter["method"] in NON_PEFT_ADAPTERS else "adapter"
+        return reference_source(self.hparams.task, self.hparams.adapter["method"])
 
     def configure_model(self) -> None:
         super().configure_model()

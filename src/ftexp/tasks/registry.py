@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 
 from ftexp.config import (
     DPOTaskConfig,
+    GRPOTaskConfig,
     HeadTaskConfig,
     KTOTaskConfig,
     LanguageModelTaskConfig,
@@ -109,6 +110,10 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # … or from unpaired desirable / undesirable examples.
     TaskSpec("kto", "ftexp.tasks.preference:KTOTask", KTOTaskConfig,
              metrics=(*_PREFERENCE_METRICS, "kl"), preference_data="unpaired", **_POLICY),
+    # Online RL: the policy learns from rewards on its own samples (GRPO); val/reward is the mean
+    # reward of greedy completions (per function: val/rewards/<name>, not listed here).
+    TaskSpec("grpo", "ftexp.tasks.grpo:GRPOTask", GRPOTaskConfig,
+             metrics=("reward", "completions/mean_length"), **_POLICY),
 )}
 
 
