@@ -17,7 +17,6 @@ old_logps=None).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -31,12 +30,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ftexp.callbacks.sample_generations import SampleGenerations
-from ftexp.config import reference_source
 from ftexp.console import print_generations
 from ftexp.errors import ConfigError
 from ftexp.generation import generate_texts
 from ftexp.rewards import Reward, build_reward
-from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
+from ftexp.tasks.base import EVAL_STAGES, RunParts
 from ftexp.tasks.grpo_losses import (
     GroupAdvantages,
     GRPOLoss,
@@ -46,6 +44,7 @@ from ftexp.tasks.grpo_losses import (
     token_entropy,
     token_logps,
 )
+from ftexp.tasks.policy import PolicyTask
 
 
 def build_rewards(nodes: dict[str, Any]) -> list[Reward]:
@@ -138,7 +137,7 @@ def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")  # module names cannot hold "." or read well with "/"
 
 
-class GRPOTask(FinetuneTask):
+class GRPOTask(PolicyTask):
     """A causal LM trained on rewards of its own samples; `rewards` and `tokenizer` are attached by
     from_config (a run dir rebuilt for generate / export needs neither)."""
 
@@ -148,9 +147,6 @@ class GRPOTask(FinetuneTask):
         self.reward_names = list(t["rewards"])
         self.max_completion_length = int(t["max_completion_length"]
                                          or self.hparams.generation["max_new_tokens"])
-        self.reference_forward_passes = 0
-        # A list, not an attribute: a frozen copy must stay out of state_dict, parameters() and .to().
-        self._reference_copy: list[nn.Module] = []
         # Set by from_config (training runs only: predict / generate / export need neither).
         self.tokenizer: Any = None
         self.rewards: list[Reward] = []
@@ -185,35 +181,6 @@ class GRPOTask(FinetuneTask):
         task = cls(target={"prompts": datamodule.prompt_kind}, **settings)
         task.tokenizer, task.rewards = tokenizer, rewards
         return RunParts(datamodule, task, callbacks)
-
-    def build_network(self) -> nn.Module:
-        network = self.adapted_backbone(causal_lm=True)
-        if self.hparams.task["disable_dropout"]:
-            for module in network.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
-        return network
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.network
-
-    @property
-    def reference_mode(self) -> str | None:
-        """adapter | copy, or None (beta = 0: no reference)."""
-        return reference_source(self.hparams.task, self.hparams.adapter["method"])
-
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.reference_mode == "copy" and not self._reference_copy:
-            # Taken before the first step (and, when resuming, before the checkpoint loads).
-            self._reference_copy.append(copy.deepcopy(self.network).requires_grad_(False).eval())
-
-    def summary(self) -> dict[str, Any]:
-        out = {**super().summary(), "reference": self.reference_mode or "none"}
-        if self.reference_mode is not None:
-            out["reference_forward_passes"] = self.reference_forward_passes
-        return out
 
     # -- sampling and scoring ---------------------------------------------------------------------
 
@@ -294,14 +261,8 @@ class GRPOTask(FinetuneTask):
 
     @torch.no_grad()
     def reference_logps(self, samples: Samples) -> torch.Tensor:
-        self.reference_forward_passes += 1
-        if self.reference_mode == "copy":
-            reference = self._reference_copy[0]
-            if next(reference.parameters()).device != self.device:
-                reference.to(self.device)
+        with self.reference_network() as reference:
             return self.token_logps(reference, samples)[0]
-        with self.network.disable_adapter():
-            return self.token_logps(self.network, samples)[0]
 
     def loss(self, samples: Samples) -> tuple[GRPOLoss, torch.Tensor | None]:
         """The GRPO objective on a batch of samples, and the policy's mean token entropy."""

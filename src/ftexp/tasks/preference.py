@@ -16,7 +16,6 @@ The reference policy (task.reference), for the objectives that have one (dpo, kt
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import reference_source
 from ftexp.data.preference_batches import REFERENCE_KEYS
 from ftexp.tasks.base import RunParts
 from ftexp.tasks.per_example import Metrics, PerExampleTask
+from ftexp.tasks.policy import PolicyTask
 from ftexp.tasks.preference_losses import (
     dpo_loss,
     kto_loss,
@@ -40,18 +39,12 @@ log = logging.getLogger(__name__)
 
 
 
-class PreferenceTask(PerExampleTask):
-    """What the preference objectives share: the data, the forward pass of 2B sequences and the
-    reference policy."""
+class PreferenceTask(PolicyTask, PerExampleTask):
+    """What the preference objectives share: the data, the forward pass of 2B sequences, and
+    reference log-probs precomputed into the cache (the other reference kinds: tasks/policy.py)."""
 
     # "pairs" or "unpaired": which batches the loss reads (data/preference_batches.py).
     kind: str
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.reference_forward_passes = 0
-        # A list, not an attribute: a frozen copy must stay out of state_dict, parameters() and .to().
-        self._reference_copy: list[nn.Module] = []
 
     # -- building -------------------------------------------------------------------------------
 
@@ -74,35 +67,6 @@ class PreferenceTask(PerExampleTask):
         # The checkpoint remembers how prompts were given, for ftexp.generate.
         return RunParts(datamodule, cls(target={"prompts": datamodule.prompt_kind}, **settings), callbacks)
 
-    def build_network(self) -> nn.Module:
-        network = self.adapted_backbone(causal_lm=True)
-        if self.hparams.task["disable_dropout"]:
-            for module in network.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
-        return network
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.network
-
-    @property
-    def reference_mode(self) -> str | None:
-        """adapter | copy | precompute, or None when the objective has no reference."""
-        return reference_source(self.hparams.task, self.hparams.adapter["method"])
-
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.reference_mode == "copy" and not self._reference_copy:
-            # Taken before the first step (and, when resuming, before the checkpoint loads).
-            self._reference_copy.append(copy.deepcopy(self.network).requires_grad_(False).eval())
-
-    def summary(self) -> dict[str, Any]:
-        out = {**super().summary(), "reference": self.reference_mode or "none"}
-        if self.reference_mode is not None:
-            out["reference_forward_passes"] = self.reference_forward_passes
-        return out
-
     # -- log-probs --------------------------------------------------------------------------------
 
     @staticmethod
@@ -118,14 +82,8 @@ class PreferenceTask(PerExampleTask):
         first, second = REFERENCE_KEYS[self.kind]
         if first in batch:  # task.reference=precompute
             return torch.cat([batch[first], batch[second]]).to(self.device)
-        self.reference_forward_passes += 1
-        if self.reference_mode == "copy":
-            reference = self._reference_copy[0]
-            if next(reference.parameters()).device != self.device:
-                reference.to(self.device)
+        with self.reference_network() as reference:
             return self._logps(reference, batch)[0]
-        with self.network.disable_adapter():
-            return self._logps(self.network, batch)[0]
 
     @torch.no_grad()
     def precompute_references(self, rows: list[dict[str, Any]], collate: Any, batch_size: int,
