@@ -141,6 +141,20 @@ def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> 
     return code, capsys.readouterr().err
 
 
+def build_task(overrides: list[str], tmp_path: Path):
+    """(task, DataModule, cfg) as a run with these overrides builds them, the model configured."""
+    from ftexp.builders.backbone import load_tokenizer
+    from ftexp.tasks.registry import get_task
+    from ftexp.train import task_settings
+
+    cfg = compose_config(overrides, tmp_path)
+    m = cfg.model
+    tokenizer = load_tokenizer(m.tokenizer, chat_template=m.chat_template)
+    parts = get_task(cfg.task.name).task_class().from_config(cfg, task_settings(cfg), tokenizer, tmp_path)
+    parts.task.configure_model()
+    return parts.task, parts.datamodule, cfg
+
+
 def top_level_imports(module_file: str) -> set[str]:
     """The top-level packages a module's source imports (for tests that keep a module light)."""
     import ast

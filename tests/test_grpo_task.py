@@ -7,13 +7,12 @@ one-line errors for bad settings."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_one_line, compose_config, run_in_process
+from conftest import assert_one_line, build_task, compose_config, run_in_process
 from ftexp.errors import ConfigError
 from ftexp.tasks.grpo_losses import GRPO_LOSS_TYPES, group_advantages, grpo_loss
 
@@ -28,22 +27,10 @@ def _overrides(*extra: str) -> list[str]:
             "data.eval_batch_size=20", *extra]
 
 
-def _task(overrides: list[str], tmp_path: Path):
-    from ftexp.builders.backbone import load_tokenizer
-    from ftexp.tasks.registry import get_task
-    from ftexp.train import task_settings
-
-    cfg = compose_config(overrides, tmp_path)
-    m = cfg.model
-    tokenizer = load_tokenizer(m.tokenizer, chat_template=m.chat_template)
-    parts = get_task(cfg.task.name).task_class().from_config(cfg, task_settings(cfg), tokenizer, tmp_path)
-    parts.task.configure_model()
-    return parts.task, parts.datamodule
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return _task(_overrides(*LENGTH_REWARD), tmp_path_factory.mktemp("grpo"))
+    task, datamodule, _ = build_task(_overrides(*LENGTH_REWARD), tmp_path_factory.mktemp("grpo"))
+    return task, datamodule
 
 
 def _fixed_completions(task, n: int, length: int = 5) -> torch.Tensor:
@@ -162,7 +149,7 @@ def test_beta_zero_has_no_reference_pass_and_beta_uses_the_disabled_adapter(buil
 
 
 def test_full_fine_tuning_with_beta_keeps_a_frozen_copy_out_of_the_checkpoint(tmp_path, monkeypatch):
-    task, datamodule = _task(_overrides(*LENGTH_REWARD, "adapter=none", "task.beta=0.1"), tmp_path)
+    task, datamodule, _ = build_task(_overrides(*LENGTH_REWARD, "adapter=none", "task.beta=0.1"), tmp_path)
     assert task.reference_mode == "copy" and len(task._reference_copy) == 1
     copy_ids = {id(p) for p in task._reference_copy[0].parameters()}
     assert not copy_ids & {id(p) for p in task.parameters()}

@@ -13,7 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_one_line, colour_preferences, compose_config, preference_overrides, run_in_process
+from conftest import (
+    assert_one_line,
+    build_task,
+    colour_preferences,
+    preference_overrides,
+    run_in_process,
+)
 from ftexp.data.preference import PreferencePair
 from ftexp.data.preference_batches import (
     PreferenceEncoder,
@@ -34,17 +40,6 @@ def unpaired_file(tmp_path_factory) -> Path:
     return colour_preferences(tmp_path_factory.mktemp("kto") / "colours.jsonl", paired=False)
 
 
-def _task(overrides: list[str], tmp_path: Path):
-    from ftexp.builders.backbone import load_tokenizer
-    from ftexp.tasks.registry import get_task
-    from ftexp.train import task_settings
-
-    cfg = compose_config(overrides, tmp_path)
-    m = cfg.model
-    tokenizer = load_tokenizer(m.tokenizer, chat_template=m.chat_template)
-    parts = get_task(cfg.task.name).task_class().from_config(cfg, task_settings(cfg), tokenizer, tmp_path)
-    parts.task.configure_model()
-    return parts.task, parts.datamodule, cfg
 
 
 # -- batches ----------------------------------------------------------------------------------------
@@ -116,7 +111,7 @@ def test_a_kto_example_keeps_its_prompt_whatever_completion_it_borrows(minilm_to
 
 
 def test_kto_trains_on_paired_data_unpaired_and_without_a_test_split(pairs_file, tmp_path):
-    task, datamodule, _ = _task(preference_overrides(
+    task, datamodule, _ = build_task(preference_overrides(
         pairs_file, "kto", "data.preference.unpair=true", "data.split_column=null",
         "data.split_probabilities=[0.8,0.2,0.0]"), tmp_path)
     pairs = len(pd.read_json(pairs_file, lines=True))
@@ -127,7 +122,7 @@ def test_kto_trains_on_paired_data_unpaired_and_without_a_test_split(pairs_file,
 
 
 def test_kto_examples_get_another_examples_completion_for_the_kl_estimate(unpaired_file, tmp_path):
-    task, datamodule, _ = _task(preference_overrides(unpaired_file, "kto"), tmp_path)
+    task, datamodule, _ = build_task(preference_overrides(unpaired_file, "kto"), tmp_path)
     rows = datamodule.datasets["train"].rows
     completions = [r["completion"] for r in rows]
     assert all(r["kl_completion"] in completions for r in rows)
@@ -142,7 +137,7 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
     from ftexp.builders.backbone import load_configured_backbone
 
     # LoRA dropout at 0.5: task.disable_dropout (default) must keep both passes deterministic.
-    task, datamodule, cfg = _task(preference_overrides(pairs_file, "dpo", "adapter=lora",
+    task, datamodule, cfg = build_task(preference_overrides(pairs_file, "dpo", "adapter=lora",
                                                        "adapter.lora_dropout=0.5"), tmp_path)
     assert task.reference_mode == "adapter" and task._reference_copy == []
     base = load_configured_backbone(task.hparams.model, causal_lm=True)
@@ -181,7 +176,7 @@ def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs
 
 
 def test_full_fine_tuning_keeps_a_frozen_copy_out_of_checkpoints_and_the_optimizer(pairs_file, tmp_path):
-    task, _, _ = _task(preference_overrides(pairs_file, "dpo", "adapter=none"), tmp_path)
+    task, _, _ = build_task(preference_overrides(pairs_file, "dpo", "adapter=none"), tmp_path)
     assert task.reference_mode == "copy" and len(task._reference_copy) == 1
     copy = task._reference_copy[0]
     assert not any(p.requires_grad for p in copy.parameters())
