@@ -240,3 +240,27 @@ def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tmp_path, referenc
     assert weights.keys() == expected_weights.keys()
     for name, value in expected_weights.items():
         torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Online RL: the completions sampled after the restart are those an uninterrupted run samples
+    (the sampler draws from the RNG states the resume checkpoint holds), so the weights end equal."""
+    args = ["+experiment=tiny_grpo", "trainer.enable_progress_bar=false", "generation.max_new_tokens=6",
+            "~task.rewards.correct", "+task.rewards.short._target_=ftexp.rewards.length_penalty",
+            "+task.rewards.short.max_chars=0", "+task.rewards.short.per_char=0.1",
+            "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.resume_every_n_steps=5",
+            "task.sample_generations=0"]
+    whole, killed_run = tmp_path / "whole", tmp_path / "killed"
+    done = _run([*args, f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _run([*args, f"hydra.run.dir={killed_run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "after_step"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run([f"resume={killed_run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (metrics, weights), (expected_metrics, expected_weights) = _outcome(killed_run), _outcome(whole)
+    assert metrics.pop("reference") == expected_metrics.pop("reference") == "none"  # beta = 0
+    assert metrics == pytest.approx(expected_metrics, rel=1e-6, abs=1e-7)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
