@@ -233,6 +233,13 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
     again = predict_file(run, _one_row(tmp_path, first.prompt, first.chosen), tmp_path / "again.csv")
     assert again["score"][0] == pytest.approx(first.score_chosen, rel=1e-4, abs=1e-5)
 
+    # The same run as a GRPO reward (ftexp.rewards.reward_model) gives the same scores.
+    from ftexp.rewards import build_reward
+
+    as_reward = build_reward("ftexp.rewards.reward_model", run=str(run))
+    assert as_reward(rows.prompt.tolist(), rows.response.tolist()) == pytest.approx(scored.score.tolist(),
+                                                                                    rel=1e-4, abs=1e-5)
+
     exported = export_run(run, tmp_path / "export", dtype="float32")
     model = AutoModelForSequenceClassification.from_pretrained(exported).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported)

@@ -25,6 +25,7 @@ from ftexp.rewards import (
     format_match,
     length_penalty,
     parse_number,
+    token_share,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +164,29 @@ def test_length_penalty():
             length_penalty(**kwargs)
 
 
+def test_token_share_counts_words_or_characters():
+    words = token_share(token="7")
+    completions = ["7 7 cats", "7", "77 7x x7", "", "   ", " 7\n7\t7 "]
+    assert words([""] * 6, completions) == pytest.approx([2 / 3, 1.0, 0.0, 0.0, 0.0, 1.0])
+    numbers = token_share(pattern="[0-9]+")  # the whole word must match: "7x" and "1.5" do not
+    assert numbers([""] * 5, ["12 7 cats", "1.5 x7 7x", "3 4 5", "", "one 2"]) == \
+        pytest.approx([2 / 3, 0.0, 1.0, 0.0, 0.5])
+    chars = token_share(token="a", unit="char")  # whitespace is not a piece
+    assert chars([""] * 4, ["a a", "ab", "bcd", "aaa b"]) == pytest.approx([1.0, 0.5, 0.0, 0.75])
+    digits = token_share(pattern="[0-9]", unit="char")
+    assert digits([""] * 2, ["a1 b2", "12.5"]) == pytest.approx([0.5, 0.75])
+    built = build_reward("ftexp.rewards.token_share", name="numbers", weight=0.5, pattern="[0-9]+")
+    assert (built.name, built.weight, built([""], ["1 2 x"])) == ("numbers", 0.5, [pytest.approx(2 / 3)])
+    for kwargs, pattern in [({}, "exactly one of"), (dict(token="a", pattern="a"), "exactly one of"),
+                            (dict(token=""), "token"), (dict(token="a b"), "token"),
+                            (dict(token="ab", unit="char"), "one character"),
+                            (dict(pattern="("), "regular expression"),
+                            (dict(token="a", unit="words"), "Did you mean 'word'")]:
+        with pytest.raises(ConfigError, match=pattern) as err:
+            token_share(**kwargs)
+        one_line(err)
+
+
 # ------------------------------------------------------------------------------------------------
 # The Reward wrapper: what a user's function may return, and how its failures read.
 
@@ -270,7 +294,7 @@ def test_module_stays_light():
     # Rewards run next to the sampler and in user code: the standard library and ftexp only.
     imported = top_level_imports(rewards.__file__)
     assert imported <= {"__future__", "collections", "fractions", "functools", "inspect", "math", "re",
-                        "typing", "ftexp"}
+                        "typing", "ftexp", "pathlib"}
 
 
 # ------------------------------------------------------------------------------------------------

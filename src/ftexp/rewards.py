@@ -344,3 +344,73 @@ def length_penalty(max_chars: int, per_char: float = 0.01, floor: float | None =
         return scores
 
     return Reward(length_penalty_reward, name="length_penalty", weight=weight)
+
+
+TOKEN_SHARE_UNITS = ("word", "char")
+
+
+def token_share(token: str | None = None, pattern: str | None = None, unit: Literal["word", "char"] = "word",
+                weight: float = 1.0) -> Reward:
+    """The share of the completion's pieces that are `token` (equal to it) or match `pattern` (a
+    regular expression the whole piece must match), in [0, 1]; an empty completion scores 0. Give
+    exactly one of the two. Pieces are the decoded completion's whitespace-separated words
+    (unit="word": "7 7 cats" has 3, two of them "7") or its characters other than whitespace
+    (unit="char"). Text, not model tokens: tokenizer-free, the same for every model.
+
+    A learnable toy reward: `pattern='[0-9]+'` rewards completions made of numbers only (1.0), which
+    a random-init model samples now and then (a digit token is one of ~3% of a BERT vocabulary),
+    so each group's rewards differ and GRPO has something to push on (+experiment=tiny_grpo_toy)."""
+    if (token is None) == (pattern is None):
+        raise ConfigError("token_share needs exactly one of 'token' (a piece to count) and 'pattern' "
+                          "(a regular expression a piece must match); "
+                          f"got token={token!r}, pattern={pattern!r}.")
+    if unit not in TOKEN_SHARE_UNITS:
+        from ftexp.errors import did_you_mean
+
+        raise ConfigError(f"'unit={unit}' is not a valid choice.{did_you_mean(str(unit), TOKEN_SHARE_UNITS)} "
+                          f"Choices: {', '.join(TOKEN_SHARE_UNITS)}.")
+    if token is not None:
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise ConfigError(f"'token={token!r}' must be a non-empty string without whitespace.")
+        if unit == "char" and len(token) != 1:
+            raise ConfigError(f"'token={token}' must be one character with unit=char.")
+
+        def is_target(piece: str) -> bool:
+            return piece == token
+    else:
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, TypeError) as err:
+            raise ConfigError(f"'pattern={pattern}' is not a valid regular expression: {err}.") from err
+
+        def is_target(piece: str) -> bool:
+            return compiled.fullmatch(piece) is not None
+
+    def token_share_reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        scores = []
+        for completion in completions:
+            pieces = completion.split() if unit == "word" else [c for c in completion if not c.isspace()]
+            scores.append(sum(map(is_target, pieces)) / len(pieces) if pieces else 0.0)
+        return scores
+
+    return Reward(token_share_reward, name="token_share", weight=weight)
+
+
+def reward_model(run: str, batch_size: int = 16, weight: float = 1.0) -> Reward:
+    """A `task=reward` run's scores as a reward: its trained model, loaded once when the reward is
+    built, scores each (prompt, completion) as `ftexp.predict` scores (prompt, response) rows —
+    the same template or chat rendering, the same truncation."""
+    from pathlib import Path
+
+    from ftexp.predict import load_trained
+    from ftexp.tasks.reward import RewardTask
+
+    task, tokenizer, cfg = load_trained(Path(run).expanduser())
+    if not isinstance(task, RewardTask):
+        raise ConfigError(f"reward_model(run={run}): that is a task={cfg.task.name} run; a reward model "
+                          "comes from a task=reward run.")
+
+    def reward_model_score(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
+        return task.score_texts(list(prompts), list(completions), tokenizer, cfg, batch_size)
+
+    return Reward(reward_model_score, name="reward_model", weight=weight)

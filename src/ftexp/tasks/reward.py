@@ -79,6 +79,19 @@ class RewardTask(PerExampleTask):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch)
 
+    @torch.no_grad()
+    def score_texts(self, prompts: list[Any], responses: list[str], tokenizer: Any, cfg: Any,
+                    batch_size: int = 16) -> list[float]:
+        """Scores of (prompt, response) pairs in memory, encoded as `prediction_rows` encodes a
+        file's rows (a GRPO reward: ftexp.rewards.reward_model)."""
+        frame = pd.DataFrame({"prompt": prompts, "response": responses})
+        rows, collate = self.prediction_rows(frame, tokenizer, cfg, ["prompt", "response"])
+        scores: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(self.device) for k, v in collate(rows[start:start + batch_size]).items()}
+            scores += self(batch).tolist()
+        return scores
+
     # -- prediction files ---------------------------------------------------------------------------
 
     def prediction_columns(self, predictions: torch.Tensor) -> dict[str, list[Any]]:
