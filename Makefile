@@ -34,6 +34,9 @@ test-slow: install ## Run the slow tier too
 bench-dpo: install ## Benchmark DPO: ftexp vs TRL (TRL in .venv-bench-trl/), precompute vs copy sweep; ARGS="--part compare"
 	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/dpo_vs_trl.py $(ARGS)
 
+bench-grpo: install ## Benchmark GRPO: ftexp vs TRL (TRL in .venv-bench-trl/); ARGS="--repeats 3"
+	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/grpo_vs_trl.py $(ARGS)
+
 lint: install ## Lint with ruff
 	$(PY) -m ruff check src tests benchmarks
 
@@ -41,4 +44,4 @@ clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-slow bench-dpo lint clean
+.PHONY: help install run test test-slow bench-dpo bench-grpo lint clean
