@@ -213,6 +213,24 @@ def test_a_run_saved_by_an_older_ftexp_resumes_with_the_same_meaning(tmp_path, d
         assert OmegaConf.to_container(resumed[group]) == OmegaConf.to_container(current[group]), group
 
 
+def _interrupted_and_whole(args: list[str], tmp_path: Path) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """(outcome of a run SIGKILLed after step 7 and resumed, outcome of the same run uninterrupted)."""
+    whole, killed_run = tmp_path / "whole", tmp_path / "killed"
+    done = _run([*args, f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _run([*args, f"hydra.run.dir={killed_run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "after_step"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run([f"resume={killed_run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return _outcome(killed_run), _outcome(whole)
+
+
+def _assert_same_weights(weights: dict, expected: dict) -> None:
+    assert weights.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reference", ["adapter", "precompute"])
 def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
@@ -225,21 +243,12 @@ def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tmp_path, referenc
     args = [*preference_overrides(data, "dpo", "adapter=lora", "optimizer.learning_rate=5e-3",
                                   "trainer.max_epochs=2", "callbacks.resume_every_n_steps=5",
                                   f"task.reference={reference}")]
-    whole, killed_run = tmp_path / "whole", tmp_path / "killed"
-    done = _run([*args, f"hydra.run.dir={whole}"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = _run([*args, f"hydra.run.dir={killed_run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "after_step"})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run([f"resume={killed_run}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (metrics, weights), (expected_metrics, expected_weights) = _outcome(killed_run), _outcome(whole)
+    (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
     assert metrics.pop("reference") == expected_metrics.pop("reference") == reference
     # A resumed run counts only the reference passes after its restart.
     metrics.pop("reference_forward_passes"), expected_metrics.pop("reference_forward_passes")
     assert metrics == pytest.approx(expected_metrics, rel=1e-6, abs=1e-7)
-    assert weights.keys() == expected_weights.keys()
-    for name, value in expected_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+    _assert_same_weights(weights, expected_weights)
 
 
 @pytest.mark.slow
@@ -251,16 +260,7 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path):
             "+task.rewards.short.max_chars=0", "+task.rewards.short.per_char=0.1",
             "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.resume_every_n_steps=5",
             "task.sample_generations=0"]
-    whole, killed_run = tmp_path / "whole", tmp_path / "killed"
-    done = _run([*args, f"hydra.run.dir={whole}"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = _run([*args, f"hydra.run.dir={killed_run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "after_step"})
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run([f"resume={killed_run}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (metrics, weights), (expected_metrics, expected_weights) = _outcome(killed_run), _outcome(whole)
+    (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
     assert metrics.pop("reference") == expected_metrics.pop("reference") == "none"  # beta = 0
     assert metrics == pytest.approx(expected_metrics, rel=1e-6, abs=1e-7)
-    assert weights.keys() == expected_weights.keys()
-    for name, value in expected_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+    _assert_same_weights(weights, expected_weights)
