@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line, compose_config, run_in_process
-from ftexp.builders.backbone import load_configured_backbone
+from ftexp.builders.init_from import load_starting_network
 from ftexp.train import task_settings
 
 THINGS = {"apple": "red", "sky": "blue", "grass": "green", "snow": "white", "coal": "black"}
@@ -78,8 +78,8 @@ def test_merge_starts_from_the_earlier_runs_merged_weights(sft_run: Path, data: 
         # A head task from the LM run: the merged LM's transformer, without its LM head.
         model = task_settings(compose_config(lm_overrides(data, f"model.init_from={sft_run}"),
                                              resolve=False))["model"]
-        backbone = load_configured_backbone(model, causal_lm=False).eval()
-        assert type(backbone) is type(load_configured_backbone({**model, "init_from": None}))
+        backbone = load_starting_network(model, causal_lm=False).eval()
+        assert type(backbone) is type(load_starting_network({**model, "init_from": None}))
         decoder = AutoModel.from_pretrained(tmp_path / "m").eval()
         torch.testing.assert_close(backbone(input_ids=IDS).last_hidden_state,
                                    decoder(input_ids=IDS).last_hidden_state, atol=1e-5, rtol=0)

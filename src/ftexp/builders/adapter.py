@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import weakref
 from typing import Any
 
 import torch
@@ -122,12 +123,36 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
         return backbone
     import peft
 
-    from ftexp.builders.init_from import load_pending_adapter_state
-
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
     wrapped = peft.get_peft_model(backbone, peft_config(method, params, task_type))
-    load_pending_adapter_state(backbone, wrapped)  # model.init_from_adapter=continue
+    _load_expected_state(backbone, wrapped)  # model.init_from_adapter=continue
     return wrapped
+
+
+# Trained adapter tensors waiting for the model they are meant for (model.init_from_adapter=
+# continue, builders/init_from.py), loaded by apply_adapter once it has wrapped that model.
+_EXPECTED_STATE: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def expect_adapter_state(backbone: nn.Module, state: dict[str, Any] | None) -> None:
+    """Load `state` into the adapter apply_adapter puts on `backbone` (None: forget any waiting)."""
+    if state is None:
+        _EXPECTED_STATE.pop(backbone, None)
+    else:
+        _EXPECTED_STATE[backbone] = state
+
+
+def _load_expected_state(backbone: nn.Module, wrapped: nn.Module) -> None:
+    state = _EXPECTED_STATE.pop(backbone, None)
+    if state is None:
+        return
+    result = wrapped.load_state_dict(state, strict=False)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"model.init_from_adapter=continue: the earlier run's adapter does not fit "
+                          f"this run's (missing {missing[:2]}, unexpected "
+                          f"{sorted(result.unexpected_keys)[:2]}); use model.init_from_adapter=merge.")
 
 
 def backbone_is_frozen(method: str) -> bool:

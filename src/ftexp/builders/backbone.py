@@ -285,12 +285,8 @@ def load_backbone(
 
 def load_configured_backbone(model: dict[str, Any], quantization_config: Any = None,
                              causal_lm: bool = False) -> PreTrainedModel:
-    """`load_backbone` from the model group's settings (a plain dict, as checkpoints keep it);
-    with model.init_from, the network that earlier run trained (builders/init_from.py)."""
-    if model.get("init_from"):
-        from ftexp.builders.init_from import load_init_from
-
-        return load_init_from(model, quantization_config, causal_lm)
+    """`load_backbone` from the model group's settings (a plain dict, as checkpoints keep it). A
+    run's starting network, model.init_from included: init_from.load_starting_network."""
     return load_backbone(model["name_or_path"], random_init=model.get("random_init"),
                          dtype=model["dtype"], attn_implementation=model.get("attn_implementation"),
                          trust_remote_code=model["trust_remote_code"], revision=model.get("revision"),

@@ -7,7 +7,7 @@ The earlier run is rebuilt from its best checkpoint's hyper-parameters, as `ftex
 (`merged_network`, shared with it): its base (itself from an init_from, if it had one; random-init
 bases are rebuilt identically; quantized ones dequantized), its trained weights, its adapter
 merged in (`model.init_from_adapter=merge`). With `continue`, the base stays unmerged and the
-adapter's trained tensors wait beside it (`pending_adapter_state`) until `apply_adapter` wraps
+adapter's trained tensors wait (`adapter.expect_adapter_state`) until `apply_adapter` wraps
 the model in this run's (same) adapter and loads them.
 
 Checked from the configs alone before anything loads (`check_init_from`, phase 1 of
@@ -18,7 +18,6 @@ task, the same adapter for `continue`.
 from __future__ import annotations
 
 import tempfile
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,6 @@ from ftexp import run_dir
 from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.errors import ConfigError, FtexpError
 from ftexp.paths import config_dir
-
-# The trained adapter tensors `continue` loads, by the model they are meant for (the one
-# load_configured_backbone returned), taken by apply_adapter once it has wrapped that model.
-_PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
 
 # -- phase 1: from the configs ----------------------------------------------------------------------
 
@@ -191,12 +185,12 @@ def merged_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: s
     was trained against. `causal_lm`: the run's task trains a language model (the LM head is
     kept), else a head task's backbone."""
     from ftexp.builders.adapter import apply_adapter
-    from ftexp.builders.backbone import DTYPES, load_configured_backbone
+    from ftexp.builders.backbone import DTYPES
     from ftexp.builders.quant import quantization_config
 
     adapter = hparams["adapter"]
     quant = hparams.get("quant") or {"method": "none"}
-    base = load_configured_backbone(hparams["model"], quantization_config(quant), causal_lm=causal_lm)
+    base = load_starting_network(hparams["model"], quantization_config(quant), causal_lm=causal_lm)
     if quant["method"] != "none":
         base = base.dequantize()  # bitsandbytes layers → plain Linear with the dequantized weights
     base = base.to(DTYPES[dtype])
@@ -234,11 +228,22 @@ def _adapter_state(state_dict: dict[str, Any], prefix: str, decoder: str | None)
     return state
 
 
+def load_starting_network(model: dict[str, Any], quantization_config: Any = None, causal_lm: bool = False):
+    """The network a model group starts a run from: its base (backbone.load_configured_backbone),
+    or, with model.init_from, the earlier run's network (load_init_from)."""
+    if model.get("init_from"):
+        return load_init_from(model, quantization_config, causal_lm)
+    from ftexp.builders.backbone import load_configured_backbone
+
+    return load_configured_backbone(model, quantization_config, causal_lm)
+
+
 def load_init_from(model: dict[str, Any], quantization_config: Any = None, causal_lm: bool = False):
-    """load_configured_backbone for a model group with init_from: the earlier run's network
+    """load_starting_network for a model group with init_from: the earlier run's network
     (merged, or its unmerged base with the adapter state pending for `continue`), headless when
     this run's task has a head and that run trained a language model, quantized if asked."""
-    from ftexp.builders.backbone import load_backbone, load_configured_backbone
+    from ftexp.builders.adapter import expect_adapter_state
+    from ftexp.builders.backbone import load_backbone
     from ftexp.predict import load_checkpoint
 
     run = finished_run(model["init_from"])
@@ -254,8 +259,8 @@ def load_init_from(model: dict[str, Any], quantization_config: Any = None, causa
         # The base that run's adapter trained on, as this run loads it; the adapter comes later.
         then = {**hparams["model"], "dtype": model["dtype"],
                 "attn_implementation": model.get("attn_implementation")}
-        network = load_configured_backbone(then, None, causal_lm=was_lm)
-        _PENDING.pop(network, None)  # its own init_from's adapter: superseded by this one
+        network = load_starting_network(then, None, causal_lm=was_lm)
+        expect_adapter_state(network, None)  # its own init_from's adapter: superseded by this one
         state = saved["state_dict"]
     else:
         # A weight adapter merged (or none to merge: full / freeze tuning, whose weights it is).
@@ -273,20 +278,5 @@ def load_init_from(model: dict[str, Any], quantization_config: Any = None, causa
                                     attn_implementation=model.get("attn_implementation"),
                                     quantization_config=quantization_config)
     if state is not None:
-        _PENDING[network] = _adapter_state(state, _network_prefix(was_lm), decoder)
+        expect_adapter_state(network, _adapter_state(state, _network_prefix(was_lm), decoder))
     return network
-
-
-def load_pending_adapter_state(backbone: Any, wrapped: Any) -> None:
-    """After apply_adapter wrapped `backbone`: load the adapter tensors init_from (continue) left
-    for it into `wrapped`, each one, or say why they do not fit."""
-    state = _PENDING.pop(backbone, None)
-    if state is None:
-        return
-    result = wrapped.load_state_dict(state, strict=False)
-    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
-    missing = sorted(trainable & set(result.missing_keys))
-    if missing or result.unexpected_keys:
-        raise ConfigError(f"model.init_from_adapter=continue: the earlier run's adapter does not fit "
-                          f"this run's (missing {missing[:2]}, unexpected "
-                          f"{sorted(result.unexpected_keys)[:2]}); use model.init_from_adapter=merge.")

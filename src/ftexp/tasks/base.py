@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 
 from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter, count_parameters
-from ftexp.builders.backbone import load_configured_backbone
+from ftexp.builders.init_from import load_starting_network
 from ftexp.builders.optim import build_optimizer, use_fused_adamw
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
@@ -107,7 +107,7 @@ class FinetuneTask(L.LightningModule):
         with its LM head (and a generation-ready PEFT wrapper) when `causal_lm`."""
         a = self.hparams.adapter
         quant = self.hparams.quant or {"method": "none"}
-        backbone = load_configured_backbone(self.hparams.model, quantization_config(quant), causal_lm)
+        backbone = load_starting_network(self.hparams.model, quantization_config(quant), causal_lm)
         if self.hparams.model.get("gradient_checkpointing"):
             # Non-reentrant: works with frozen inputs (adapters) without forcing input grads.
             # transformers renamed it activation checkpointing; older 5.x releases lack the new name.
