@@ -96,7 +96,7 @@ def test_the_loss_is_grpo_loss_on_independent_log_probs(built, monkeypatch):
     torch.testing.assert_close(got_logps[mask], logps.detach()[mask], rtol=1e-4, atol=1e-5)
     for loss_type in GRPO_LOSS_TYPES:
         monkeypatch.setitem(task.hparams.task, "loss_type", loss_type)
-        result, entropy = task.loss(samples)
+        result, _, entropy = task.loss(samples, None, None)
         expected = grpo_loss(logps, None, None, adv, mask, epsilon=0.2, beta=0.0, loss_type=loss_type,
                              max_completion_length=task.max_completion_length).loss
         assert result.loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6), loss_type
@@ -119,14 +119,13 @@ def test_beta_zero_has_no_reference_pass_and_beta_uses_the_disabled_adapter(buil
     batch = datamodule.collate(datamodule.datasets["train"].rows[:2])
     completions = _fixed_completions(task, 2 * task.hparams.task["num_generations"])
     monkeypatch.setattr(task, "generate", lambda ids, mask, sample: completions)
-    samples = task.sample(batch, task.hparams.task["num_generations"])
 
     def no_reference(*args, **kwargs):
         raise AssertionError("beta=0 must not run the reference")
 
     with monkeypatch.context() as m:
         m.setattr(task, "reference_logps", no_reference)
-        result, _ = task.loss(samples)
+        result = task.loss(*task.step_inputs(batch))[0]
     assert result.kl is None and task.reference_mode is None and task.summary()["reference"] == "none"
 
     weights = sum(p.numel() for p in task.parameters())
@@ -140,7 +139,7 @@ def test_beta_zero_has_no_reference_pass_and_beta_uses_the_disabled_adapter(buil
     monkeypatch.setitem(task.hparams.task, "beta", 0.1)
     monkeypatch.setattr(task.network, "disable_adapter", counting)
     before = task.reference_forward_passes
-    result, _ = task.loss(samples)
+    result = task.loss(*task.step_inputs(batch))[0]
     assert task.reference_mode == "adapter" and disabled == [1]
     assert task.reference_forward_passes == before + 1
     assert task._reference_copy == [] and sum(p.numel() for p in task.parameters()) == weights
@@ -156,8 +155,8 @@ def test_full_fine_tuning_with_beta_keeps_a_frozen_copy_out_of_the_checkpoint(tm
     assert len(task.state_dict()) == len(task.network.state_dict()) + sum(
         len(m.state_dict()) for m in [task.train_loss, task.eval_means])
     monkeypatch.setattr(task, "generate", lambda ids, mask, sample: _fixed_completions(task, len(ids)))
-    samples = task.sample(datamodule.collate(datamodule.datasets["train"].rows[:2]), 4)
-    result, _ = task.loss(samples)
+    batch = datamodule.collate(datamodule.datasets["train"].rows[:2])
+    result = task.loss(*task.step_inputs(batch))[0]
     assert task.reference_forward_passes == 1 and result.kl.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -181,6 +180,99 @@ def test_a_tiny_run_end_to_end_then_generate(tmp_path, monkeypatch, capsys):
     assert len(samples) >= 2 and all(s["reward"] == s["rewards"]["short"] <= 0 for s in samples)
     generator = RunGenerator(run, {"max_new_tokens": 3})
     assert isinstance(generator.generate([{"prompt": "What is 2 + 3? Answer with the number only."}])[0], str)
+
+
+def test_a_repeated_loader_serves_each_window_num_iterations_times_and_resumes_inside_one():
+    """repeat=2, accumulate=2 over 5 one-row batches: windows (0 1)(2 3) each served twice, the
+    short window (4) left out; a resume after 3 served batches continues with the rest."""
+    from ftexp.data.rows import LoaderPosition, Rows, rows_loader
+
+    rows = Rows([{"x": i} for i in range(5)])
+
+    def collate(batch):
+        return {"x": torch.tensor([r["x"] for r in batch])}
+
+    def served(position):
+        loader = rows_loader(rows, 1, True, collate, 0, seed=3, accumulate=2,
+                             count_items=lambda b: len(b["x"]), position=position, repeat=2)
+        return len(loader), [(b["x"].item(), b["repeat_index"], b["window_index"], b["window_items"].item())
+                             for b in loader]
+
+    length, whole = served(LoaderPosition())
+    assert length == len(whole) == 8
+    assert [(r, w) for _, r, w, _ in whole] == [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
+    assert [x for x, *_ in whole[:2]] == [x for x, *_ in whole[2:4]] != [x for x, *_ in whole[4:6]]
+    assert len({x for x, *_ in whole}) == 4 and all(items == 2 for *_, items in whole)
+    position = LoaderPosition()
+    position.resume = (torch.Generator().manual_seed(3).get_state(), 3)
+    assert served(position)[1] == whole[3:]
+
+
+def test_num_iterations_trains_the_kept_samples_against_the_policy_that_drew_them(tmp_path, monkeypatch,
+                                                                                   capsys):
+    """task.num_iterations=2: one sampling per two optimizer steps; the second step's old
+    log-probs are the first step's policy log-probs, and its ratio is no longer 1."""
+    from ftexp.tasks import grpo
+
+    calls, sampled = [], []
+    original_loss, original_generate = grpo.grpo_loss, grpo.GRPOTask.generate
+
+    def recording_loss(policy, old, reference, *args, **kwargs):
+        calls.append((policy.detach().clone(), None if old is None else old.clone()))
+        return original_loss(policy, old, reference, *args, **kwargs)
+
+    def counting_generate(self, ids, mask, sample):
+        sampled.append(sample)
+        return original_generate(self, ids, mask, sample)
+
+    monkeypatch.setattr(grpo, "grpo_loss", recording_loss)
+    monkeypatch.setattr(grpo.GRPOTask, "generate", counting_generate)
+    run = tmp_path / "run"
+    code, err = run_in_process(_overrides(*LENGTH_REWARD, "task.num_iterations=2", "trainer.max_steps=4",
+                                          "optimizer.learning_rate=5e-2", "scheduler=constant",
+                                          "task.sample_generations=0",
+                                          "trainer.val_check_interval=4", f"paths.output_dir={run}"),
+                               monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    assert sampled.count(True) == 2  # steps 1 and 3 sample; 2 and 4 reuse
+    assert [old is None for _, old in calls] == [True, False, True, False]
+    for (first, _), (second, old) in ((calls[0], calls[1]), (calls[2], calls[3])):
+        assert torch.equal(old, first)  # the policy that drew the samples
+        assert not torch.allclose(second, first)  # one step later: the ratio moved away from 1
+    history = pd.read_csv(run / "csv" / "metrics.csv")
+    rewards = history["train/reward"].dropna().tolist()
+    assert len(rewards) == 4 and rewards[0] == rewards[1] and rewards[2] == rewards[3]
+
+
+def test_the_weights_pushed_to_vllm_are_the_policy_merged_under_hub_names(built):
+    """policy_weights (what the vLLM backend loads into its engine): a plain transformers model
+    given them computes the LoRA policy's logits, and the policy is left unmerged and unchanged."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from ftexp.tasks.vllm_sampler import policy_weights
+
+    task, _ = built
+    network = copy.deepcopy(task.network)
+    with torch.no_grad():
+        for name, param in network.named_parameters():
+            if "lora_B" in name:  # a trained adapter (a fresh one is the identity)
+                param.normal_(0, 0.05)
+    before = {n: p.clone() for n, p in network.state_dict().items()}
+    plain = AutoModelForCausalLM.from_config(network.get_base_model().config).eval()
+    # Each tensor is the network's own storage, unmerged again after the loop: copied on the way.
+    result = plain.load_state_dict({n: t.clone() for n, t in policy_weights(network)}, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}  # tied
+    ids = torch.tensor([[5, 17, 300, 42, 7]])
+    network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, network(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+        with network.disable_adapter():
+            adapter_off = network(input_ids=ids).logits
+        assert not torch.allclose(plain(input_ids=ids).logits, adapter_off, atol=1e-4)
+    assert all(torch.equal(before[n], v) for n, v in network.state_dict().items())
 
 
 def test_prompts_as_text_through_the_template_or_as_chat_messages_keep_their_columns(built, tmp_path):
@@ -235,11 +327,13 @@ def test_a_reward_function_that_raises_stops_with_its_name(built, monkeypatch):
 @pytest.mark.parametrize(("override", "message"), [
     ("task.num_generations=1", "task.num_generations=1 must be at least 2"),
     ("task.epsilon=1.5", "task.epsilon=1.5 must lie in (0, 1)"),
-    ("task.num_iterations=2", "only 1 is supported"),
+    ("task.num_iterations=0", "task.num_iterations=0 must be at least 1"),
     ("task.loss_type=ppo", "'task.loss_type=ppo' is not a valid choice"),
     ("+task.rewards.bad.weight=2", "task.rewards.bad needs a _target_"),
     ("generation.temperature=0", "needs a temperature > 0"),
     ("strategy=fsdp", "task=grpo samples with transformers' generate"),
+    ("task.generation_backend=vllm", "task.generation_backend=vllm needs a CUDA GPU and none is visible"),
+    ("task.vllm_gpu_memory_utilization=1.5", "must lie in (0, 1)"),
 ])
 def test_bad_settings_are_one_line_errors(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:

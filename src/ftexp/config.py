@@ -326,7 +326,8 @@ class GRPOTaskConfig(TaskConfig):
     toward the better ones of each group."""
     monitor: str = "val/reward"  # mean reward of greedy completions on the validation prompts
     num_generations: int = 4  # G: completions sampled per prompt (a group)
-    # Optimizer steps per batch of samples (PPO epochs); only 1 for now (on-policy).
+    # Optimizer steps per batch of samples (PPO epochs, TRL's num_iterations): 1 is on-policy;
+    # more reuse each batch's samples, and the clipping (epsilon) bounds how far the policy moves.
     num_iterations: int = 1
     epsilon: float = 0.2  # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
     epsilon_high: Optional[float] = None  # null: epsilon (DAPO's clip-higher: e.g. 0.28)
@@ -346,22 +347,26 @@ class GRPOTaskConfig(TaskConfig):
     rewards: dict[str, Any] = field(default_factory=dict)
     # Generate from this many fixed validation prompts at each evaluation.
     sample_generations: int = 2
+    # Who samples the completions: transformers' generate (everywhere) | vllm (one CUDA GPU, the
+    # `vllm` extra; a colocated engine that gets the policy's weights after each optimizer step).
+    generation_backend: str = "transformers"
+    vllm_gpu_memory_utilization: float = 0.3  # the share of GPU memory vLLM may take (its KV cache)
     # Dropout off in the policy (as for the preference tasks): the ratio and KL compare log-probs
     # of the same network, which random dropout masks would make differ.
     disable_dropout: bool = True
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **TaskConfig.CHOICES, "loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
-        "reference": ("auto", "adapter", "copy")}
+        "reference": ("auto", "adapter", "copy"), "generation_backend": ("transformers", "vllm")}
 
     @staticmethod
     def check(task: DictConfig) -> None:
         if task.num_generations < 2:
             raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2: "
                               "advantages compare the completions of one prompt with each other.")
-        if task.num_iterations != 1:
-            raise ConfigError(f"task.num_iterations={task.num_iterations}: only 1 is supported for now "
-                              "(one optimizer step per batch of samples).")
+        if task.num_iterations < 1:
+            raise ConfigError(f"task.num_iterations={task.num_iterations} must be at least 1 "
+                              "(optimizer steps per batch of samples).")
         if not 0.0 < task.epsilon < 1.0:
             raise ConfigError(f"task.epsilon={task.epsilon} must lie in (0, 1): the policy ratio is "
                               "clipped to [1 - epsilon, 1 + epsilon_high].")
@@ -374,6 +379,9 @@ class GRPOTaskConfig(TaskConfig):
                               "1 (or null: generation.max_new_tokens).")
         if task.sample_generations < 0:
             raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+        if not 0.0 < task.vllm_gpu_memory_utilization < 1.0:
+            raise ConfigError(f"task.vllm_gpu_memory_utilization={task.vllm_gpu_memory_utilization} must "
+                              "lie in (0, 1): the share of GPU memory the vLLM engine may take.")
         if not task.rewards:
             raise ConfigError("task.rewards is empty: give at least one reward function, e.g. "
                               "+task.rewards.correct._target_=ftexp.rewards.exact_match.")

@@ -151,6 +151,30 @@ def _check_sampling(cfg: DictConfig) -> None:
         raise ConfigError(f"task={cfg.task.name} samples with transformers' generate, which needs the whole "
                           f"model on each device, but strategy={strategy.name} shards its weights; use "
                           "strategy=ddp (or deepspeed ZeRO stage 2) with an adapter, or one device.")
+    if cfg.task.get("generation_backend") == "vllm":
+        _check_vllm(cfg)
+
+
+def _check_vllm(cfg: DictConfig) -> None:
+    """task.generation_backend=vllm: a colocated engine on one CUDA device, fed merged weights."""
+    import importlib.util
+
+    import torch
+
+    fix = "or use task.generation_backend=transformers"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"task.generation_backend=vllm needs a CUDA GPU and none is visible; {fix}.")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"task.generation_backend=vllm needs vLLM: pip install 'ftexp[vllm]', {fix}.")
+    if cfg.quant.method != "none":
+        raise ConfigError(f"task.generation_backend=vllm with quant={cfg.quant.method}: the policy's "
+                          "weights are pushed into vLLM merged, which a quantized base cannot take; "
+                          f"use quant=none {fix}.")
+    devices = cfg.trainer.devices
+    one_device = devices in (1, "1") or (devices == "auto" and torch.cuda.device_count() == 1)
+    if cfg.strategy.name != "auto" or not one_device or cfg.trainer.num_nodes != 1:
+        raise ConfigError(f"task.generation_backend=vllm runs one colocated engine on one GPU; use "
+                          f"strategy=auto trainer.devices=1, {fix}.")
 
 
 def check_model_fit(cfg: DictConfig, model_type: str) -> None:

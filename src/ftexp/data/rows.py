@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ftexp.data.cache import FORMAT_VERSION, ContentCache, digest, file_digest, tokenizer_fingerprint
+from ftexp.errors import ConfigError
 
 T = TypeVar("T")
 # Data settings that change how rows are served, not what they encode to.
 _SERVING_KEYS = ("path", "batch_size", "max_batch_size", "eval_batch_size", "num_workers",
-                 "cache_tokenized", "cache_encoder_embeddings")
+                 "cache_tokenized", "cache_encoder_embeddings", "group_by_length")
 
 
 class Rows(Dataset):
@@ -50,15 +51,27 @@ class WindowedLoader(DataLoader):
     batch more than one of a long batch, so 4 accumulated batches of 8 would not train like one
     batch of 32. Dividing each micro-batch's loss sum by the window's item count makes them
     equal; that count needs the whole window, hence the read-ahead of `accumulate` batches.
+
+    `repeat` > 1 serves each window that many times in a row, each copy one optimizer step, its
+    batches marked with `repeat_index` (0 for the first) and `window_index` (their place in the
+    window): GRPO's `num_iterations` updates on one batch of samples. An epoch's last, shorter
+    window is then left out — repeated, its copies would fall into one accumulation window.
     """
 
     def __init__(self, *args: Any, accumulate: int = 1,
                  count_items: Callable[[dict[str, Any]], int] | None = None,
-                 position: LoaderPosition | None = None, **kwargs: Any):
+                 position: LoaderPosition | None = None, repeat: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.accumulate = accumulate
         self.count_items = count_items
         self.position = position
+        self.repeat = repeat
+
+    def __len__(self) -> int:
+        batches = super().__len__()
+        if self.repeat == 1:
+            return batches
+        return batches // self.accumulate * self.accumulate * self.repeat
 
     def __iter__(self):  # noqa: ANN204 - a generator of batches
         skip = self._start_epoch()
@@ -66,10 +79,18 @@ class WindowedLoader(DataLoader):
         for batch in super().__iter__():
             window.append(batch)
             if len(window) == self.accumulate:
-                yield from self._annotated(window, skip)
-                skip = max(0, skip - len(window))
+                for served in self._repeated(window):
+                    yield from self._annotated(served, skip)
+                    skip = max(0, skip - len(served))
                 window = []
-        yield from self._annotated(window, skip)  # the epoch's last, shorter window
+        if self.repeat == 1:
+            yield from self._annotated(window, skip)  # the epoch's last, shorter window
+
+    def _repeated(self, window: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        if self.repeat == 1:
+            return [window]
+        return [[{**batch, "repeat_index": r, "window_index": j} for j, batch in enumerate(window)]
+                for r in range(self.repeat)]
 
     def _start_epoch(self) -> int:
         """Record (or, when resuming, restore) the shuffle state; return the batches to skip.
@@ -97,13 +118,23 @@ class WindowedLoader(DataLoader):
 def rows_loader(rows: Dataset, batch_size: int, shuffle: bool, collate: Callable, num_workers: int,
                 seed: int, accumulate: int = 1,
                 count_items: Callable[[dict[str, Any]], int] | None = None,
-                position: LoaderPosition | None = None) -> DataLoader:
+                position: LoaderPosition | None = None, repeat: int = 1,
+                lengths: list[int] | None = None) -> DataLoader:
     # A seeded generator makes the shuffle order a function of the run's seed alone.
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return WindowedLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+    # `lengths` (data.group_by_length): transformers' length-grouped sampler, as its Trainer's
+    # group_by_length; it draws from the same generator, so the order is the seed's and a resumed
+    # epoch, which restores the generator (WindowedLoader), draws the same batches again.
+    sampler = None
+    if shuffle and lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    return WindowedLoader(rows, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, collate_fn=collate,
                           num_workers=num_workers, generator=generator,
                           persistent_workers=num_workers > 0, accumulate=accumulate,
-                          count_items=count_items, position=position)
+                          count_items=count_items, position=position, repeat=repeat)
 
 
 class RowsDataModule(L.LightningDataModule):
@@ -130,6 +161,8 @@ class RowsDataModule(L.LightningDataModule):
         # trainer.evaluate_training_set: serve the training set as a second validation loader.
         self.evaluate_training_set = evaluate_training_set
         self.train_position = LoaderPosition()
+        # Times each accumulation window of training batches is served in a row (WindowedLoader).
+        self.train_repeats = 1
 
     def encoding_settings(self) -> dict[str, Any]:
         settings = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
@@ -163,9 +196,19 @@ class RowsDataModule(L.LightningDataModule):
         # Window settings go through the constructor (not set afterwards) so that Lightning, which
         # re-creates loaders from their init arguments for distributed sampling, keeps them.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        lengths = self.train_lengths() if getattr(self.config, "group_by_length", False) else None
         return rows_loader(self.datasets["train"], self.batch_size, True, self.collate,
                            self.config.num_workers, self.seed, accumulate, self.loss_items,
-                           self.train_position)
+                           self.train_position, self.train_repeats, lengths)
+
+    def train_lengths(self) -> list[int]:
+        """Tokens per training row, for data.group_by_length."""
+        rows = getattr(self.datasets["train"], "rows", None)
+        if not rows or "input_ids" not in rows[0]:
+            raise ConfigError("data.group_by_length=true: this task's training rows (pairs, prompts, "
+                              "embeddings) have no single token length to group by; set "
+                              "data.group_by_length=false.")
+        return [len(row["input_ids"]) for row in rows]
 
     def loss_items(self, batch: dict[str, Any]) -> int:
         """How many items of a collated training batch the loss averages over (trained tokens,

@@ -10,9 +10,13 @@ its PEFT adapter disabled (one copy of the weights), or a frozen copy of the sta
 for full fine-tuning — config.reference_source decides, as for the preference tasks.
 `reference_forward_passes` in metrics.json counts the reference's forward passes.
 
-One optimizer step per batch of samples (task.num_iterations=1): the "old" log-probs are the
-policy's own, detached, so the ratio is 1 and its gradient is A * grad log pi (grpo_loss with
-old_logps=None).
+task.num_iterations = mu optimizer steps per batch of samples (PPO epochs): the loader serves
+each accumulation window mu times in a row (data/rows.py WindowedLoader, `repeat_index`). The
+first serving samples, scores and keeps the samples with the log-probs of the policy that drew
+them (and the reference's) in `replay`; the next mu - 1 train on the kept samples, so the ratio
+pi / pi_old moves away from 1 and the clipping acts. At mu = 1 nothing is kept: the "old"
+log-probs are the policy's own, detached (grpo_loss with old_logps=None). `replay` is saved in
+full-state checkpoints, so a run resumed between two iterations trains on the same samples.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ftexp.tasks.grpo_losses import (
     token_logps,
 )
 from ftexp.tasks.policy import PolicyTask
+from ftexp.tasks.vllm_sampler import VLLMSampler, policy_weights
 
 
 def build_rewards(nodes: dict[str, Any]) -> list[Reward]:
@@ -132,6 +137,35 @@ class Samples(NamedTuple):
     per_function: dict[str, torch.Tensor]
     advantages: GroupAdvantages
 
+    def to_state(self) -> dict[str, Any]:
+        """Plain dicts of tensors: what a checkpoint can hold and load without pickled classes."""
+        return {**self._asdict(), "advantages": self.advantages._asdict()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Samples:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        moved["per_function"] = {k: v.to(device) for k, v in state["per_function"].items()}
+        moved["advantages"] = GroupAdvantages(**{k: v.to(device) for k, v in state["advantages"].items()})
+        return cls(**moved)
+
+
+class Replayed(NamedTuple):
+    """Samples kept for the later iterations of task.num_iterations, with the log-probs of the
+    policy that drew them (detached) and of the reference (None at beta = 0)."""
+    samples: Samples
+    old_logps: torch.Tensor
+    reference_logps: torch.Tensor | None
+
+    def to_state(self) -> dict[str, Any]:
+        return {"samples": self.samples.to_state(), "old_logps": self.old_logps,
+                "reference_logps": self.reference_logps}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Replayed:
+        reference = state["reference_logps"]
+        return cls(Samples.from_state(state["samples"], device), state["old_logps"].to(device),
+                   None if reference is None else reference.to(device))
+
 
 def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")  # module names cannot hold "." or read well with "/"
@@ -155,6 +189,13 @@ class GRPOTask(PolicyTask):
             stage: nn.ModuleDict({_key(m): MeanMetric() for m in names}) for stage in (*EVAL_STAGES, "test")})
         self._metric_names = names
         self._logits_to_keep: bool | None = None
+        # window_index → samples kept for the next iterations of the same batch (num_iterations > 1).
+        self.replay: dict[int, Replayed] = {}
+        # task.generation_backend=vllm: the engine (started with the fit), where its starting
+        # weights are written, and the longest prompt + completion it must hold.
+        self.vllm: VLLMSampler | None = None
+        self.vllm_dir: Path | None = None
+        self.max_prompt_length: int | None = None
 
     # -- building -------------------------------------------------------------------------------
 
@@ -178,9 +219,35 @@ class GRPOTask(PolicyTask):
             callbacks.append(ScoredSampleGenerations(tokenizer, texts, ids, settings["generation"],
                                                      run_dir / run_files.GENERATIONS_FILE,
                                                      given["prompts"], given["columns"]))
+        datamodule.train_repeats = cfg.task.num_iterations  # mu optimizer steps per batch of samples
         task = cls(target={"prompts": datamodule.prompt_kind}, **settings)
         task.tokenizer, task.rewards = tokenizer, rewards
+        task.vllm_dir = run_dir / "vllm_model"
+        task.max_prompt_length = cfg.data.max_prompt_length or cfg.data.max_length
         return RunParts(datamodule, task, callbacks)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.task["generation_backend"] == "vllm" and self.vllm is None:
+            self.vllm = self.start_vllm()
+
+    def start_vllm(self) -> VLLMSampler:
+        """A colocated vLLM engine loaded with the policy's current weights, written once as a
+        Hub-style folder in the run dir (the starting point may be random-init or an earlier run)."""
+        from safetensors.torch import save_file
+
+        network = self.network
+        base = network.get_base_model() if hasattr(network, "get_base_model") else network
+        directory = self.vllm_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        base.config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        # Cloned: tied embeddings share storage, which safetensors refuses to write twice.
+        save_file({name: t.detach().clone().contiguous().cpu() for name, t in policy_weights(network)},
+                  str(directory / "model.safetensors"))
+        dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
+        return VLLMSampler(str(directory), dtype, self.max_prompt_length + self.max_completion_length,
+                           self.hparams.task["vllm_gpu_memory_utilization"],
+                           seed=int(torch.initial_seed() % 2**31))
 
     # -- sampling and scoring ---------------------------------------------------------------------
 
@@ -198,6 +265,10 @@ class GRPOTask(PolicyTask):
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if self.vllm is not None:
+            self.vllm.sync(self.network, self.global_step)
+            prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask, strict=True)]
+            return self.vllm.generate(prompts, self.generation_settings(sample), pad).to(input_ids.device)
         config = GenerationConfig(**self.generation_settings(sample), eos_token_id=tok.eos_token_id,
                                   pad_token_id=pad)
         if not sample:  # greedy: drop sampling knobs so transformers does not warn
@@ -264,22 +335,40 @@ class GRPOTask(PolicyTask):
         with self.reference_network() as reference:
             return self.token_logps(reference, samples)[0]
 
-    def loss(self, samples: Samples) -> tuple[GRPOLoss, torch.Tensor | None]:
-        """The GRPO objective on a batch of samples, and the policy's mean token entropy."""
+    def loss(self, samples: Samples, old_logps: torch.Tensor | None,
+             reference_logps: torch.Tensor | None) -> tuple[GRPOLoss, torch.Tensor, torch.Tensor | None]:
+        """The GRPO objective on a batch of samples, the policy's per-token log-probs (with their
+        graph) and its mean token entropy."""
         t = self.hparams.task
         policy, entropy = self.token_logps(self.network, samples, entropy=True)
-        reference = self.reference_logps(samples) if self.reference_mode is not None else None
         advantages = samples.advantages.advantages.to(policy.device, policy.dtype)
-        result = grpo_loss(policy, None, reference, advantages, samples.completion_mask,
+        result = grpo_loss(policy, old_logps, reference_logps, advantages, samples.completion_mask,
                            epsilon=t["epsilon"], epsilon_high=t["epsilon_high"], beta=t["beta"],
                            loss_type=t["loss_type"], max_completion_length=self.max_completion_length)
-        return result, entropy
+        return result, policy, entropy
 
     # -- steps ------------------------------------------------------------------------------------
 
+    def step_inputs(self, batch: dict[str, Any]) -> Replayed | tuple[Samples, None, torch.Tensor | None]:
+        """(samples, the log-probs of the policy that drew them, the reference's) for a training
+        batch: new samples at a batch's first iteration (old log-probs None: this policy drew
+        them), the kept ones at the next."""
+        if batch.get("repeat_index", 0) == 0:
+            samples = self.sample(batch, self.hparams.task["num_generations"])
+            return samples, None, self.reference_logps(samples) if self.reference_mode is not None else None
+        kept = self.replay[batch["window_index"]]
+        if kept.old_logps.device != self.device:  # loaded from a checkpoint before the move
+            kept = Replayed.from_state(kept.to_state(), self.device)
+        return kept
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        samples = self.sample(batch, self.hparams.task["num_generations"])
-        result, entropy = self.loss(samples)
+        samples, old_logps, reference = self.step_inputs(batch)
+        result, policy, entropy = self.loss(samples, old_logps, reference)
+        iteration, last = batch.get("repeat_index", 0), self.hparams.task["num_iterations"] - 1
+        if iteration == 0 and last > 0:
+            self.replay[batch["window_index"]] = Replayed(samples, policy.detach(), reference)
+        elif iteration == last > 0:
+            self.replay.pop(batch["window_index"])  # used up: not carried into checkpoints
         count = torch.tensor(len(samples.rewards), device=result.loss.device)
         self.log_train_loss(result.loss, count, batch_idx)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
@@ -287,6 +376,16 @@ class GRPOTask(PolicyTask):
             self.log_dict({f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)},
                           on_step=True, on_epoch=False)
         return result.loss + self.adapter_penalty()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if "optimizer_states" in checkpoint and self.replay:  # a full-state save, to resume from
+            checkpoint["grpo_replay"] = {slot: kept.to_state() for slot, kept in self.replay.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.replay = {int(slot): Replayed.from_state(kept, self.device)
+                       for slot, kept in checkpoint.get("grpo_replay", {}).items()}
 
     def step_metrics(self, samples: Samples, result: GRPOLoss,
                      entropy: torch.Tensor | None) -> dict[str, float]:
