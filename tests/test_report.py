@@ -74,7 +74,9 @@ def _state_metrics(state: str, acc: float | None, memory: float | None) -> dict 
 
 
 SECTIONS = ["best", "trials", "history", "importance", "parallel", "curves"]
-WITH_PARETO = SECTIONS[:5] + ["pareto", "curves"]
+# Runs of different configurations (and no per-example outputs) add the configurations' group.
+CONFIGURATIONS = ["cmp-seeds", "cmp-paired", "cmp-changes"]
+WITH_PARETO = SECTIONS[:5] + ["pareto", "curves"] + CONFIGURATIONS
 
 
 def _curve(acc: float, steps: int = 3) -> list[tuple[int, float, float]]:
@@ -146,7 +148,10 @@ def test_study_report_has_every_section_and_names_the_best_trial(tmp_path: Path)
     assert _sections(html) == [("best", "Best trial"), ("trials", "Trials"),
                                ("history", "Optimization history"), ("importance", "Parameter importances"),
                                ("parallel", "Parallel coordinates"),
-                               ("curves", "Learning curves")]  # one objective: no Pareto front
+                               ("curves", "Learning curves"),  # one objective: no Pareto front
+                               # every trial a configuration of its own (no per-example outputs here)
+                               ("cmp-seeds", "Configurations over seeds"), ("cmp-paired", "Paired tests"),
+                               ("cmp-changes", "What changed")]
     rows = _table_rows(html, "trials")
     by_number = {r[1]: r for r in rows}
     assert [by_number[str(n)][3] for n in range(6)] == ["complete"] * 4 + ["pruned", "failed"]
@@ -217,6 +222,26 @@ def test_plain_multirun_gets_the_same_sections_and_a_pareto_front_from_two_objec
     assert {r[2] for r in _table_rows(html, "pareto")} == {"0", "1", "2"}  # 3: 0.78 @ 2.4 GiB loses to 1
 
 
+def test_a_sweep_with_repeats_shows_each_trial_once_and_its_seeds_as_one_configuration(tmp_path: Path):
+    """hydra.sweeper.repeats=3: every seed's run dir names the trial; the seed that reported to the
+    study (trial.monitor set) is the trial's row, all three make its configuration."""
+    sweep = make_sweep(tmp_path / "sweep")
+    for seed, acc in ((1, 0.81), (2, 0.85)):
+        node = {"study_name": "tiny-sweep", "storage": f"sqlite:///{sweep / 'optuna.db'}", "number": 1,
+                "monitor": None}
+        run = _run_dir(sweep / "1-repeats" / f"seed_{seed}",
+                       {"optimizer.learning_rate": 1e-3, "adapter": "lora"},
+                       _metrics(acc, 1.6), node)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+    html, markdown = write_report([sweep], tmp_path / "out")
+    rows = _table_rows(html.read_text(), "trials")
+    assert [r[1] for r in rows] == [str(n) for n in range(6)]  # one row per trial, as before
+    seeds_row = next(line for line in markdown.read_text().splitlines()
+                     if line.startswith("| B | optimizer.learning_rate=0.001 |"))
+    assert "| 3 | 0.83 ± 0.02 [0.81, 0.85] |" in seeds_row, seeds_row  # val/acc 0.83, 0.81, 0.85
+
+
 def test_a_path_without_runs_is_one_line_and_exit_code_2(tmp_path: Path, capsys):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     for path in (tmp_path / "empty", tmp_path / "missing"):
@@ -253,6 +278,24 @@ def test_wandb_report_blocks_show_the_logged_runs(tmp_path: Path):
     assert "aaaa1111" in grid.runsets[0].filters and "bbbb2222" in grid.runsets[0].filters
     kinds = {type(p).__name__ for p in grid.panels}
     assert {"ParallelCoordinatesPlot", "ParameterImportancePlot", "LinePlot"} <= kinds
+    assert grid.runsets[0].groupby == []  # these runs name no group
+
+
+def test_wandb_report_groups_seeds_by_their_group(tmp_path: Path):
+    wr = pytest.importorskip("wandb_workspaces.reports.v2")
+    from ftexp.reporting.collect import collect
+    from ftexp.reporting.wandb_report import build_report
+
+    for seed in range(2):
+        run = _run_dir(tmp_path / "runs" / f"seed_{seed}", {}, _metrics(0.8 + seed / 100, 1.0))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed, "group": "cls-lora"}))
+        (run / "wandb_run_id").write_text(f"run{seed}\n")
+    report = build_report(collect([tmp_path / "runs"]), "me", "ftexp", "t", ["summary"], "## Configurations")
+    grid = next(b for b in report.blocks if isinstance(b, wr.PanelGrid))
+    assert grid.runsets[0].groupby == ["config.group"]
+    markdown = [b.text for b in report.blocks if isinstance(b, wr.MarkdownBlock)]
+    assert markdown == ["summary", "## Configurations"]
 
 
 def test_wandb_report_is_checked_with_wandb_before_writing_then_saved(tmp_path: Path, capsys, monkeypatch):
@@ -283,6 +326,9 @@ def test_wandb_report_is_checked_with_wandb_before_writing_then_saved(tmp_path: 
     report_main([str(sweep), "--wandb"])
     assert (sweep / "report" / "report.html").is_file()
     assert len(saved) == 1 and saved[0].entity == "me" and saved[0].project == "ftexp"
+    # The configurations' seeds table and paired tests follow as Markdown.
+    markdown = [b.text for b in saved[0].blocks if isinstance(b, wr.MarkdownBlock)]
+    assert any("Configurations over seeds" in t and "Paired tests" in t for t in markdown)
     assert "W&B report: https://wandb.example/report" in capsys.readouterr().out
 
 
@@ -368,7 +414,10 @@ def test_offline_wandb_run_holds_config_metrics_group_and_tags(wandb_run):
     records = _wandb_records(out)
     run = next(r["run"] for r in records if "run" in r)
     assert run["runId"] == (out / "wandb_run_id").read_text().strip()
-    assert run["runGroup"] == "tiny-sweep" and run["jobType"] == "classification"
+    # The W&B group is the run's `group` (its seeds share it); the study is a tag.
+    group = yaml.safe_load((out / "config.yaml").read_text())["group"]
+    assert run["runGroup"] == group and group.startswith("classification-")
+    assert "study:tiny-sweep" in run["tags"] and run["jobType"] == "classification"
     assert run["displayName"] == "tiny-sweep-3"
     assert {"model:tiny_bert", "logger:wandb", "adapter:none", "smoke"} <= set(run["tags"])
     assert not any(t.startswith(("hydra", "local", "paths")) for t in run["tags"])
@@ -410,6 +459,39 @@ def test_report_on_a_single_real_run_dir(wandb_run, tmp_path: Path):
     markdown = (tmp_path / "report.md").read_text()
     assert f"- **run dir**: {out}" in markdown
     assert "need at least 2 complete trials" in markdown
+
+
+def test_report_compares_configurations_from_real_run_files(wandb_run, tmp_path: Path):
+    """The real run's files (config.yaml with its group, labels.json, predictions_test.csv)
+    copied as two seeds of one configuration, and as a second configuration whose predictions
+    are all wrong: the statistics read them as train() writes them."""
+    import pandas as pd
+
+    out = wandb_run[0]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    for name, seed, group in (("a/seed_1", 1, config["group"]), ("a/seed_2", 2, config["group"]),
+                              ("b", 1, "other-group")):
+        run = tmp_path / name
+        run.mkdir(parents=True)
+        for file in ("metrics.json", "labels.json", "predictions_test.csv", "environment.json"):
+            shutil.copy(out / file, run / file)
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed, "group": group}))
+    predictions = pd.read_csv(out / "predictions_test.csv")
+    labels = sorted(predictions["label"].unique())
+    predictions["predicted_label"] = [labels[labels.index(y) - 1] for y in predictions["label"]]  # B: wrong
+    predictions.to_csv(tmp_path / "b" / "predictions_test.csv", index=False)
+    markdown = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")[1].read_text()
+    seeds = [line for line in markdown.splitlines() if line.startswith(("| A | ", "| B | "))]
+    assert f"| {config['group']} | 2 |" in seeds[0] and "| other-group | 1 |" in seeds[1]
+    # Both seeds of A predict alike, so A's vote is the run's own predictions.
+    truth, predicted = predictions["label"], pd.read_csv(out / "predictions_test.csv")["predicted_label"]
+    gap = (truth == predicted).mean() * 100
+    assert gap > 0
+    expected = f"{gap:+.1f}".replace("-", "−")
+    lines = markdown.splitlines()
+    assert any(line.startswith(f"- A vs B: {expected} accuracy points (95% CI ") for line in lines), expected
+    assert "- **A right, B wrong**: " in markdown
+    assert any(line.startswith(f"| A: a/seed_1 | {labels[0]} |") for line in lines)  # the run's classes
 
 
 def test_a_failing_run_finishes_its_wandb_run_and_a_rerun_continues_it(wandb_run, tmp_path: Path,

@@ -38,6 +38,7 @@ from hydra_plugins.ftexp_optuna_sweeper._impl import (
 )
 from hydra_plugins.ftexp_optuna_sweeper._search_space import as_override_text, grid_values, search_space
 from hydra_plugins.ftexp_optuna_sweeper._study import open_storage
+from hydra_plugins.ftexp_optuna_sweeper.config import sweep_id
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
@@ -366,3 +367,64 @@ def test_two_workers_share_one_study(split_csv: Path, tmp_path: Path):
     numbers = [yaml.safe_load((d / "config.yaml").read_text())["trial"]["number"]
                for d in trial_dirs(sweep_dir)]
     assert sorted(numbers) == list(range(4))
+
+
+# -- repeats ------------------------------------------------------------------------------------
+
+
+def test_repeats_give_each_trial_seeds_from_the_configured_one():
+    impl = FtexpOptunaSweeperImpl(repeats=3)
+    impl.config = _sweep_config("seed=7")
+    assert impl._seeds({}) == [7, 8, 9]
+    impl.repeats = 1
+    assert impl._seeds({}) == []  # one run per trial, with the configured seed
+    impl.repeats = 2
+    with pytest.raises(ConfigError, match="drop seed from the search space"):
+        impl._seeds(search_space(["seed=choice(1,2)"], None)[0])
+    impl.config = _sweep_config("seeds=2")
+    with pytest.raises(ConfigError, match="use hydra.sweeper.repeats=k"):
+        impl._seeds({})
+    # a mean over seeds is another objective: another study
+    assert sweep_id(_root_=_sweep_config("hydra.sweeper.repeats=2")) != sweep_id(_root_=_sweep_config())
+    assert sweep_id(_root_=_sweep_config("hydra.sweeper.repeats=1")) == sweep_id(_root_=_sweep_config())
+
+
+@pytest.mark.parametrize("repeats", ["0", "-1"])
+def test_repeats_below_one_get_one_line(repeats: str, tmp_path: Path, monkeypatch, capsys):
+    from conftest import assert_one_line, run_in_process
+
+    code, stderr = run_in_process(["-m", "hydra/sweeper=ftexp_optuna", f"hydra.sweeper.repeats={repeats}",
+                                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], monkeypatch, capsys)
+    assert code == 2
+    assert_one_line(stderr, f"hydra.sweeper.repeats={repeats}: each trial needs at least one run")
+
+
+def test_a_sweep_with_repeats_tells_the_study_the_mean_over_seeds(split_csv: Path, tmp_path: Path,
+                                                                  monkeypatch, capsys):
+    """2 trials × 2 seeds, median pruning: the good learning rate first (grid order of sampler seed
+    1), then the useless one, which its first seed's curve prunes before its second seed runs.
+    In this process (the launcher runs trials in the sweep's process anyway): no interpreter start."""
+    from conftest import run_in_process
+
+    sweep_dir = tmp_path / "sweep"
+    command = sweep_command(split_csv, sweep_dir, "trainer.max_epochs=2", "seed=3",
+                            "optimizer.learning_rate=choice(1e-2,1e-7)", "hydra.sweeper.sampler=grid",
+                            "hydra.sweeper.seed=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.repeats=2",
+                            "hydra.sweeper.pruner=median",
+                            "+hydra.sweeper.pruner_kwargs={n_startup_trials: 1}")
+    code, stderr = run_in_process(command[3:], monkeypatch, capsys)  # without `python -m ftexp`
+    assert code == 0, stderr[-3000:]
+    good, useless = load_study(sweep_dir).trials
+    assert good.params["optimizer.learning_rate"] == 1e-2 and good.state == TrialState.COMPLETE
+    runs = [sweep_dir / "trial_0000" / f"seed_{seed}" for seed in (3, 4)]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    values = [m["val/acc"] for m in metrics]  # no checkpoint: the objective falls back to the last value
+    assert values[0] != values[1] and good.value == pytest.approx(sum(values) / 2)
+    assert good.user_attrs["seeds"] == [3, 4]
+    assert good.user_attrs["seed_values"] == {"3": [values[0]], "4": [values[1]]}
+    assert [m["seed"] for m in metrics] == [3, 4] and metrics[0]["group"] == metrics[1]["group"]
+    assert len(good.intermediate_values) == 2  # the first seed's curve alone
+    # the second seed did not report: no pruning monitor in its trial node
+    assert yaml.safe_load((runs[1] / "config.yaml").read_text())["trial"]["monitor"] is None
+    assert useless.state == TrialState.PRUNED and useless.params["optimizer.learning_rate"] == 1e-7
+    assert [p.name for p in (sweep_dir / "trial_0001").iterdir()] == ["seed_3"]

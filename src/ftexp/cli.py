@@ -24,6 +24,7 @@ from omegaconf.errors import ValidationError
 
 from ftexp.errors import ConfigError, debug_requested, did_you_mean, reported_as_one_line
 from ftexp.paths import config_dir, project_root
+from ftexp.seeds import check_seeds
 from ftexp.validation import bad_value_message, validate
 
 OmegaConf.register_new_resolver("ftexp_root", lambda: str(project_root()), replace=True)
@@ -134,6 +135,7 @@ def preflight(argv: list[str]) -> None:
             except HydraException as err:
                 raise ConfigError(_composition_message(err)) from err
             validate(cfg, resolve=False)
+            check_seeds(cfg)
             _check_adapter_keys(cfg)
             # The keys are right; what Hydra may still refuse is how they were written.
             try:
@@ -189,18 +191,24 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _run_job(cfg: DictConfig) -> dict[str, Any]:
-    """One job; returns its metrics, which sweepers read their objectives from."""
+    """One job; returns its metrics, which sweepers read their objectives from (a `seeds=` job:
+    {"seed_<n>": metrics} for each seed)."""
+    from hydra.core.hydra_config import HydraConfig
+
     # In a multirun a bad job must not end the sweep: its one-line error is logged and the
     # exception handed to Hydra, which records the job as failed and lets the sweeper go on.
     with reported_as_one_line(cfg.get("debug", False), exit_on_error=not _in_multirun()):
         if cfg.get("resume"):
-            from hydra.core.hydra_config import HydraConfig
-
             cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
         cfg = validate(cfg)
+        seeds = check_seeds(cfg)
         from ftexp.train import train  # heavy imports (torch, transformers) start here
 
-        return train(cfg)
+        if seeds is None:
+            return train(cfg)
+        from ftexp.seeds import run_seeds
+
+        return run_seeds(cfg, seeds, train, HydraConfig.get().output_subdir)
 
 
 def check_launch(argv: list[str], environ: dict[str, str]) -> list[str]:
@@ -236,7 +244,9 @@ def check_launch(argv: list[str], environ: dict[str, str]) -> list[str]:
 def resume_target(value: str, runs: Path = Path("outputs/runs")) -> Path:
     """The run directory `resume=<value>` names (`last`: the newest one with a checkpoint)."""
     if value == "last":
-        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        # A `seeds=` run keeps each seed's run one level down (<run>/seed_<n>).
+        found = [*runs.glob("*/checkpoints/last*.ckpt"), *runs.glob("*/seed_*/checkpoints/last*.ckpt")]
+        candidates = sorted(found, key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise ConfigError(f"resume=last: no run under {runs} has a checkpoint to resume from; "
                               "name the run directory: resume=<run dir>.")

@@ -5,7 +5,11 @@ and `report.md` (the same tables and facts) to `--out` (default: `<path>/report`
 else `outputs/reports/<date>_<time>`). Sections: the best trial, a table of trials (the
 overrides that differ, objectives, metrics, state, duration, peak memory, trainable
 parameters), optimization history, parameter importances, parallel coordinates, the Pareto
-front (two or more objectives) and learning curves of the top runs. A sweep dir with an Optuna
+front (two or more objectives) and learning curves of the top runs. Runs that differ only in
+seed form one configuration: each gets mean ± std and a bootstrap CI over its seeds, and
+configurations are compared on the same test examples (paired bootstrap CIs, McNemar / permutation
+p-values, a plain sentence each), with what changed between them, per-class scores, confusion
+matrices, calibration and the examples they disagree on (reporting/comparisons.py). A sweep dir with an Optuna
 study (`optuna.db`) is drawn with Optuna's own plots from the study; plain run dirs (a Hydra
 multirun, single runs) get the same sections from an in-memory study built from them.
 With `--wandb` the comparison is also published as a W&B Report (online only).
@@ -26,6 +30,7 @@ from ftexp.reporting.collect import Comparison, collect
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
+COMPARISON_TITLE = "Configurations and paired tests"
 
 
 def parse_objective(text: str) -> Objective:
@@ -44,6 +49,8 @@ def _default_out(paths: list[Path]) -> Path:
 
 
 def build_page(comparisons: list[Comparison], paths: list[Path], out_dir: Path, top: int, title: str | None):
+    from ftexp.reporting.comparisons import comparison_sections
+    from ftexp.reporting.configurations import group_runs
     from ftexp.reporting.figures import fmt, sections
     from ftexp.reporting.render import Page, slug
 
@@ -62,6 +69,12 @@ def build_page(comparisons: list[Comparison], paths: list[Path], out_dir: Path, 
                 chips.append(("best", f"{fmt(best.values[0])} at #{best.number}"))
         prefix = f"{slug(comparison.title)}-" if several else ""
         groups.append((comparison.title if several else "", prefix, sections(comparison, top, out_dir)))
+    configurations = group_runs([r for c in comparisons for r in [*c.runs, *c.repeats]], paths)
+    if len(configurations) > 1 or any(len(c.runs) > 1 for c in configurations):
+        # Seeds and paired tests: a group of its own, after the trials the runs came from.
+        groups.append((COMPARISON_TITLE, "cmp-",
+                       comparison_sections(configurations, comparisons[0].objectives, paths)))
+        chips.append(("configurations", str(len(configurations))))
     names = ", ".join(p.name or str(p) for p in paths)
     if title is None:
         title = f"ftexp report: {comparisons[0].title.removeprefix('Study ')}" if (
@@ -90,7 +103,8 @@ def write_report(paths: list[Path], out_dir: Path | None = None, objectives: lis
     atomic.write_text(out_dir / MARKDOWN_FILE, markdown)
     if wandb:
         summaries = [to_markdown(type(page)("", "", [], [group]), HTML_FILE) for group in page.groups]
-        url = wandb_report.publish(comparisons, entity, project, page.title, summaries)
+        url = wandb_report.publish(comparisons, entity, project, page.title, summaries[:len(comparisons)],
+                                   "\n".join(summaries[len(comparisons):]))
         print(f"W&B report: {url}")
     return out_dir / HTML_FILE, out_dir / MARKDOWN_FILE
 

@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 PREDICTIONS_FILE = "predictions_test.csv"
 GENERATIONS_FILE = "generations.jsonl"  # causal LM: sample generations at each evaluation
+EXAMPLE_LOSSES_FILE = "losses_{split}.jsonl"  # causal LM: per-example loss (test; latest validation)
 LR_FIND_PLOT = "lr_find.png"     # learning_rate=find: the LR range test
 TUNED_FILE = "tuned.json"        # batch size and learning rate the run trains with (auto/find resolved)
 BEST_CHECKPOINT = "checkpoints/best.ckpt"

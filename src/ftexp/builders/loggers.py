@@ -85,8 +85,9 @@ def check_logger_nodes(settings: dict[str, Any] | None) -> None:
 def build_loggers(settings: dict[str, Any], run_dir: Path, run: dict[str, Any] | None = None) -> list[Any]:
     """Lightning loggers for `settings` (the resolved `logger` group: named `_target_` nodes),
     in their order; [] when none is asked. `run` holds what loggers record about the run besides
-    their own settings: `config` (the resolved config, secrets redacted), `task`, `study_name` /
-    `trial_number` (sweep trials) and `choices` (the chosen group options)."""
+    their own settings: `config` (the resolved config, secrets redacted), `task`, `group` (runs
+    that differ only by seed share it), `study_name` / `trial_number` (sweep trials) and `choices`
+    (the chosen group options)."""
     from ftexp.builders.targets import instantiate_node
 
     check_logger_nodes(settings)
@@ -124,11 +125,13 @@ def chosen_options(choices: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def run_display_name(run_dir: Path, study_name: str | None, trial_number: int | None) -> str:
-    """`<study>-<trial>` for a sweep trial; the run dir's name, with its sweep dir's name for
-    multirun job dirs named by a bare number."""
+    """`<study>-<trial>` for a sweep trial (`-seed_<n>` added for a trial's repeats); the run dir's
+    name, with its parent's name for multirun job dirs named by a bare number and the seed dirs of
+    a `seeds=` run (`seed_<n>`)."""
+    seed_dir = run_dir.name.startswith("seed_")
     if study_name and trial_number is not None:
-        return f"{study_name}-{trial_number}"
-    if run_dir.name.isdigit():
+        return f"{study_name}-{trial_number}" + (f"-{run_dir.name}" if seed_dir else "")
+    if run_dir.name.isdigit() or seed_dir:
         return f"{run_dir.parent.name}/{run_dir.name}"
     return run_dir.name
 
@@ -179,8 +182,9 @@ def wandb_logger(mode: WandbMode = "auto", project: str = "ftexp", entity: str |
     on ranks other than zero). The `logger.wandb` node's `_target_` (conf/logger/wandb.yaml).
 
     `run` holds what the builder cannot read from the node: `config` (the resolved config to
-    log), `study_name` / `trial_number` (sweep trials), `task` (the job type) and `choices`
-    (chosen group options, for tags).
+    log), `group` (ftexp's run group: runs that differ only by seed, the W&B group unless the node
+    names one), `study_name` / `trial_number` (sweep trials, also a `study:<name>` tag), `task`
+    (the job type) and `choices` (chosen group options, for tags).
     """
     run = run or {}
     resolved = wandb_mode(mode)
@@ -203,9 +207,9 @@ def wandb_logger(mode: WandbMode = "auto", project: str = "ftexp", entity: str |
         project=project or "ftexp",
         entity=entity,
         name=name or run_display_name(run_dir, study, number),
-        group=group or study or None,
+        group=group or run.get("group") or study or None,
         job_type=run.get("task"),
-        tags=wandb_tags(run.get("choices") or {}, tags),
+        tags=wandb_tags(run.get("choices") or {}, [*([f"study:{study}"] if study else []), *(tags or [])]),
         config=run.get("config"),
         dir=str(run_dir),
         id=run_id,
@@ -276,6 +280,8 @@ def mlflow_logger(experiment_name: str = "ftexp", tracking_uri: str | None = Non
     all_tags = {group: option for group, option in chosen_options(run.get("choices") or {})}
     if run.get("task"):
         all_tags["task"] = str(run["task"])
+    if run.get("group"):  # MLflow has no run groups: runs that differ only by seed share this tag
+        all_tags["group"] = str(run["group"])
     all_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
     id_file = run_dir / MLFLOW_ID_FILE
     kept = _kept_run_id(id_file)

@@ -2,6 +2,10 @@
 
 - `collect`: find run dirs and Optuna studies under the given paths, read them into `Comparison`s;
 - `figures`: the report's sections (tables, plotly figures, notes) for one comparison;
+- `configurations`, `examples`, `comparisons`: runs grouped into configurations (seeds of one
+  setting), their per-example outputs, and the sections comparing them (seeds table, paired tests,
+  what changed, per-class scores, calibration, disagreements, LM generations and losses);
+- `stats`: the statistics of those sections, pure functions of arrays;
 - `render`: the self-contained HTML page and the Markdown summary;
 - `wandb_report`: the same comparison published as a W&B Report.
 """

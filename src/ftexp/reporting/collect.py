@@ -23,8 +23,8 @@ from ftexp.objective import MAXIMIZE, MINIMIZE, PRUNED, Objective, was_pruned
 from ftexp.reporting import ReportError
 
 STUDY_FILE = "optuna.db"
-# Keys that say where or how a run was stored, not what it tried.
-_NOT_PARAMS = ("hydra", "paths", "trial", "debug", "logger")
+# Keys that say where or how a run was stored, not what it tried (`group` follows from the config).
+_NOT_PARAMS = ("hydra", "paths", "trial", "debug", "logger", "group")
 _OPTUNA_STATES = {"COMPLETE": "complete", "PRUNED": PRUNED, "FAIL": "failed",
                   "RUNNING": "running", "WAITING": "waiting"}
 
@@ -66,6 +66,9 @@ class Comparison:
     param_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     curve_metric: str = ""  # the validation metric drawn against the step (a csv/metrics.csv column)
+    # A sweep with `repeats`: each trial's other seeds (its row shows the seed that reported to the
+    # study); they count in the configurations over seeds, not as trials.
+    repeats: list[Run] = field(default_factory=list)
 
     def ranked(self) -> list[Run]:
         """Complete runs with every objective value, best first on the first objective."""
@@ -276,12 +279,16 @@ def _study_comparison(db: Path, name: str, members: list[Run], several: bool) ->
         names = [f"objective {i}" for i in range(len(study.directions))]
     objectives = [Objective(n, MAXIMIZE if d == optuna.study.StudyDirection.MAXIMIZE else MINIMIZE)
                   for n, d in zip(names, study.directions, strict=True)]
-    by_number: dict[int, Run] = {}
+    by_number: dict[int, dict[Any, Run]] = {}
     for run in sorted(members, key=lambda r: r.started):  # a trial started twice: keep the last dir
-        by_number[int(run.trial["number"])] = run
-    runs = []
+        by_number.setdefault(int(run.trial["number"]), {})[run.config.get("seed")] = run
+    runs, repeats = [], []
     for trial in study.get_trials(deepcopy=False):
-        run = by_number.pop(trial.number, None) or Run(name=f"trial {trial.number}")
+        seeds = list(by_number.pop(trial.number, {}).values())
+        # With repeats, the seed that reported to the study (its trial.monitor is set) is the trial.
+        run = next((r for r in seeds if r.trial.get("monitor")), seeds[0] if seeds else None)
+        repeats += [r for r in seeds if r is not run]
+        run = run or Run(name=f"trial {trial.number}")
         run.number = trial.number
         run.state = _OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
         run.values = list(trial.values) if trial.values else [None] * len(objectives)
@@ -289,7 +296,8 @@ def _study_comparison(db: Path, name: str, members: list[Run], several: bool) ->
             run.duration_s = trial.duration.total_seconds()
         run.params = dict(trial.params)
         runs.append(run)
-    extra = sorted(by_number.values(), key=_sort_key)  # run dirs the study does not know of
+    # Run dirs the study does not know of.
+    extra = sorted((r for seeds in by_number.values() for r in seeds.values()), key=_sort_key)
     for run in extra:
         run.number = int(run.trial["number"])
     notes = [f"{len(extra)} run dir(s) name trials the study does not hold."] if extra else []
@@ -301,7 +309,7 @@ def _study_comparison(db: Path, name: str, members: list[Run], several: bool) ->
         (r.trial["monitor"] for r in runs if r.trial.get("monitor")), None)
     return Comparison(title, runs, objectives, study=study, from_storage=True,
                       param_names=swept + [k for k in varying_params(runs) if k not in swept], notes=notes,
-                      curve_metric=monitor or _curve_metric(objectives, runs))
+                      curve_metric=monitor or _curve_metric(objectives, runs), repeats=repeats)
 
 
 def _curve_metric(objectives: list[Objective], runs: list[Run]) -> str:

@@ -51,6 +51,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)  # plain-language findings, one per line
 
 
 def fmt(value: Any) -> str:

@@ -47,6 +47,7 @@ th { background:#f9fafb; font-weight:600; position:sticky; top:0; cursor:pointer
 th:hover { color:var(--accent); }
 tr:last-child td { border-bottom:none; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.text { white-space:normal; min-width:260px; max-width:520px; }
 td.param { font-family:ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12.5px; }
 tr.best td { background:#f0fdf4; font-weight:600; }
 tr.best td:first-child::before { content:"★ "; color:#16a34a; }
@@ -56,6 +57,7 @@ td a { color:var(--accent); text-decoration:none; }
 .state.failed { background:#fee2e2; color:#991b1b; }
 .state.running, .state.waiting { background:#dbeafe; color:#1e40af; }
 .figure { margin:6px 0 4px; min-width:0; }
+ul.sentences { margin:8px 0 12px; padding-left:20px; } ul.sentences li { margin:3px 0; }
 .figures.n2 { display:grid; grid-template-columns:1fr 1fr; gap:16px; }
 footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 30px; }
 """.replace("FONT", FONT)
@@ -103,7 +105,7 @@ def _table_html(table: Table) -> str:
                 text = f'<a href="{_e(cell.href)}">{text}</a>'
             if cell.kind == "state":
                 text = f'<span class="state {_e(cell.text)}">{text}</span>'
-            kind = cell.kind if cell.kind in ("num", "param") else ""
+            kind = cell.kind if cell.kind in ("num", "param", "text") else ""
             cells.append(f'<td class="{kind}">{text}</td>' if kind else f"<td>{text}</td>")
         mark = ' class="best"' if i in table.marked else ""
         body.append(f"<tr{mark}>{''.join(cells)}</tr>")
@@ -125,6 +127,9 @@ def _section_html(section: Section, prefix: str) -> str:
         facts = "".join(f'<div class="fact{" lead" if i < 2 else ""}"><div class="k">{_e(k)}</div>'
                         f'<div class="v">{_e(v)}</div></div>' for i, (k, v) in enumerate(section.facts))
         parts.append(f'<div class="facts">{facts}</div>')
+    if section.sentences:
+        items = "".join(f"<li>{_e(s)}</li>" for s in section.sentences)
+        parts.append(f'<ul class="sentences">{items}</ul>')
     figures = "".join(_figure_html(f) for f in section.figures)
     if figures:
         parts.append(f'<div class="figures n{min(len(section.figures), 2)}">{figures}</div>')
@@ -195,6 +200,8 @@ def to_markdown(page: Page, html_name: str) -> str:
                 lines += [section.intro, ""]
             if section.facts:
                 lines += [f"- **{k}**: {v}" for k, v in section.facts] + [""]
+            if section.sentences:
+                lines += [f"- {s}" for s in section.sentences] + [""]
             for table in section.tables:
                 lines += _table_md(table) + [""]
             if section.figures:

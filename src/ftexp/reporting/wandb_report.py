@@ -2,8 +2,9 @@
 
 Online means WANDB_API_KEY is set (and WANDB_MODE is not offline / disabled). The runs must have
 been logged with `logger=wandb` (their run dirs keep `wandb_run_id`) and synced to W&B; the report
-shows them by id: the summary table, parallel coordinates, parameter importance, learning curves
-and, with two objectives, their scatter plot.
+shows them by id, grouped by the runs' `group` (the seeds of one configuration): the summary
+table, parallel coordinates, parameter importance, learning curves and, with two objectives,
+their scatter plot; then the configurations over seeds and the paired tests, as Markdown.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def logged_runs(comparisons: list[Comparison]) -> tuple[str | None, str, list[st
 
 
 def build_report(comparisons: list[Comparison], entity: str, project: str, title: str,
-                 summaries: list[str]) -> Any:
+                 summaries: list[str], configurations: str = "") -> Any:
     """The W&B Report object (nothing is sent): per comparison, its Markdown summary and a panel
-    grid over its runs."""
+    grid over its runs, grouped by the runs' `group` (seeds of one configuration) where they have
+    one; then `configurations`, the Markdown of the seeds table and paired tests."""
     import wandb_workspaces.reports.v2 as wr
 
     blocks: list[Any] = [wr.P(f"Made by ftexp.report from {sum(len(c.runs) for c in comparisons)} runs.")]
@@ -94,11 +96,14 @@ def build_report(comparisons: list[Comparison], entity: str, project: str, title
         if len(metrics) > 1:
             panels.insert(1, wr.ScatterPlot(title=f"{metrics[0]} vs {metrics[1]}",
                                             x=wr.SummaryMetric(metrics[0]), y=wr.SummaryMetric(metrics[1])))
+        grouped = any(r.config.get("group") for r in comparison.runs if r.wandb_id)
         runset = wr.Runset(entity=entity, project=project, name=comparison.title or "runs",
-                           filters=f"Metric('ID') in {ids!r}")
+                           filters=f"Metric('ID') in {ids!r}", groupby=["config.group"] if grouped else [])
         if comparison.title:
             blocks.append(wr.H2(comparison.title))
         blocks += [wr.MarkdownBlock(summary), wr.PanelGrid(runsets=[runset], panels=panels)]
+    if configurations:
+        blocks.append(wr.MarkdownBlock(configurations))
     return wr.Report(project=project, entity=entity, title=title[:128],
                      description="Trials, best trial, importances and learning curves (ftexp.report).",
                      blocks=blocks, width="fluid")
@@ -119,10 +124,10 @@ def connect(comparisons: list[Comparison]) -> tuple[str, str]:
 
 
 def publish(comparisons: list[Comparison], entity: str, project: str, title: str,
-            summaries: list[str]) -> str:
+            summaries: list[str], configurations: str = "") -> str:
     """Save the report to W&B; its URL."""
     try:
-        report = build_report(comparisons, entity, project, title, summaries)
+        report = build_report(comparisons, entity, project, title, summaries, configurations)
         report.save()
     except Exception as err:  # network, auth, API: one line; the local report stays as written
         raise ReportError(f"--wandb: publishing the W&B report failed: {str(err).splitlines()[0]}") from err

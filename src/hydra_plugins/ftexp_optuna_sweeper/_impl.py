@@ -7,6 +7,12 @@ on one storage share it, and `n_trials` counts the study's trials in total. Each
 its parameters as overrides, plus the `trial` node (study, storage, number, monitor) so the run
 can report to the study and be pruned (ftexp/callbacks/optuna_pruning.py), and runs in
 `<sweep dir>/trial_<number>`.
+
+With `repeats=k` each trial is k jobs under seeds seed, seed+1, … (`<trial dir>/seed_<n>`), and the
+study is told the mean of each objective over them. The first seed runs first and alone reports
+for pruning; the other seeds run only for trials whose first seed completed, so a pruned or failed
+trial costs one run and every trial's intermediate values are first-seed curves, comparable to
+each other.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -48,9 +55,12 @@ SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
 STORAGE_FILE = "optuna.db"  # default storage: <sweep dir>/optuna.db
 RESULTS_FILE = "optimization_results.yaml"  # best trial(s), rewritten at the end of each sweep
 TRIAL_DIR = "trial_{:04d}"  # each trial's run dir, inside the sweep dir
+SEED_DIR = "seed_{}"  # with repeats: each seed's run dir, inside the trial's dir
 # Trial user attributes (for people and reports): the run dir; why a trial failed; a trial whose
 # worker stopped while it ran (it counts for nothing: its parameters run again as `retry_of`).
 OUTPUT_DIR_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, RETRY_ATTR = "output_dir", "error", "interrupted", "retry_of"
+# With repeats: the trial's seeds, and each seed's objective values ({"<seed>": [values]}).
+SEEDS_ATTR, SEED_VALUES_ATTR = "seeds", "seed_values"
 # Trial system attributes: which worker runs the trial, and when it last said it still does.
 HOST_ATTR, PID_ATTR, HEARTBEAT_ATTR = "ftexp:host", "ftexp:pid", "ftexp:heartbeat"
 # Study user attributes: what defines the study's command (see config.sweep_id), and its overrides.
@@ -149,7 +159,7 @@ class FtexpOptunaSweeperImpl:
                  sampler_kwargs: Mapping[str, Any] | None = None, pruner: str = "none",
                  pruner_kwargs: Mapping[str, Any] | None = None, monitor: str | None = None,
                  study_name: str = "", storage: str | None = None, sweep_dir: str = "",
-                 max_failure_rate: float = 0.5, heartbeat_interval: int = 30) -> None:
+                 max_failure_rate: float = 0.5, heartbeat_interval: int = 30, repeats: int = 1) -> None:
         def plain(value: Any) -> Any:
             return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
@@ -162,6 +172,8 @@ class FtexpOptunaSweeperImpl:
         self.study_name, self.storage_setting = study_name, storage
         # `sweep_dir` only feeds hydra.sweep.dir's default (conf/config.yaml); setup() reads that.
         self.max_failure_rate, self.heartbeat_interval = max_failure_rate, heartbeat_interval
+        self.repeats = repeats
+        self.seeds: list[int] = []  # with repeats: each trial's seeds, set when the sweep starts
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.sweep_dir = Path(".")
@@ -200,6 +212,22 @@ class FtexpOptunaSweeperImpl:
                                   f"one of {', '.join(DIRECTIONS)}.")
             found.append(_Objective(str(setting["metric"]), direction))
         return found
+
+    def _seeds(self, space: Mapping[str, Param]) -> list[int]:
+        """Each trial's seeds: [] for one run per trial (the configured seed), else seed, seed+1, …"""
+        if self.config.get("seeds") is not None:  # the job would refuse it in every trial
+            raise ConfigError("seeds= does not run inside a sweep: use hydra.sweeper.repeats=k, which runs "
+                              "each trial under k seeds and tells the study their mean.")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ConfigError(f"hydra.sweeper.repeats={self.repeats}: each trial needs at least one run; "
+                              "repeats=k runs it under k seeds (seed, seed+1, …).")
+        if self.repeats == 1:
+            return []
+        if "seed" in space:
+            raise ConfigError(f"hydra.sweeper.repeats={self.repeats} gives each trial seeds seed, seed+1, …: "
+                              "drop seed from the search space (set seed=<first seed> instead).")
+        base = int(self.config.seed)
+        return [base + i for i in range(self.repeats)]
 
     def _monitor(self, objectives: list[_Objective]) -> str | None:
         if self.pruner_name == "none":
@@ -278,6 +306,7 @@ class FtexpOptunaSweeperImpl:
             raise ConfigError("hydra.sweeper: n_trials and n_jobs must be at least 1, max_failure_rate "
                               "within [0, 1].")
         space, fixed = search_space(arguments, self.params)
+        self.seeds = self._seeds(space)
         objectives = self._objectives()
         self.monitor = self._monitor(objectives)
         pruner = make_pruner(self.pruner_name, self.pruner_kwargs)
@@ -357,61 +386,101 @@ class FtexpOptunaSweeperImpl:
         trial.set_user_attr(OUTPUT_DIR_ATTR, str(self.sweep_dir / TRIAL_DIR.format(trial.number)))
         return trial
 
-    def _job_overrides(self, trial: optuna.Trial, fixed: list[str], space: Mapping[str, Param]) -> list[str]:
+    def _job_overrides(self, trial: optuna.Trial, fixed: list[str], space: Mapping[str, Param],
+                       repeat: int = 0) -> list[str]:
+        """The job of one trial (with repeats: of its `repeat`-th seed, which alone reports for
+        pruning if it is the first)."""
         swept = [space[name].override(trial.params[name]) for name in space]
-        return [*fixed, *swept,
+        where, seed = TRIAL_DIR.format(trial.number), []
+        if self.seeds:
+            where, seed = f"{where}/{SEED_DIR.format(self.seeds[repeat])}", [f"seed={self.seeds[repeat]}"]
+        monitor = self.monitor if repeat == 0 else None
+        return [*fixed, *swept, *seed,
                 f"trial.study_name={as_override_text(self.study_name)}",
                 f"trial.storage={as_override_text(self.storage_spec)}",
-                f"trial.number={trial.number}", f"trial.monitor={as_override_text(self.monitor)}",
+                f"trial.number={trial.number}", f"trial.monitor={as_override_text(monitor)}",
                 f"hydra.sweep.dir={as_override_text(str(self.sweep_dir))}",
-                f"hydra.sweep.subdir={TRIAL_DIR.format(trial.number)}"]
+                f"hydra.sweep.subdir={as_override_text(where)}"]
 
     def _run(self, study: optuna.Study, batch: list[optuna.Trial], fixed: list[str],
              space: Mapping[str, Param], objectives: list[_Objective]) -> list[JobReturn]:
-        overrides = [self._job_overrides(trial, fixed, space) for trial in batch]
+        """Launch a batch of trials (with repeats: their first seeds, then the other seeds of those
+        that completed) and tell the study; the job returns, in launch order."""
         ids = [trial_id(self.storage, study, t.number) for t in batch]
         try:
             with _Heartbeat(self.storage, ids, self.heartbeat_interval):
-                returns = list(self.launcher.launch(overrides, initial_job_idx=batch[0].number))
+                first = self.launcher.launch([self._job_overrides(t, fixed, space) for t in batch],
+                                             initial_job_idx=batch[0].number)
+                runs = [[ret] for ret in first]
+                going_on = [i for i, ret in enumerate(first)
+                            if self.seeds and self._outcome(ret, objectives)[0] == TrialState.COMPLETE]
+                if going_on:
+                    _free_memory()
+                    rest = iter(self.launcher.launch(
+                        [self._job_overrides(batch[i], fixed, space, r)
+                         for i in going_on for r in range(1, len(self.seeds))],
+                        initial_job_idx=batch[0].number))
+                    for i in going_on:
+                        runs[i] += [next(rest) for _ in range(1, len(self.seeds))]
         except BaseException:  # Ctrl-C, or a job that exits the process: run these again later
             for id_ in ids:
                 self._requeue(study, self.storage.get_trial(id_), "the sweep was interrupted")
             raise
         finally:
             _free_memory()
-        for trial, ret in zip(batch, returns, strict=True):
-            self._tell(study, trial, ret, objectives)
-        return returns
+        for trial, rets in zip(batch, runs, strict=True):
+            self._tell(study, trial, rets, objectives)
+        return [ret for rets in runs for ret in rets]
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn,
-              objectives: list[_Objective]) -> None:
-        where = TRIAL_DIR.format(trial.number)
+    @staticmethod
+    def _outcome(ret: JobReturn, objectives: list[_Objective]) -> tuple[TrialState, Any]:
+        """What one job says about its trial: (COMPLETE, objective values), (PRUNED, the step or
+        None) or (FAIL, why)."""
         if ret.status != JobStatus.COMPLETED:
             err = ret._return_value
             if isinstance(err, BaseException) and is_pruned(err):
-                study.tell(trial, state=TrialState.PRUNED)
-                log.info("trial %d PRUNED (%s)", trial.number, where)
-                return
-            self._fail(study, trial, _one_line(err) if isinstance(err, BaseException) else "the job failed")
-            return
+                return TrialState.PRUNED, None
+            return TrialState.FAIL, _one_line(err) if isinstance(err, BaseException) else "the job failed"
         metrics = ret.return_value
         if not isinstance(metrics, Mapping):
-            self._fail(study, trial, "the job returned no metrics")
-            return
+            return TrialState.FAIL, "the job returned no metrics"
         if was_pruned(metrics):
-            study.tell(trial, state=TrialState.PRUNED)
-            log.info("trial %d PRUNED at step %s (%s)", trial.number, metrics.get("pruned_at_step"), where)
-            return
+            return TrialState.PRUNED, metrics.get("pruned_at_step")
         try:
             values = [o.value(metrics) for o in objectives]
         except (KeyError, TypeError, ValueError) as err:
-            self._fail(study, trial, str(err).strip("'\""))
-            return
+            return TrialState.FAIL, str(err).strip("'\"")
         if not all(math.isfinite(v) for v in values):
-            self._fail(study, trial, f"objective values are not finite: {values}")
+            return TrialState.FAIL, f"objective values are not finite: {values}"
+        return TrialState.COMPLETE, values
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, rets: list[JobReturn],
+              objectives: list[_Objective]) -> None:
+        """Tell the study how the trial's run(s) ended: pruned or failed as its first run (or a
+        failed later seed) says, else the mean of its runs' objective values."""
+        where = TRIAL_DIR.format(trial.number)
+        outcomes = [self._outcome(ret, objectives) for ret in rets]
+        state, detail = outcomes[0]
+        if state == TrialState.PRUNED:
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d PRUNED%s (%s)", trial.number, f" at step {detail}" if detail else "", where)
             return
+        if self.seeds:
+            trial.set_user_attr(SEEDS_ATTR, self.seeds)
+            # Fewer runs than seeds when the first failed: the later seeds did not run.
+            trial.set_user_attr(SEED_VALUES_ATTR, {str(seed): values for seed, (s, values)
+                                                   in zip(self.seeds, outcomes, strict=False)
+                                                   if s == TrialState.COMPLETE})
+        for i, (state, detail) in enumerate(outcomes):
+            if state != TrialState.COMPLETE:
+                reason = detail if state == TrialState.FAIL else "pruned"
+                self._fail(study, trial, f"seed {self.seeds[i]}: {reason}" if self.seeds else reason)
+                return
+        # The mean over seeds: what a setting does on average, not on its luckiest seed.
+        values = [statistics.fmean(column) for column in zip(*(v for _, v in outcomes), strict=True)]
         study.tell(trial, values)
-        log.info("trial %d COMPLETE %s (%s)", trial.number, _shown(objectives, values), where)
+        log.info("trial %d COMPLETE %s%s (%s)", trial.number, _shown(objectives, values),
+                 f" (mean of seeds {self.seeds})" if self.seeds else "", where)
 
     def _fail(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr(ERROR_ATTR, reason)

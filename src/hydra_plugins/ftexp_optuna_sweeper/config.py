@@ -45,6 +45,11 @@ class FtexpOptunaSweeperConf:
     pruner_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 3}
     # Metric reported for pruning; null: the (single) objective's metric without `best/`.
     monitor: Optional[str] = None
+    # Runs per trial, under seeds seed, seed+1, … (in <trial dir>/seed_<n>, one group): the study is
+    # told the mean of the objective over them, each seed's values are kept in the trial's user
+    # attrs. With a pruner, the first seed alone reports and may be pruned; the other seeds run
+    # only for trials whose first seed completed, without reporting.
+    repeats: int = 1
     # The study; the default is named after the command (its overrides, params and objectives),
     # so running the same command again resumes the same study.
     study_name: str = "${ftexp_sweep_id:}"
@@ -64,13 +69,17 @@ class FtexpOptunaSweeperConf:
 
 
 def sweep_id(*, _root_: Any) -> str:
-    """`sweep-<hash>` of what defines the search: the task overrides, params and objectives.
-    Sweeper settings passed as hydra.sweeper.* overrides (n_trials, sampler, …) do not count, so
-    raising n_trials resumes the same study."""
+    """`sweep-<hash>` of what defines the search: the task overrides, params, objectives and
+    repeats (a mean over seeds is another objective). Other sweeper settings passed as
+    hydra.sweeper.* overrides (n_trials, sampler, …) do not count, so raising n_trials resumes
+    the same study."""
     hydra = _root_.hydra
     what = {"overrides": sorted(OmegaConf.to_container(hydra.overrides.task, resolve=False)),
             "params": OmegaConf.to_container(hydra.sweeper.params, resolve=False),
             "objectives": OmegaConf.to_container(hydra.sweeper.objectives, resolve=False)}
+    repeats = hydra.sweeper.get("repeats", 1)
+    if repeats != 1:  # only then: studies of single-seed sweeps keep their names
+        what["repeats"] = repeats
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
     return f"sweep-{digest[:8]}"
 
