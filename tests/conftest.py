@@ -107,6 +107,20 @@ def tiny_overrides(data_path: Path, *extra: str) -> list[str]:
             *extra]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test (pytestmark = pytest.mark.usefixtures("one_thread")): tiny
+    models gain nothing from more, and on a 2-core machine shared with other processes torch's
+    threaded kernels stall (a 128×64 SVD took ~1 s on two threads, 2 ms on one; a tiny-Llama
+    training step ~0.8 s against ~0.05 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
     from ftexp.builders.backbone import load_tokenizer
@@ -149,7 +163,8 @@ def build_task(overrides: list[str], tmp_path: Path):
 
     cfg = compose_config(overrides, tmp_path)
     m = cfg.model
-    tokenizer = load_tokenizer(m.tokenizer, chat_template=m.chat_template)
+    tokenizer = load_tokenizer(m.tokenizer, chat_template=m.chat_template,
+                               added_tokens=list(m.add_special_tokens))
     parts = get_task(cfg.task.name).task_class().from_config(cfg, task_settings(cfg), tokenizer, tmp_path)
     parts.task.configure_model()
     return parts.task, parts.datamodule, cfg

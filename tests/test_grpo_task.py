@@ -114,6 +114,28 @@ def test_the_loss_is_grpo_loss_on_independent_log_probs(built, monkeypatch):
     assert metrics["completions/mean_length"] == pytest.approx(lengths.mean().item())
 
 
+def test_chunked_log_probs_equal_the_full_logits_path_with_their_gradients(built, monkeypatch):
+    """The default path (final hidden states through the LM head a chunk at a time, no (N, L,
+    vocab) logits) gives the log-probs, entropy and gradients of the full-logits path."""
+    task, datamodule = built
+    assert "chunked" in task.summary()["loss_path"]
+    monkeypatch.setattr(task, "generate", lambda ids, mask, sample: _fixed_completions(task, len(ids)))
+    monkeypatch.setitem(task.hparams.generation, "temperature", 0.7)
+    samples = task.sample(datamodule.collate(datamodule.datasets["train"].rows[:2]), 4)
+    chunked, chunked_entropy = task.token_logps(task.network, samples, entropy=True)
+    with monkeypatch.context() as m:
+        m.setattr(task, "loss_path", None)
+        full, full_entropy = task.token_logps(task.network, samples, entropy=True)
+    mask = samples.completion_mask
+    torch.testing.assert_close(chunked[mask], full[mask], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_entropy, full_entropy, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(mask.shape).masked_fill(~mask, 0)
+    got, want = _gradients(task, (chunked * weights).sum()), _gradients(task, (full * weights).sum())
+    assert any(g.abs().sum() > 0 for g in want.values())
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_beta_zero_has_no_reference_pass_and_beta_uses_the_disabled_adapter(built, monkeypatch):
     task, datamodule = built
     batch = datamodule.collate(datamodule.datasets["train"].rows[:2])

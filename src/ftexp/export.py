@@ -112,7 +112,8 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
     m = hparams["model"]
     tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
                                trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                               chat_template=m.get("chat_template"))
+                               chat_template=m.get("chat_template"),
+                               added_tokens=list(m.get("add_special_tokens") or []))
     ensure_eos(tokenizer)
     metrics_path = run / run_dir.METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

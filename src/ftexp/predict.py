@@ -84,7 +84,8 @@ def load_trained(run: Path, checkpoint: str = run_dir.BEST_CHECKPOINT):
     task.eval()
     m = cfg.model
     tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code,
-                               revision=m.revision, chat_template=m.get("chat_template"))
+                               revision=m.revision, chat_template=m.get("chat_template"),
+                               added_tokens=list(m.get("add_special_tokens") or []))
     return task, tokenizer, cfg
 
 

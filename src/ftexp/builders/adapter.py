@@ -124,9 +124,44 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
     import peft
 
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
-    wrapped = peft.get_peft_model(backbone, peft_config(method, params, task_type))
+    config = peft_config(method, params, task_type)
+    _train_new_token_rows(backbone, config)  # model.add_special_tokens
+    wrapped = peft.get_peft_model(backbone, config)
     _load_expected_state(backbone, wrapped)  # model.init_from_adapter=continue
     return wrapped
+
+
+# Ids of tokens model.add_special_tokens gave the tokenizer, left by backbone.grow_vocabulary for
+# apply_adapter, whose PEFT adapter must train their (new, otherwise random) embedding rows.
+_NEW_TOKENS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
+def expect_trainable_tokens(backbone: nn.Module, token_ids: list[int]) -> None:
+    """Make the rows of `token_ids` trainable in the adapter apply_adapter puts on `backbone`."""
+    if token_ids:
+        _NEW_TOKENS[backbone] = list(token_ids)
+
+
+def _train_new_token_rows(backbone: nn.Module, config: Any) -> None:
+    """Train the new tokens' rows of the input embeddings (and of an untied LM head, so the model
+    can also predict them): PEFT's trainable_token_indices, which trains and saves only those rows
+    and merges them on export, where the method has it; else the whole embedding modules
+    (modules_to_save)."""
+    token_ids = _NEW_TOKENS.pop(backbone, None)
+    if not token_ids:
+        return
+    modules = {name.rsplit(".", 1)[-1]: module for name, module in backbone.named_modules()}
+    names = [n for n, m in modules.items() if m is backbone.get_input_embeddings()]
+    output = backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
+    tied = output is not None and output.weight is backbone.get_input_embeddings().weight
+    names += [n for n, m in modules.items() if output is not None and m is output and not tied]
+    if hasattr(config, "trainable_token_indices"):
+        config.trainable_token_indices = {name: list(token_ids) for name in names}
+    elif hasattr(config, "modules_to_save"):
+        config.modules_to_save = [*(config.modules_to_save or []), *names]
+    else:
+        raise ConfigError(f"model.add_special_tokens: {type(config).__name__} cannot train the new tokens' "
+                          "embedding rows; use adapter=lora or adapter=none.")
 
 
 # Trained adapter tensors waiting for the model they are meant for (model.init_from_adapter=

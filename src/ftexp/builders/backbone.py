@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -185,10 +186,20 @@ def _from_pretrained(auto_class: Any, what: str, source: str,
         raise
 
 
+def add_special_tokens(tokenizer: Any, tokens: list[str] | None) -> list[int]:
+    """Add `tokens` as special tokens (never split, skipped when decoding with
+    skip_special_tokens) and return the ids of those the vocabulary did not have."""
+    new = [t for t in tokens or [] if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(new)
+
+
 def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: str | None = None,
-                   chat_template: str | None = None) -> Any:
-    """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one) and the
-    given chat template, if any, replacing its own."""
+                   chat_template: str | None = None, added_tokens: list[str] | None = None) -> Any:
+    """The tokenizer, with a pad token guaranteed (decoder LLMs often ship without one), the
+    given chat template, if any, replacing its own, and `added_tokens` (model.add_special_tokens)
+    added as special tokens."""
     if source == RANDOM_INIT:
         raise ConfigError(f"model.name_or_path={RANDOM_INIT} builds random weights and has no "
                           "tokenizer; set model.tokenizer (e.g. model.tokenizer="
@@ -197,6 +208,7 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: st
                                  trust_remote_code=trust_remote_code, revision=revision)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
+    add_special_tokens(tokenizer, added_tokens)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -236,6 +248,70 @@ def _drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+# -- model.rope_scaling ------------------------------------------------------------------------------
+
+def supports_rope(config: Any) -> bool:
+    """Whether the architecture positions tokens by rotary embeddings (Llama, Qwen2, …), which is
+    what rope_parameters describe; GPT-2, BLOOM and BERT-style models have none."""
+    return isinstance(getattr(config, "rope_parameters", None), dict)
+
+
+def check_rope_scaling_fits(model_type: str) -> None:
+    """Refuse model.rope_scaling for an architecture without RoPE, before any weights load.
+    Architectures transformers does not know (custom code) are checked once their config loads."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type in CONFIG_MAPPING and not supports_rope(CONFIG_MAPPING[model_type]()):
+        raise ConfigError(f"model.rope_scaling: '{model_type}' models have no rotary position "
+                          "embeddings to scale; remove the model.rope_scaling setting.")
+
+
+def apply_rope_scaling(config: Any, rope_scaling: dict[str, Any]) -> None:
+    """Set a RoPE scaling (`{rope_type|type: linear|dynamic|yarn, factor: …}`, already validated
+    by ModelConfig) on a transformers config: its rope_parameters become the scaling, keeping
+    the model's own rope_theta (and partial rotary factor), then transformers fills in and
+    checks the rest (yarn's original_max_position_embeddings)."""
+    if not supports_rope(config):
+        raise ConfigError(f"model.rope_scaling: '{config.model_type}' models have no rotary position "
+                          "embeddings to scale; remove the model.rope_scaling setting.")
+    current = dict(config.rope_parameters)
+    if config.nested_rope_parameter_keys(current):
+        raise ConfigError(f"model.rope_scaling: '{config.model_type}' models set RoPE per layer type "
+                          f"({', '.join(current)}), which one scaling cannot express; set "
+                          "model.rope_scaling={}.")
+    scaling = dict(rope_scaling)
+    kind = scaling.pop("rope_type", None) or scaling.pop("type")
+    scaling.pop("type", None)
+    kept = {k: current[k] for k in ("rope_theta", "partial_rotary_factor") if k in current}
+    config.rope_parameters = {**kept, "rope_type": kind, **scaling}
+    config.standardize_rope_params()
+    config.validate_rope()
+
+
+# -- model.attn_implementation=auto -------------------------------------------------------------------
+
+def resolve_attn_implementation(requested: str | None, dtype: str, model_class: Any) -> str | None:
+    """`auto`: flash_attention_2 where it can run (a CUDA device, the flash-attn package, half
+    precision weights, an architecture that supports it); otherwise None, which lets
+    transformers pick sdpa where the architecture supports it and eager where not. Any other
+    value is passed as is."""
+    if requested != "auto":
+        return requested
+    flash = (torch.cuda.is_available() and dtype in ("bfloat16", "float16")
+             and importlib.util.find_spec("flash_attn") is not None
+             and bool(getattr(model_class, "_supports_flash_attn", False)))
+    return "flash_attention_2" if flash else None
+
+
+def _model_class(causal_lm: bool, config: Any) -> Any:
+    """The class AutoModel(ForCausalLM) builds for `config`, from the public tables it reads
+    (None for architectures they do not map, such as custom code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if causal_lm else MODEL_MAPPING
+    return mapping.get(type(config), None)
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -247,6 +323,7 @@ def load_backbone(
     quantization_config: Any = None,
     causal_lm: bool = False,
     allow_pickled_weights: bool = False,
+    rope_scaling: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Pretrained weights from a Hub id / local path, or a random-init architecture from a config;
     quantized on load when a bitsandbytes config is given. Headless (AutoModel) for pooled heads,
@@ -256,10 +333,21 @@ def load_backbone(
         check_weights_source(name_or_path, None)  # `random-init` names no weights to load
     torch_dtype = DTYPES[dtype]
     auto_class = AutoModelForCausalLM if causal_lm else AutoModel
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    config = None
     if random_init is not None:
         params = dict(random_init)
         config = AutoConfig.for_model(params.pop("model_type"), **params)
+    elif rope_scaling or (attn_implementation == "auto" and torch.cuda.is_available()):
+        # The config first: the scaling goes into it, and `auto` may need the architecture's class.
+        config = _from_pretrained(AutoConfig, "model", name_or_path, trust_remote_code=trust_remote_code,
+                                  revision=revision)
+    if rope_scaling:
+        apply_rope_scaling(config, rope_scaling)
+    if attn_implementation == "auto":
+        attn_implementation = resolve_attn_implementation(attn_implementation, dtype,
+                                                          _model_class(causal_lm, config))
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if random_init is not None:
         # Random-init models are fixtures: the same weights on every build, whatever the run's
         # seed, so a checkpoint need not carry their frozen base to be reloaded.
         with torch.random.fork_rng(devices=[]):
@@ -272,6 +360,8 @@ def load_backbone(
             model.save_pretrained(tmp)
             return load_backbone(tmp, dtype=dtype, attn_implementation=attn_implementation,
                                  quantization_config=quantization_config, causal_lm=causal_lm)
+    if config is not None:
+        extra["config"] = config  # carries model.rope_scaling
     if quantization_config is not None:
         extra["quantization_config"] = quantization_config
     if not allow_pickled_weights:
@@ -283,12 +373,45 @@ def load_backbone(
                                          revision=revision, **extra))
 
 
+def load_configured_tokenizer(model: Any) -> Any:
+    """`load_tokenizer` from the model group's settings (a config node or a plain dict)."""
+    return load_tokenizer(model.get("tokenizer") or model["name_or_path"],
+                          trust_remote_code=bool(model.get("trust_remote_code", False)),
+                          revision=model.get("revision"), chat_template=model.get("chat_template"),
+                          added_tokens=list(model.get("add_special_tokens") or []))
+
+
+def grow_vocabulary(network: PreTrainedModel, model: dict[str, Any]) -> list[int]:
+    """model.add_special_tokens: the ids the tokenizer gives the tokens it did not have, with the
+    input embeddings (and an untied LM head) grown to hold them where they had no spare rows.
+    The new rows start at the mean of the old ones (transformers' mean_resizing), drawn from a
+    fixed seed, so every rebuild of the run's model (predict, generate, export) has the same."""
+    base = load_tokenizer(model.get("tokenizer") or model["name_or_path"],
+                          trust_remote_code=bool(model.get("trust_remote_code", False)),
+                          revision=model.get("revision"))
+    new_ids = add_special_tokens(base, list(model["add_special_tokens"]))
+    rows = network.get_input_embeddings().weight.shape[0]
+    if len(base) > rows:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            network.resize_token_embeddings(len(base), mean_resizing=True)
+    return new_ids
+
+
 def load_configured_backbone(model: dict[str, Any], quantization_config: Any = None,
                              causal_lm: bool = False) -> PreTrainedModel:
-    """`load_backbone` from the model group's settings (a plain dict, as checkpoints keep it). A
-    run's starting network, model.init_from included: init_from.load_starting_network."""
-    return load_backbone(model["name_or_path"], random_init=model.get("random_init"),
+    """`load_backbone` from the model group's settings (a plain dict, as checkpoints keep it), its
+    vocabulary grown by model.add_special_tokens (whose rows a PEFT adapter then trains: see
+    adapter.expect_trainable_tokens). A run's starting network, model.init_from included:
+    init_from.load_starting_network."""
+    network = load_backbone(model["name_or_path"], random_init=model.get("random_init"),
                          dtype=model["dtype"], attn_implementation=model.get("attn_implementation"),
                          trust_remote_code=model["trust_remote_code"], revision=model.get("revision"),
                          quantization_config=quantization_config, causal_lm=causal_lm,
-                         allow_pickled_weights=bool(model.get("allow_pickled_weights", False)))
+                         allow_pickled_weights=bool(model.get("allow_pickled_weights", False)),
+                         rope_scaling=model.get("rope_scaling"))
+    if model.get("add_special_tokens"):
+        from ftexp.builders.adapter import expect_trainable_tokens
+
+        expect_trainable_tokens(network, grow_vocabulary(network, model))
+    return network

@@ -1,8 +1,13 @@
 """Optimizers over the trainable parameters (the `optimizer` group's `_target_` class), and the
-learning-rate defaults that go with them."""
+learning-rate defaults that go with them. Two memory-saving forms are wired here because they need
+the model's structure, not just its parameters: GaLore / APOLLO read a low-rank projection from
+the parameter group of the weights it applies to (`optimizer.projection`), and BAdam wraps the
+`_target_` optimizer in a block-coordinate one (`optimizer.blocks`)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from typing import Any
 
@@ -10,30 +15,96 @@ import torch
 from torch import nn
 
 from ftexp.builders.targets import check_node, instantiate_node, parameters
-from ftexp.config import ADAPTERS, SchedulerConfig
+from ftexp.config import ADAPTERS, LOW_RANK_OPTIMIZER_PACKAGES, SchedulerConfig
 from ftexp.errors import ConfigError
 
 # Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
-_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused")
+_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks")
 # Arguments ftexp passes: the parameter groups and the resolved learning rate.
 _WIRED = ("params", "lr")
 
 LR_SCALING_RULES = SchedulerConfig.CHOICES["learning_rate_scaling"]
 
-# Lightning 2.x still accepts the legacy "16" / "bf16" spellings and runs them as mixed precision.
-_MIXED_PRECISIONS = frozenset({"16-mixed", "bf16-mixed", "16", "bf16"})
+# Precisions that scale the loss (fp16's GradScaler); Lightning 2.x still accepts the legacy "16".
+_SCALED_PRECISIONS = frozenset({"16-mixed", "16"})
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def skips_decay(name: str, param: torch.Tensor) -> bool:
+    """Decaying biases and normalisation gains only shrinks what should stay free."""
+    return param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     exclude: frozenset[int] = frozenset()) -> list[dict]:
+    """Trainable parameters by weight decay; `exclude`: ids of parameters grouped elsewhere."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or id(param) in exclude:
             continue
-        # Decaying biases and normalisation gains only shrinks what should stay free.
-        skip = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-        (no_decay if skip else decay).append(param)
+        (no_decay if skips_decay(name, param) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def transformer_block_names(model: nn.Module) -> list[str]:
+    """Qualified names of the transformer blocks in `model` (model.layers.0, …): the ModuleList
+    as long as the architecture is deep (its config's num_hidden_layers)."""
+    depth = next((m.config.num_hidden_layers for m in model.modules()
+                  if isinstance(getattr(getattr(m, "config", None), "num_hidden_layers", None), int)), None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return [f"{name}.{i}" if name else str(i) for i in range(depth)]
+    raise ConfigError("cannot find the transformer blocks of this model to split the optimizer by; "
+                      "name them: optimizer.projection.target_modules=[...] (GaLore / APOLLO) or "
+                      "optimizer.blocks.block_prefixes=[[...],...] (BAdam).")
+
+
+def projected_weights(model: nn.Module, projection: dict[str, Any]) -> list[tuple[str, nn.Parameter]]:
+    """The trainable Linear weights the low-rank projection applies to: those inside the
+    transformer blocks (attention, MLP) or in modules named by target_modules, whose smaller side
+    exceeds the rank (projecting a smaller one saves nothing)."""
+    targets = projection.get("target_modules")
+    blocks = None if targets else tuple(f"{b}." for b in transformer_block_names(model))
+    chosen = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or weight is None or not weight.requires_grad:
+            continue
+        named = any(t in name for t in targets) if targets else name.startswith(blocks)
+        if named and min(weight.shape) > projection["rank"]:
+            chosen.append((f"{name}.weight", weight))
+    return chosen
+
+
+def _low_rank_groups(model: nn.Module, settings: dict[str, Any]) -> list[dict]:
+    """Parameter groups for GaLore / APOLLO: the projected weights in a group carrying the
+    projection keys their optimizers read, everything else as parameter_groups does."""
+    projection = settings["projection"]
+    package = settings["_target_"].split(".")[0]
+    chosen = projected_weights(model, projection)
+    if not chosen:
+        sides = [min(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
+        raise ConfigError(f"optimizer.projection.rank={projection['rank']} leaves no weight to project: "
+                          f"the chosen Linear weights' smaller side is at most {max(sides, default=0)}; "
+                          "lower the rank, or name other modules in optimizer.projection.target_modules.")
+    keys = ("rank", "update_proj_gap", "scale", "proj_type", *LOW_RANK_OPTIMIZER_PACKAGES[package])
+    wd = settings.get("weight_decay", 0.0)
+    groups = parameter_groups(model, wd, exclude=frozenset(id(p) for _, p in chosen))
+    projected = {"params": [p for _, p in chosen], "weight_decay": wd,
+                 **{k: projection[k] for k in keys}}
+    return [g for g in groups if g["params"]] + [projected]
+
+
+def _allow_projector_checkpoints(package: str) -> None:
+    """GaLore / APOLLO keep their projector objects in the optimizer state; resume checkpoints
+    load with weights_only=True, which accepts those classes only once they are allowlisted."""
+    if package == "galore_torch":
+        from galore_torch.galore_projector import GaLoreProjector
+        torch.serialization.add_safe_globals([GaLoreProjector])
+    elif package == "apollo_torch":
+        from apollo_torch.random_projector import GradientProjector
+        from apollo_torch.svd_projector import GaLoreProjector as APOLLOSVDProjector
+        torch.serialization.add_safe_globals([GradientProjector, APOLLOSVDProjector])
 
 
 def _target_node(settings: dict[str, Any]) -> dict[str, Any]:
@@ -48,17 +119,141 @@ def check_optimizer_node(settings: dict[str, Any]) -> None:
     if settings.get("fused") is True and "fused" not in parameters(target):
         raise ConfigError(f"optimizer.fused=true: {settings['_target_']} has no fused kernel; "
                           "set optimizer.fused=auto.")
+    if settings.get("projection") is not None:
+        _allow_projector_checkpoints(settings["_target_"].split(".")[0])
+    if settings.get("blocks") is not None and importlib.util.find_spec("badam") is None:
+        raise ConfigError("optimizer.blocks (BAdam) needs the package 'badam', which is not installed; "
+                          "run: pip install 'ftexp[badam]'.")
 
 
 def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: float,
                     fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer group's target over the trainable parameters of `model`; weight decay is
     per parameter group (see parameter_groups). `fused` only where the target takes it."""
-    groups = parameter_groups(model, settings.get("weight_decay", 0.0))
+    if settings.get("projection") is not None:
+        _allow_projector_checkpoints(settings["_target_"].split(".")[0])
+        groups = _low_rank_groups(model, settings)
+    else:
+        groups = parameter_groups(model, settings.get("weight_decay", 0.0))
     # `fused` reaches only targets that name it. None (not False) lets torch pick its foreach
     # kernel on GPU; fused only when asked, see use_fused_adamw for when that is safe.
-    return instantiate_node(_target_node(settings), "optimizer", _WIRED, params=groups, lr=learning_rate,
-                            fused=True if fused else None)
+    # no_deprecation_warning: GaLore's AdamW carries over transformers' "this AdamW is deprecated,
+    # use torch's" warning, which does not apply to it (it reaches only targets that name it).
+    optimizer = instantiate_node(_target_node(settings), "optimizer", _WIRED, params=groups,
+                                 lr=learning_rate, fused=True if fused else None,
+                                 no_deprecation_warning=True)
+    if settings.get("blocks") is not None:
+        return block_optimizer(model, optimizer, settings["blocks"], settings.get("weight_decay", 0.0))
+    return optimizer
+
+
+# -- BAdam ---------------------------------------------------------------------------------------
+
+def _blocks(model: nn.Module, blocks: dict[str, Any],
+            trainable: list[tuple[str, nn.Parameter]]) -> tuple[list[list[str]], list[str]]:
+    """BAdam's blocks (lists of parameter-name substrings) and the always-active names: the
+    parameters outside the pretrained network (a task's new head), which would otherwise never
+    train. Built here rather than by BAdam's own inference, which knows only `layers.N` names."""
+    from transformers import PreTrainedModel
+
+    roots = [n for n, m in model.named_modules() if isinstance(m, PreTrainedModel)]
+    root = min(roots, key=len) if roots else ""
+    head = [n for n, _ in trainable if root and not n.startswith(f"{root}.")]
+    if blocks.get("block_prefixes"):
+        return [list(b) for b in blocks["block_prefixes"]], head
+    layers = [f"{b}." for b in transformer_block_names(model)]
+    found = [[b] for b in layers]
+    embeddings = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if blocks.get("include_embedding"):
+        found.insert(0, embeddings)
+    if blocks.get("include_lm_head"):
+        rest = [n for n, _ in trainable if n not in head and not n.startswith((*layers, *embeddings))]
+        if rest:
+            found.append(rest)
+    return found, head
+
+
+@functools.cache
+def _block_optimizer_class() -> type:
+    from badam import BlockOptimizer
+
+    class LightningBlockOptimizer(BlockOptimizer):
+        """BlockOptimizer as Lightning drives it: Lightning hands `step` the closure that runs
+        forward and backward, while BAdam reads the gradients before stepping, so the closure runs
+        first. Weight decay follows parameter_groups' rule (BAdam's own decays norm weights and
+        applies the optimizer's default rate). Its state dict also says which block is active and
+        how far it is, so a resumed run continues that block with its moments (BAdam's own would
+        restart at the first block and hand it the saved block's moments)."""
+
+        def __init__(self, *args: Any, weight_decay: float, **kwargs: Any):
+            self.ftexp_weight_decay = weight_decay  # read by the switch inside super().__init__
+            self.active_block = 0
+            super().__init__(*args, **kwargs)
+            # BlockOptimizer binds the base optimizer's state_dict over its own; ours adds the block.
+            self.state_dict = self._block_state_dict
+
+        def _block_state_dict(self) -> dict[str, Any]:
+            state = self.base_optimizer.state_dict()
+            upcoming = getattr(self, "block_order", None)
+            state["block_coordinate"] = {
+                "active_block": self.active_block, "global_step": self.global_step,
+                # random order: the blocks still to come, the next one (already drawn) last
+                "block_order": None if upcoming is None else [*upcoming, self.current_block_idx]}
+            return state
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            state = dict(state_dict)
+            block = state.pop("block_coordinate", None)
+            if block is not None:
+                self.global_step = block["global_step"]
+                self.current_block_idx = block["active_block"]
+                if block["block_order"] is not None:
+                    self.block_order = list(block["block_order"])
+                self.switch_trainable_params()  # the saved block active, its fp32 copies fresh
+            self.base_optimizer.load_state_dict(state)
+
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            super().step()
+            return loss
+
+        def switch_trainable_params(self, verbose: int | None = None) -> None:
+            self.active_block = self.current_block_idx  # BAdam moves current_block_idx to the next
+            super().switch_trainable_params(verbose=verbose)  # None: the constructor's verbosity
+
+        def _switch_trainable_params_single_gpu(self, verbose: int | None = 1) -> None:
+            super()._switch_trainable_params_single_gpu(verbose)
+            decay, no_decay = self.base_optimizer.param_groups
+            decay["params"], no_decay["params"] = [], []
+            for index, high_precision in self.param_idx2hp.items():
+                name, param = self.named_parameters_list[index]
+                (no_decay if skips_decay(name, param) else decay)["params"].append(high_precision)
+            decay["weight_decay"], no_decay["weight_decay"] = self.ftexp_weight_decay, 0.0
+
+    return LightningBlockOptimizer
+
+
+def block_optimizer(model: nn.Module, base: torch.optim.Optimizer, blocks: dict[str, Any],
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """BAdam's BlockOptimizer around `base`: one block trains at a time (the others get
+    requires_grad=False), with optimizer state for that block only, rebuilt at each switch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        raise ConfigError("optimizer.blocks (BAdam) trains on one device: it changes which parameters "
+                          "have gradients every few steps, which DDP cannot follow; set trainer.devices=1.")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    prefixes, always = _blocks(model, blocks, trainable)
+    start = blocks.get("start_block")
+    if start is not None and not 0 <= start < len(prefixes):
+        raise ConfigError(f"optimizer.blocks.start_block={start} must be between 0 and {len(prefixes) - 1} "
+                          f"(this model has {len(prefixes)} blocks).")
+    return _block_optimizer_class()(
+        base, trainable, block_prefix_list=prefixes, switch_block_every=blocks["switch_block_every"],
+        start_block=start, switch_mode=blocks["switch_mode"], active_modules=always, verbose=0,
+        weight_decay=weight_decay)
 
 
 def auto_learning_rate(adapter_method: str) -> float:
@@ -80,11 +275,27 @@ def scale_learning_rate(learning_rate: float, world_size: int, rule: str) -> flo
                      f"{', '.join(LR_SCALING_RULES)}")
 
 
-def use_fused_adamw(accelerator_is_cuda: bool, precision: str, gradient_clip_val: float | None) -> bool:
-    """Fused AdamW is the fastest CUDA kernel, but it unscales gradients inside its own step, and
-    Lightning's MixedPrecision plugin raises on gradient clipping with such optimizers (it must
-    unscale before clipping). So: CUDA only, and not mixed precision together with clipping."""
-    if not accelerator_is_cuda:
+# Devices where torch's AdamW has a fused kernel (CPU since torch 2.4).
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
+def use_fused_adamw(device_type: str, precision: str, gradient_clip_val: float | None) -> bool:
+    """Fused AdamW is torch's fastest AdamW step on CUDA and on CPU, where without it torch takes
+    its per-tensor Python loop (MiniLM's 22.7M parameters on 2 CPU cores: 10 ms a step instead of
+    65 ms). Not fp16 mixed precision with clipping: its gradient scaler must unscale before
+    clipping, and a fused step unscales inside itself (Lightning refuses that pairing). bf16
+    mixed precision has no scaler: see allow_clipping_without_scaler."""
+    if device_type not in FUSED_ADAMW_DEVICES:
         return False
     clipping = gradient_clip_val is not None and gradient_clip_val > 0
-    return not (str(precision) in _MIXED_PRECISIONS and clipping)
+    return not (str(precision) in _SCALED_PRECISIONS and clipping)
+
+
+def allow_clipping_without_scaler(optimizer: torch.optim.Optimizer, precision: str) -> None:
+    """Lightning's MixedPrecision refuses gradient clipping for any optimizer flagged as unscaling
+    gradients in its step (torch flags fused AdamW so), even under bf16-mixed, which has no
+    gradient scaler: nothing is ever scaled, the flag only tells a GradScaler it may hand the step
+    its scale. Cleared on this instance under scaler-free precisions only; pinned by
+    tests/test_speed_knobs.py."""
+    if str(precision) not in _SCALED_PRECISIONS and getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer._step_supports_amp_scaling = False

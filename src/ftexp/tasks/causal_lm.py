@@ -4,6 +4,7 @@ the same samples give the same loss."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from ftexp.data.causal_lm import trained_tokens
 from ftexp.data.targets import IGNORE
+from ftexp.tasks import lm_loss
 from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
 
 
@@ -27,14 +29,42 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return losses, targets != IGNORE
 
 
+def example_losses(losses: torch.Tensor, trained: torch.Tensor, labels: torch.Tensor,
+                   position_ids: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Each sample's mean token loss, its trained-token count and a digest of its target ids (a
+    report matches two runs' samples by it: packing may score them in another order), in batch
+    order. A packed row holds several samples, each starting at position 0; padding, with no
+    trained token, is skipped."""
+    import hashlib
+
+    starts = position_ids == 0 if position_ids is not None else torch.zeros_like(labels, dtype=torch.bool)
+    segment = starts.long().cumsum(dim=1)[:, 1:]  # the sample each target token belongs to
+    found = []
+    for row in range(losses.shape[0]):
+        for seg in segment[row].unique().tolist():
+            mask = trained[row] & (segment[row] == seg)
+            count = int(mask.sum())
+            if count:
+                ids = labels[row, 1:][mask].tolist()
+                found.append({"loss": float(losses[row][mask].sum()) / count, "tokens": count,
+                              "target": hashlib.sha1(repr(ids).encode()).hexdigest()[:16]})
+    return found
+
+
 class CausalLMTask(FinetuneTask):
-    """Metrics: `loss` and `perplexity` (exp of the token-weighted mean loss of the split)."""
+    """Metrics: `loss` and `perplexity` (exp of the token-weighted mean loss of the split). The
+    loss comes from the final hidden states in chunks, or a fused kernel, or full logits
+    (tasks/lm_loss.py; `loss_path` in metrics.json says which)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.loss_path: lm_loss.LossPath | None = None
         self.val_loss = MeanMetric()
         self.train_eval_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        # Per-example losses of the test split and of the latest validation, for paired
+        # comparisons in ftexp.report (losses_test.jsonl, losses_validation.jsonl).
+        self.examples: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
 
     @classmethod
     def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> RunParts:
@@ -66,7 +96,17 @@ class CausalLMTask(FinetuneTask):
 
             # Noise on the input embeddings in training mode only; generation stays clean.
             activate_neftune(network, alpha)
+        lm_loss.apply_kernel_patches(network, self.hparams.model.get("kernels", "none"))
         return network
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.loss_path is None:
+            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model)
+
+    def summary(self) -> dict[str, Any]:
+        path = {"loss_path": self.loss_path.describe()} if self.loss_path is not None else {}
+        return {**super().summary(), **path}
 
     @property
     def backbone(self) -> nn.Module:
@@ -82,18 +122,53 @@ class CausalLMTask(FinetuneTask):
         return trained_tokens(labels)
 
     def _sum_and_count(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        losses, trained = token_losses(self(batch), batch["labels"])
-        return losses.sum(), trained.sum()
+        path, labels = self.loss_path, batch["labels"]
+        if path is None or path.full_logits:
+            losses, trained = token_losses(self(batch), labels)
+            return losses.sum(), trained.sum()
+        hidden = lm_loss.final_hidden_states(self.network, **lm_loss.hidden_inputs(batch))
+        head = lm_loss.output_head(self.network)
+        if path.kernel != "none":
+            return lm_loss.kernel_loss_sum(hidden, labels, head, path)
+        return lm_loss.summed_token_loss(hidden, labels, head, path)
+
+    def _token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_losses of the batch, by the chunked path where it is on (the fused kernels
+        return sums only, so evaluation takes the chunked path under them)."""
+        path = self.loss_path
+        if path is None or path.full_logits:
+            return token_losses(self(batch), batch["labels"])
+        hidden = lm_loss.final_hidden_states(self.network, **lm_loss.hidden_inputs(batch))
+        chunked = (path if path.chunk_tokens is not None
+                   else lm_loss.LossPath("chunked(1024)", 1024, transform=path.transform))
+        return lm_loss.token_losses_from_hidden(hidden, batch["labels"], lm_loss.output_head(self.network),
+                                                chunked)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, count = self._sum_and_count(batch)
         self.log_train_loss(total / count.clamp(min=1), count, batch_idx)
         return self.normalized_loss(total, count, batch) + self.adapter_penalty()
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
-        total, count = self._sum_and_count(batch)
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric,
+                   examples: list[dict[str, Any]] | None = None) -> None:
+        losses, trained = self._token_losses(batch)
+        total, count = losses.sum(), trained.sum()
         if count > 0:  # weighting by tokens makes the epoch value the mean over all tokens
             metric.update(total / count, weight=count)
+        if examples is not None:
+            examples += example_losses(losses.detach(), trained, batch["labels"], batch.get("position_ids"))
+
+    def _write_examples(self, stage: str, split: str) -> None:
+        """One JSON line per sample; skipped where one process holds only its share of the split."""
+        from ftexp import atomic, run_dir
+
+        rows, self.examples[stage] = self.examples[stage], []
+        trainer, out = self.trainer, Path(self.trainer.default_root_dir)
+        # A test after a multi-process fit runs in a Trainer of its own, rooted elsewhere.
+        in_run_dir = (out / run_dir.CONFIG_FILE).is_file()
+        if rows and trainer.world_size == 1 and not trainer.sanity_checking and in_run_dir:
+            lines = "".join(json.dumps({"example": i, **r}) + "\n" for i, r in enumerate(rows))
+            atomic.write_text(out / run_dir.EXAMPLE_LOSSES_FILE.format(split=split), lines)
 
     def _log_eval(self, stage: str, metric: MeanMetric) -> None:
         if not metric.update_called:
@@ -107,14 +182,17 @@ class CausalLMTask(FinetuneTask):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, getattr(self, f"{EVAL_STAGES[dataloader_idx]}_loss"))
+        stage = EVAL_STAGES[dataloader_idx]
+        self._eval_step(batch, getattr(self, f"{stage}_loss"), self.examples.get(stage))
 
     def on_validation_epoch_end(self) -> None:
         for stage in EVAL_STAGES:
             self._log_eval(stage, getattr(self, f"{stage}_loss"))
+        self._write_examples("val", "validation")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_loss)
+        self._eval_step(batch, self.test_loss, self.examples["test"])
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test", self.test_loss)
+        self._write_examples("test", "test")

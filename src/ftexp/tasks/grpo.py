@@ -38,6 +38,7 @@ from ftexp.console import print_generations
 from ftexp.errors import ConfigError
 from ftexp.generation import generate_texts
 from ftexp.rewards import Reward, build_reward
+from ftexp.tasks import lm_loss
 from ftexp.tasks.base import EVAL_STAGES, RunParts
 from ftexp.tasks.grpo_losses import (
     GroupAdvantages,
@@ -189,6 +190,7 @@ class GRPOTask(PolicyTask):
             stage: nn.ModuleDict({_key(m): MeanMetric() for m in names}) for stage in (*EVAL_STAGES, "test")})
         self._metric_names = names
         self._logits_to_keep: bool | None = None
+        self.loss_path: lm_loss.LossPath | None = None  # chosen with the network (configure_model)
         # window_index → samples kept for the next iterations of the same batch (num_iterations > 1).
         self.replay: dict[int, Replayed] = {}
         # task.generation_backend=vllm: the engine (started with the fit), where its starting
@@ -311,18 +313,43 @@ class GRPOTask(PolicyTask):
                 self._logits_to_keep = False
         return self._logits_to_keep
 
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.loss_path is None:
+            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model, kernels=False)
+
+    def summary(self) -> dict[str, Any]:
+        path = {"loss_path": self.loss_path.describe()} if self.loss_path is not None else {}
+        return {**super().summary(), **path}
+
     def token_logps(self, network: nn.Module, samples: Samples,
                     entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (N, L) of the completions under `network` (divided by the sampling
         temperature, as TRL does: the distribution the tokens were drawn from), and their entropy.
-        Position ids count real tokens only, as `generate` numbered the left-padded prompts."""
+        Position ids count real tokens only, as `generate` numbered the left-padded prompts. From
+        the final hidden states a chunk of tokens at a time (tasks/lm_loss.py: no (N, L, vocab)
+        logits), or from the completion's logits where that path is off."""
         length = samples.completion_mask.shape[1]
         mask = samples.attention_mask
+        inputs = {"input_ids": samples.input_ids, "attention_mask": mask,
+                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        ids, temperature = samples.input_ids[:, -length:], self.hparams.generation["temperature"]
+        path = self.loss_path
+        if path is not None and not path.full_logits:
+            hidden = lm_loss.final_hidden_states(network, **inputs)[:, -(length + 1):-1]  # t predicts t + 1
+            head = lm_loss.output_head(network)
+            logps = lm_loss.chunked_token_logps(hidden, ids, head, path.chunk_tokens, path.transform,
+                                                temperature=temperature, ignore_index=None)
+            if not entropy:
+                return logps, None
+            with torch.no_grad():
+                per_token = lm_loss.chunked_token_entropy(hidden.detach(), head, path.chunk_tokens,
+                                                          path.transform, temperature)
+            return logps, masked_mean(per_token, samples.completion_mask)
         kwargs = {"logits_to_keep": length + 1} if self._takes_logits_to_keep(network) else {}
-        logits = network(input_ids=samples.input_ids, attention_mask=mask,
-                         position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, **kwargs).logits
-        logits = logits[:, -(length + 1):-1] / self.hparams.generation["temperature"]  # t predicts t + 1
-        logps = token_logps(logits, samples.input_ids[:, -length:])
+        logits = network(**inputs, use_cache=False, **kwargs).logits
+        logits = logits[:, -(length + 1):-1] / temperature  # t predicts t + 1
+        logps = token_logps(logits, ids)
         ent = None
         if entropy:
             with torch.no_grad():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ftexp.data.preference_batches import REFERENCE_KEYS
+from ftexp.tasks import lm_loss
 from ftexp.tasks.base import RunParts
 from ftexp.tasks.per_example import Metrics, PerExampleTask
 from ftexp.tasks.policy import PolicyTask
@@ -69,12 +70,26 @@ class PreferenceTask(PolicyTask, PerExampleTask):
 
     # -- log-probs --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _logps(network: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs of each sequence's response tokens, and their counts."""
-        logits = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False).logits
-        return sequence_logps(logits, batch["labels"])
+    loss_path: lm_loss.LossPath | None = None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.loss_path is None:
+            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model, kernels=False)
+
+    def summary(self) -> dict[str, Any]:
+        path = {"loss_path": self.loss_path.describe()} if self.loss_path is not None else {}
+        return {**super().summary(), **path}
+
+    def _logps(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs of each sequence's response tokens, and their counts: from the final
+        hidden states in chunks (tasks/lm_loss.py), or from full logits where that path is off."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        path = self.loss_path
+        if path is None or path.full_logits:
+            return sequence_logps(network(**inputs, use_cache=False).logits, batch["labels"])
+        hidden = lm_loss.final_hidden_states(network, **inputs)
+        return lm_loss.sequence_logps_from_hidden(hidden, batch["labels"], lm_loss.output_head(network), path)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
