@@ -136,6 +136,10 @@ def test_cached_embeddings_train_like_the_encoder_and_skip_it_when_warm(tmp_path
     assert cold["cache_embeddings"] == "miss" and cold["encoder_forward_passes"] > 0
     assert warm["cache_embeddings"] == "hit" and warm["encoder_forward_passes"] == 0
     assert plain["encoder_forward_passes"] > 0
+    # The time spent on the embeddings before fit is reported (it is not in fit_seconds): the
+    # encoder pass when cold, reading the stored vectors when warm; nothing without the cache.
+    assert "embedding_seconds" not in plain
+    assert cold["embedding_seconds"] > warm["embedding_seconds"] > 0
     # Same seed, same head init, same batches: the cached runs train like the encoder path.
     for key in ("val/acc", "test/acc", "val/loss"):
         assert cold[key] == warm[key]

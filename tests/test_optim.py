@@ -223,15 +223,17 @@ def test_scale_learning_rate_refuses_unknown_rules():
         scale_learning_rate(2e-4, 4, "cubic")
 
 
-@pytest.mark.parametrize(("cuda", "precision", "clip", "expected"), [
-    (False, "32", None, False),
-    (False, "bf16-mixed", None, False),
-    (True, "bf16-mixed", 1.0, False),
-    (True, "16-mixed", 1.0, False),
-    (True, "bf16-mixed", None, True),
-    (True, "bf16-mixed", 0.0, True),
-    (True, "32", 1.0, True),
-    (True, "bf16-true", 1.0, True),
+@pytest.mark.parametrize(("device", "precision", "clip", "expected"), [
+    ("cpu", "32", None, True),
+    ("cpu", "32", 1.0, True),
+    ("cpu", "bf16-mixed", 1.0, True),  # no gradient scaler: see allow_clipping_without_scaler
+    ("mps", "32", None, False),
+    ("cuda", "bf16-mixed", 1.0, True),
+    ("cuda", "16-mixed", 1.0, False),  # the scaler must unscale before clipping
+    ("cuda", "16-mixed", None, True),
+    ("cuda", "16-mixed", 0.0, True),
+    ("cuda", "32", 1.0, True),
+    ("cuda", "bf16-true", 1.0, True),
 ])
-def test_use_fused_adamw(cuda, precision, clip, expected):
-    assert use_fused_adamw(cuda, precision, clip) is expected
+def test_use_fused_adamw(device, precision, clip, expected):
+    assert use_fused_adamw(device, precision, clip) is expected

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ftexp.config import DataConfig
-from ftexp.data.packing import pack, pad_batch
+from ftexp.data.packing import PACKING_ALGORITHM, pack, pad_batch
 from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
@@ -144,7 +144,7 @@ class CausalLMDataModule(RowsDataModule):
         encoded = self.encode_cached(
             lambda: {split: self._encode_split(frame) for split, frame in frames.items()},
             "language_modeling", "raw_text" if self.formatter.raw_text else "prompt_response",
-            self.encoder.train_on_prompt)
+            self.encoder.train_on_prompt, *([PACKING_ALGORITHM] if cfg.packing else []))
         for split, frame in frames.items():
             rows, n_samples, cut, dropped = encoded[split]
             if cut or dropped:

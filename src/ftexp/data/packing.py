@@ -8,6 +8,7 @@ label of every sample is -100: the previous sample's last token must not learn t
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from ftexp.data.targets import IGNORE
@@ -17,6 +18,9 @@ from ftexp.errors import ConfigError
 # create_causal_mask from position ids); tests/test_causal_lm.py checks each one. BLOOM, for
 # one, builds its ALiBi mask without position ids, so packed samples would see each other.
 PACKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+# Names the packing algorithm in the tokenized-data cache key: packed rows cached by another
+# algorithm are not reused.
+PACKING_ALGORITHM = "best_fit_decreasing"
 
 
 def check_packing_supported(model_type: str) -> None:
@@ -27,20 +31,46 @@ def check_packing_supported(model_type: str) -> None:
 
 
 def pack(samples: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Greedy, in order: add samples to a row until the next one would overflow max_length."""
-    rows: list[dict[str, list[int]]] = []
+    """Best-fit decreasing: longest sample first, each into the fullest row it still fits in (a new
+    row when none has room). Fewer rows than filling rows in order, so fewer padded tokens: the
+    shipped CodeAlpaca sample's 400 training samples (49,386 tokens) fill 99 rows of 512 where
+    in-order filling needs 111 (no packing can use fewer than 97).
+    A row keeps its samples in their original order and rows follow their first sample, so the
+    result does not depend on how ties in length fall."""
+    bins = sorted(sorted(members) for members in best_fit_decreasing(
+        [len(s["input_ids"]) for s in samples], max_length))
+    return [_concatenate([samples[i] for i in members]) for members in bins]
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into bins of at most `capacity` (a longer item gets a bin of
+    its own). Hand-written: a dozen lines with `bisect`, where the packages that offer it work on
+    their own dataset types (TRL's pack_dataset) or pack by first fit (binpacking)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    open_bins: list[tuple[int, int]] = []  # (room left, bin number), kept sorted by room
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(open_bins, (n, -1))  # the tightest bin with room for n
+        if at < len(open_bins):
+            room, b = open_bins.pop(at)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - n > 0:
+            bisect.insort(open_bins, (room - n, b))
+    return bins
+
+
+def _concatenate(members: list[dict[str, list[int]]]) -> dict[str, list[int]]:
     row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-    for sample in samples:
+    for sample in members:
         n = len(sample["input_ids"])
-        if row["input_ids"] and len(row["input_ids"]) + n > max_length:
-            rows.append(row)
-            row = {"input_ids": [], "labels": [], "position_ids": []}
         row["input_ids"] += sample["input_ids"]
         row["labels"] += [IGNORE, *sample["labels"][1:]]
         row["position_ids"] += list(range(n))
-    if row["input_ids"]:
-        rows.append(row)
-    return rows
+    return row
 
 
 def row_sample_count(row: dict[str, list[int]]) -> int:

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, Metric
 
 from ftexp.builders.adapter import adalora_orthogonal_penalty, apply_adapter, count_parameters
 from ftexp.builders.init_from import load_starting_network
-from ftexp.builders.optim import build_optimizer, use_fused_adamw
+from ftexp.builders.optim import allow_clipping_without_scaler, build_optimizer, use_fused_adamw
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 from ftexp.builders.strategy import plain_parameter_name
@@ -185,9 +185,10 @@ class FinetuneTask(L.LightningModule):
             raise RuntimeError("learning rate not resolved: the training job sets it before fitting")
         fused = o["fused"]
         if fused == "auto":
-            fused = use_fused_adamw(self.device.type == "cuda", str(self.trainer.precision),
+            fused = use_fused_adamw(self.device.type, str(self.trainer.precision),
                                     self.trainer.gradient_clip_val)
         optimizer = build_optimizer(self.network, o, self.learning_rate, fused=bool(fused))
+        allow_clipping_without_scaler(optimizer, str(self.trainer.precision))
         scheduler = build_scheduler(optimizer, s, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,121 @@
+"""Speed settings that must not change what is trained: length-grouped batches
+(`data.group_by_length`) and the fused AdamW step on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ftexp.builders.optim import allow_clipping_without_scaler
+from ftexp.data.packing import pad_batch
+from ftexp.data.rows import LoaderPosition, Rows, rows_loader
+
+# -- data.group_by_length ---------------------------------------------------------------------------
+
+
+def _rows(n: int = 640, seed: int = 0) -> Rows:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 65, (n,), generator=g).tolist()
+    # The first id is the row's number, so every served row can be traced back.
+    return Rows([{"input_ids": [i] + [7] * (k - 1), "labels": [i] + [7] * (k - 1)}
+                 for i, k in enumerate(lengths)])
+
+
+def _loader(rows: Rows, seed: int = 42, grouped: bool = True, position: LoaderPosition | None = None):
+    lengths = [len(r["input_ids"]) for r in rows.rows] if grouped else None
+    return rows_loader(rows, 16, True, lambda f: pad_batch(f, 0), 0, seed, position=position,
+                       lengths=lengths)
+
+
+def _epoch(loader) -> list[list[int]]:
+    """Each batch as the row numbers it holds, in order."""
+    return [b["input_ids"][:, 0].tolist() for b in loader]
+
+
+def _spread(rows: Rows, batches: list[list[int]]) -> float:
+    """Mean over batches of (longest - shortest) row: what padding costs."""
+    lengths = [len(r["input_ids"]) for r in rows.rows]
+    return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+
+def test_grouped_batches_are_length_homogeneous_and_cover_every_row_once():
+    rows = _rows()
+    grouped, plain = _epoch(_loader(rows)), _epoch(_loader(rows, grouped=False))
+    assert sorted(i for b in grouped for i in b) == list(range(len(rows)))
+    # Random batches of lengths 2..64 spread over ~55 tokens; grouped ones over a few.
+    assert _spread(rows, plain) > 40
+    assert _spread(rows, grouped) < 10
+
+
+def test_grouped_order_is_the_seeds_and_moves_on_each_epoch():
+    rows = _rows()
+    loader = _loader(rows)
+    first, second = _epoch(loader), _epoch(loader)
+    assert first == _epoch(_loader(rows))  # same seed, same batches
+    assert first != second  # a new shuffle every epoch
+    assert first != _epoch(_loader(rows, seed=7))
+
+
+def test_a_grouped_epoch_resumed_mid_way_serves_the_batches_left():
+    rows = _rows()
+    position = LoaderPosition()
+    loader = _loader(rows, position=position)
+    _epoch(loader)
+    # What a checkpoint taken in epoch 2 keeps (RowsDataModule.state_dict): the generator's state
+    # when the epoch began and the batches trained; here 5.
+    epoch_start = position.generator.get_state()
+    expected = _epoch(loader)
+    resumed = LoaderPosition()
+    resumed.resume = (epoch_start, 5)
+    assert _epoch(_loader(rows, position=resumed)) == expected[5:]
+
+
+def test_group_by_length_is_refused_with_cached_embeddings():
+    from conftest import compose_config
+    from ftexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="group_by_length"):
+        compose_config(["adapter=frozen", "data.cache_encoder_embeddings=true",
+                        "data.group_by_length=true"], resolve=False)
+
+
+# -- fused AdamW on CPU -------------------------------------------------------------------------
+
+
+def _trained(fused: bool) -> nn.Linear:
+    torch.manual_seed(0)
+    model = nn.Linear(64, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+    x, y = torch.randn(32, 64), torch.randn(32, 8)
+    for _ in range(20):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return model
+
+
+def test_fused_adamw_on_cpu_trains_like_the_per_tensor_loop():
+    fused, loop = _trained(True), _trained(False)
+    for a, b in zip(fused.parameters(), loop.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mixed_clips_with_a_fused_adamw():
+    """Pins the flag Lightning reads: torch marks fused AdamW as unscaling in its step, and
+    Lightning's MixedPrecision refuses to clip such an optimizer; cleared under bf16-mixed (no
+    gradient scaler), clipping runs, while fp16 (which has a scaler) keeps the refusal."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    model = nn.Linear(4, 2)
+    model.weight.grad = torch.full_like(model.weight, 10.0)
+    plugin = MixedPrecision("bf16-mixed", "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    with pytest.raises(RuntimeError, match="fused"):
+        plugin.clip_gradients(optimizer, clip_val=1.0)
+    allow_clipping_without_scaler(optimizer, "16-mixed")
+    with pytest.raises(RuntimeError, match="fused"):
+        plugin.clip_gradients(optimizer, clip_val=1.0)
+    allow_clipping_without_scaler(optimizer, "bf16-mixed")
+    plugin.clip_gradients(optimizer, clip_val=1.0)
+    assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
