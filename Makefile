@@ -25,7 +25,17 @@ install: $(VENV)/.installed ## Create .venv and install ftexp with its dependenc
 run: install ## Fine-tune the default classifier (MiniLM on SST-2); pass overrides with ARGS="..."
 	HF_HUB_OFFLINE=1 $(PY) -m ftexp $(ARGS)
 
-test: install ## Run the test suite (without the slow and gpu tiers)
+# The report's browser test opens report.html in headless Chromium (the Debian package: Playwright
+# drives it, nothing is downloaded). Installed only when missing and apt-get can run as root.
+CHROMIUM ?= /usr/bin/chromium
+browser: ## Install Chromium for the report's browser test when missing (Debian/Ubuntu, as root)
+	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
+	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will skip"; fi
+
+test: install browser ## Run the test suite (without the slow and gpu tiers)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" $(ARGS)
 
 test-slow: install ## Run the slow tier too
@@ -37,6 +47,19 @@ bench-dpo: install ## Benchmark DPO: ftexp vs TRL (TRL in .venv-bench-trl/), pre
 bench-grpo: install ## Benchmark GRPO: ftexp vs TRL (TRL in .venv-bench-trl/); ARGS="--repeats 3"
 	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/grpo_vs_trl.py $(ARGS)
 
+bench-lm-memory: install ## Peak memory and step time of one LM step: full logits vs the chunked loss
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/lm_memory.py $(ARGS)
+
+gpu-wheels: install ## Build benchmarks/wheels/: what a bare GPU machine needs for benchmarks/gpu_check.sh
+	bash benchmarks/gpu_wheels.sh $(ARGS)
+
+bench-speed: install ## Benchmark the default job: ftexp vs transformers Trainer, same job, each in its own process; ARGS="--repeats 3"
+	$(PY) -m pip install -q -e ".[bench]"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/default_job_vs_hf.py $(ARGS)
+
+bench-packing: install ## Benchmark SFT packing: ftexp padded vs packed, + LLaMA-Factory (in .venv-bench-llamafactory/) if it installs
+	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/sft_packing.py --llamafactory $(ARGS)
+
 lint: install ## Lint with ruff
 	$(PY) -m ruff check src tests benchmarks
 
@@ -44,4 +67,4 @@ clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-slow bench-dpo bench-grpo lint clean
+.PHONY: help install browser run test test-slow bench-dpo bench-grpo bench-lm-memory gpu-wheels lint clean

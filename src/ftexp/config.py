@@ -43,6 +43,37 @@ class GroupSchema:
         """Rules within this group that types cannot express; raise ConfigError with one line."""
 
 
+# model.rope_scaling types (transformers' rope_type) and the keys each takes besides the type
+# and `factor`.
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": (), "dynamic": (),
+    "yarn": ("original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "truncate")}
+
+
+def _check_rope_scaling(scaling: Any) -> None:
+    """model.rope_scaling from the config alone; whether the model has RoPE is checked when the
+    job starts (builders/backbone.check_rope_scaling_fits)."""
+    if not scaling:
+        return
+    kind = scaling.get("rope_type", scaling.get("type"))
+    types = tuple(ROPE_SCALING_KEYS)
+    if kind not in ROPE_SCALING_KEYS:
+        raise ConfigError(f"model.rope_scaling.rope_type={kind} is not a RoPE scaling ftexp applies."
+                          f"{did_you_mean(str(kind), types)} Choices: {', '.join(types)}.")
+    factor = scaling.get("factor")
+    if not (_is_number(factor) and factor > 1):
+        raise ConfigError(f"model.rope_scaling.factor={factor} must be a number above 1 (the context "
+                          "stretch, e.g. 2.0 for twice the trained length); model.rope_scaling={} "
+                          "keeps the model's own positions.")
+    known = ["rope_type", "type", "factor", *ROPE_SCALING_KEYS[kind]]
+    for key in scaling:
+        if key not in known:
+            raise ConfigError(f"model.rope_scaling.{key} is not a setting of rope_type={kind}."
+                              f"{did_you_mean(str(key), known, 'model.rope_scaling.')} "
+                              f"Valid keys: {', '.join(known)}.")
+
+
 @dataclass
 class ModelConfig(GroupSchema):
     # Hub id, local directory, or `package:<module>/<subdir>` for weights shipped in a pip package.
@@ -53,7 +84,10 @@ class ModelConfig(GroupSchema):
     # (tiny test models). Keys are those of the transformers config class of `model_type`.
     random_init: Optional[dict[str, Any]] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16 — dtype the backbone is loaded in
-    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None = default
+    # auto: flash_attention_2 on CUDA with bf16/fp16 weights when flash-attn is installed and the
+    # architecture supports it, else transformers' choice (sdpa where supported, else eager) |
+    # eager | sdpa | flash_attention_2 | any other transformers attention; null: transformers' choice.
+    attn_implementation: Optional[str] = "auto"
     # Run Python code shipped with the model repository (custom architectures). Off: such models
     # are refused with a message; read the code before turning this on.
     trust_remote_code: bool = False
@@ -63,6 +97,17 @@ class ModelConfig(GroupSchema):
     revision: Optional[str] = None
     # Jinja chat template for tokenizers that have none (conversation data, data.messages_column).
     chat_template: Optional[str] = None
+    # RoPE scaling for longer contexts: {rope_type: linear | dynamic | yarn, factor: > 1, …}
+    # (yarn also takes original_max_position_embeddings, attention_factor, beta_fast, beta_slow,
+    # mscale, mscale_all_dim, truncate). Written into the model config's rope_parameters, so
+    # predict, generate and export rebuild the model with it. RoPE models only. Empty: the model's
+    # own positions (a dict rather than null: OmegaConf cannot merge a command-line dict into a
+    # null one; `+model.rope_scaling={rope_type:linear,factor:2.0}` sets it).
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    # Tokens added to the tokenizer as special tokens (new chat-template markers, tool tags, …):
+    # the embeddings (and an untied LM head) grow to hold them, and under a PEFT adapter their new
+    # rows train too (PEFT trainable_token_indices); tokens the vocabulary has already are left alone.
+    add_special_tokens: list[str] = field(default_factory=list)
     # Recompute activations in the backward pass instead of storing them (non-reentrant): less
     # memory for some more compute.
     gradient_checkpointing: bool = False
@@ -76,15 +121,32 @@ class ModelConfig(GroupSchema):
     # adapter, if any, starts fresh on top) | continue (its weights are loaded into this run's
     # adapter and keep training; adapter must then be the same method and keys as that run's).
     init_from_adapter: str = "merge"
+    # Causal-LM tasks: compute the token loss from the final hidden states this many tokens at a
+    # time (tasks/lm_loss.py), so the (batch, seq, vocab) logits never exist; null = full logits.
+    # Same loss and gradients; architectures not known to lm_loss.HEADS keep the full logits.
+    loss_chunk_tokens: Optional[int] = 1024
+    # Fused CUDA loss kernels for causal-LM losses: none | liger (Liger's fused linear
+    # cross-entropy + its RMSNorm/RoPE/SwiGLU patches; extra `liger`) | cut_cross_entropy (extra `cce`).
+    kernels: str = "none"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": DTYPES,
-                                                     "init_from_adapter": ("merge", "continue")}
+                                                     "init_from_adapter": ("merge", "continue"),
+                                                     "kernels": ("none", "liger", "cut_cross_entropy")}
 
     @staticmethod
     def check(model: DictConfig) -> None:
         if model.random_init is not None and "model_type" not in model.random_init:
             raise ConfigError("model.random_init needs a 'model_type' (e.g. bert, llama) to know "
                               "which architecture to build.")
+        chunk = model.get("loss_chunk_tokens")
+        if chunk is not None and chunk < 1:
+            raise ConfigError(f"model.loss_chunk_tokens={chunk} must be a positive number of tokens "
+                              "(e.g. 1024), or null for the full-logits loss.")
+        _check_rope_scaling(model.get("rope_scaling"))
+        tokens = list(model.get("add_special_tokens") or [])
+        if any(not isinstance(t, str) or not t.strip() for t in tokens) or len(set(tokens)) != len(tokens):
+            raise ConfigError(f"model.add_special_tokens={tokens} must be distinct, non-empty strings, "
+                              "e.g. ['<|tool|>','<|/tool|>'].")
 
 
 @dataclass
@@ -410,6 +472,69 @@ class GenerationConfig(GroupSchema):
             raise ConfigError(f"generation.max_new_tokens={generation.max_new_tokens} must be at least 1.")
 
 
+# Packages whose optimizers read optimizer.projection from their parameter groups (GaLore,
+# APOLLO), with the projection keys each one needs beyond the common ones.
+LOW_RANK_OPTIMIZER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "galore_torch": (), "apollo_torch": ("proj", "scale_type")}
+
+
+@dataclass
+class GradientProjection:
+    """optimizer.projection (GaLore / APOLLO): each chosen 2-D weight's gradient is projected to
+    `rank` directions, and the optimizer keeps its moments there: ~2·rank·max(m, n) numbers per
+    m×n weight instead of AdamW's 2·m·n. Weights whose smaller side is ≤ rank, 1-D parameters and
+    embeddings train as in plain AdamW."""
+    rank: int = 128
+    update_proj_gap: int = 200  # optimizer steps between recomputing the projection
+    scale: float = 0.25  # multiplies the projected-back update (GaLore's alpha)
+    proj_type: str = "std"  # std (project the smaller side) | reverse_std | left | right
+    # Substrings of module names whose Linear weights are projected, e.g. [attn, mlp]; null:
+    # every Linear inside the transformer blocks (attention and MLP).
+    target_modules: Optional[list[str]] = None
+    proj: Optional[str] = None  # APOLLO only: random | svd (how the projection is drawn)
+    scale_type: Optional[str] = None  # APOLLO only: channel | tensor (the gradient-scaling factor)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "proj_type": ("std", "reverse_std", "left", "right"), "proj": ("random", "svd"),
+        "scale_type": ("channel", "tensor")}
+
+
+@dataclass
+class BlockCoordinate:
+    """optimizer.blocks (BAdam): the `_target_` optimizer updates one block of the network (a
+    transformer layer) at a time, switching every `switch_block_every` steps; only the active
+    block has gradients and optimizer state. Full fine-tuning on one device."""
+    switch_mode: str = "descending"  # random | ascending | descending | fixed (BAdam's orders)
+    switch_block_every: int = 50
+    start_block: Optional[int] = None  # null: the first block of the order
+    include_embedding: bool = False  # the input embeddings as a block of their own
+    # The parameters after the last layer (final norm, lm_head) as a block of their own; off: they
+    # stay fixed. A task's new head (classification, regression) always trains.
+    include_lm_head: bool = False
+    # Blocks by parameter-name substrings, e.g. [[layers.0., layers.1.], [layers.2.]]; null: one
+    # block per transformer layer.
+    block_prefixes: Optional[list[list[str]]] = None
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "switch_mode": ("random", "ascending", "descending", "fixed")}
+
+
+def _check_nested(node: Any, schema: type, where: str) -> None:
+    """Keys and allowed values of a nested optimizer node (the optimizer group takes its target's
+    arguments, so its struct flag is off and a `+` override could add any key below it)."""
+    known = [f.name for f in fields(schema)]
+    for key in node.keys():
+        if key not in known:
+            hint = did_you_mean(str(key), known, f"{where}.")
+            raise ConfigError(f"unknown config key '{where}.{key}'.{hint} "
+                              f"Valid keys under '{where}': {', '.join(known)}.")
+    for key, allowed in schema.CHOICES.items():
+        value = node.get(key)
+        if value is not None and str(value) not in allowed:
+            raise ConfigError(f"'{where}.{key}={value}' is not a valid choice."
+                              f"{did_you_mean(str(value), allowed)} Choices: {', '.join(allowed)}.")
+
+
 @dataclass
 class OptimizerConfig(GroupSchema):
     """A `_target_` optimizer class, built over the trainable parameters by builders/optim.py
@@ -423,9 +548,15 @@ class OptimizerConfig(GroupSchema):
     weight_decay: float = 0.01  # never applied to biases and norm weights
     betas: Optional[list[float]] = field(default_factory=lambda: [0.9, 0.999])  # null: not passed
     eps: Optional[float] = 1e-8  # null: not passed
-    # auto | true | false — the fused CUDA kernel, for optimizers that offer one (torch AdamW);
-    # auto: on CUDA unless mixed precision with gradient clipping (Lightning refuses that).
+    # auto | true | false — the fused kernel, for optimizers that offer one (torch AdamW);
+    # auto: on CUDA and CPU, unless fp16 mixed precision with gradient clipping (its scaler must
+    # unscale before clipping).
     fused: Any = "auto"
+    # GaLore / APOLLO (optimizer=galore, apollo): the low-rank gradient projection their
+    # optimizers read; null for every other optimizer.
+    projection: Optional[GradientProjection] = None
+    # BAdam (optimizer=badam): block-coordinate updates wrapping the `_target_` optimizer; null: off.
+    blocks: Optional[BlockCoordinate] = None
 
     @staticmethod
     def check(opt: DictConfig) -> None:
@@ -440,6 +571,44 @@ class OptimizerConfig(GroupSchema):
                               "e.g. [0.9,0.999].")
         if opt.weight_decay < 0:
             raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be 0 or more.")
+        OptimizerConfig._check_projection(opt)
+        if opt.blocks is not None:
+            _check_nested(opt.blocks, BlockCoordinate, "optimizer.blocks")
+            if opt.blocks.switch_block_every < 1:
+                raise ConfigError(f"optimizer.blocks.switch_block_every={opt.blocks.switch_block_every} "
+                                  "must be at least 1 (optimizer steps per block).")
+            if opt.projection is not None:
+                raise ConfigError("optimizer.blocks (BAdam) and optimizer.projection (GaLore / APOLLO) "
+                                  "cannot be combined; choose optimizer=badam, galore or apollo.")
+
+    @staticmethod
+    def _check_projection(opt: DictConfig) -> None:
+        """optimizer.projection and a `_target_` that reads it go together."""
+        package = str(opt._target_).split(".")[0]
+        extra = LOW_RANK_OPTIMIZER_PACKAGES.get(package)
+        p = opt.projection
+        if p is None:
+            if extra is not None:
+                raise ConfigError(f"optimizer._target_={opt._target_} needs optimizer.projection (its "
+                                  "low-rank settings); choose optimizer=galore or apollo, which set it.")
+            return
+        if extra is None:
+            raise ConfigError(f"optimizer.projection is read by GaLore / APOLLO optimizers only, not "
+                              f"{opt._target_}, which would ignore it; choose optimizer=galore or "
+                              "apollo, or set optimizer.projection=null.")
+        _check_nested(p, GradientProjection, "optimizer.projection")
+        for key in ("rank", "update_proj_gap"):
+            if p[key] < 1:
+                raise ConfigError(f"optimizer.projection.{key}={p[key]} must be at least 1.")
+        if not p.scale > 0:
+            raise ConfigError(f"optimizer.projection.scale={p.scale} must be positive.")
+        for key in ("proj", "scale_type"):
+            if key in extra and p[key] is None:
+                raise ConfigError(f"optimizer.projection.{key} must be set for {opt._target_}, "
+                                  f"e.g. optimizer=apollo.")
+            if key not in extra and p[key] is not None:
+                raise ConfigError(f"optimizer.projection.{key} is an APOLLO setting, not read by "
+                                  f"{opt._target_}; remove it.")
 
 
 @dataclass
@@ -552,6 +721,9 @@ class DataConfig(GroupSchema):
     max_batch_size: int = 256
     eval_batch_size: int = 64
     num_workers: int = 0
+    # Training batches of similar length (transformers' group_by_length): random megabatches of
+    # up to 50 batches, each sorted by length, so less padding; the order stays the seed's.
+    group_by_length: bool = False
     # Keep at most this many training rows (None = all); handy for smoke runs.
     max_train_samples: Optional[int] = None
     # -- causal_lm / pretrain -------------------------------------------------------------------
@@ -612,6 +784,10 @@ class DataConfig(GroupSchema):
         if data.max_prompt_length is not None and not 1 <= data.max_prompt_length < data.max_length:
             raise ConfigError(f"data.max_prompt_length={data.max_prompt_length} must be at least 1 and "
                               f"below data.max_length={data.max_length} (room for the response).")
+        if data.group_by_length and data.cache_encoder_embeddings:
+            raise ConfigError("data.group_by_length=true has nothing to group with "
+                              "data.cache_encoder_embeddings=true (stored vectors have no length); "
+                              "set one of them to false.")
         if data.label_separator == "":
             raise ConfigError("data.label_separator is empty: use null, or a character such as '|'.")
         from omegaconf import OmegaConf
@@ -726,6 +902,14 @@ class FtexpConfig:
     # A run directory to continue from its last checkpoint (`last`: the newest run in outputs/runs).
     resume: Optional[str] = None
     seed: int = 42
+    # Run the same configuration under several seeds, one after another, each in its own run dir
+    # (<run dir>/seed_<n>): a count (3: seed, seed+1, seed+2) or a list of distinct seeds ([1,2,3]).
+    # Typed Any because OmegaConf has no int-or-list type; ftexp.seeds checks it.
+    seeds: Any = None
+    # What runs that differ only by seed share, for reports and loggers (W&B group, MLflow tag).
+    # Null: derived when the run starts from its config without seed and where it is stored
+    # (ftexp.seeds.run_group), e.g. classification-tiny_bert-lora-1a2b3c4d.
+    group: Optional[str] = None
     # Print full tracebacks instead of one-line errors.
     debug: bool = False
 

@@ -33,6 +33,9 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_caches(cfg, spec)
     _check_reference(cfg)
     _check_sampling(cfg)
+    _check_optimizer(cfg)
+    _check_added_tokens(cfg)
+    _check_kernels(cfg)
     check_init_from(cfg)
 
 
@@ -177,6 +180,69 @@ def _check_vllm(cfg: DictConfig) -> None:
                           f"strategy=auto trainer.devices=1, {fix}.")
 
 
+# model.kernels option -> (the module it imports, the pyproject extra that installs it).
+KERNEL_PACKAGES = {"liger": ("liger_kernel", "liger"), "cut_cross_entropy": ("cut_cross_entropy", "cce")}
+
+
+def _check_kernels(cfg: DictConfig) -> None:
+    """model.kernels: fused CUDA (Triton) loss kernels, so a CUDA device and the package. torch is
+    imported only when a kernel is asked for, to see whether CUDA is there."""
+    kernels = cfg.model.get("kernels", "none")
+    if kernels == "none":
+        return
+    import importlib.util
+
+    module, extra = KERNEL_PACKAGES[kernels]
+    cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if cuda:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise ConfigError(f"model.kernels={kernels} runs on CUDA GPUs only, and this run has none "
+                          f"(trainer.accelerator={cfg.trainer.accelerator}); set model.kernels=none "
+                          "(the chunked loss, model.loss_chunk_tokens, also avoids full logits).")
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"model.kernels={kernels} needs the {module} package, which is not "
+                          f"installed; pip install 'ftexp[{extra}]', or set model.kernels=none.")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """GaLore / APOLLO (optimizer.projection) and BAdam (optimizer.blocks) are full fine-tuning
+    methods: they change how the base weights' own updates are stored."""
+    o, method, strategy = cfg.optimizer, cfg.adapter.method, cfg.strategy.name
+    if o.projection is not None:
+        if not ADAPTERS[method].trains_base_weights:
+            raise ConfigError(f"optimizer.projection (GaLore / APOLLO) projects the gradients of full "
+                              f"weight matrices, but adapter={method} trains "
+                              f"{'none' if method == 'frozen' else 'low-rank or small adapter weights'}; "
+                              "use adapter=none (or freeze), or optimizer=adamw.")
+        if strategy in ("fsdp", "deepspeed"):
+            raise ConfigError(f"optimizer.projection (GaLore / APOLLO) needs each weight's whole gradient "
+                              f"matrix, which strategy={strategy} shards; use strategy=ddp or one device.")
+    if o.blocks is not None:
+        if method != "none":
+            raise ConfigError(f"optimizer.blocks (BAdam) chooses which layers train itself (full "
+                              f"fine-tuning, one block at a time), so adapter={method} cannot; use "
+                              "adapter=none, or optimizer=adamw.")
+        if strategy != "auto":
+            raise ConfigError(f"optimizer.blocks (BAdam) trains on one device: the parameters with "
+                              f"gradients change every few steps, which strategy={strategy} cannot "
+                              "follow; use strategy=auto with trainer.devices=1.")
+
+
+def _check_added_tokens(cfg: DictConfig) -> None:
+    """model.add_special_tokens: the new tokens' embedding rows start untrained, so something must
+    train them: full fine-tuning, or a PEFT weight adapter (which trains those rows too)."""
+    method = cfg.adapter.method
+    if not cfg.model.get("add_special_tokens"):
+        return
+    if method in ("frozen", "freeze") or method in PROMPT_LEARNING_ADAPTERS:
+        raise ConfigError(f"model.add_special_tokens adds tokens whose embedding rows must train, which "
+                          f"adapter={method} cannot do; use adapter=none or a weight adapter such as "
+                          "adapter=lora (it trains those rows too).")
+
+
 def check_model_fit(cfg: DictConfig, model_type: str) -> None:
     """Second phase, at job start: what needs the model's type or the optional packages the
     config names. Imports torch / transformers / peft."""
@@ -190,6 +256,10 @@ def check_model_fit(cfg: DictConfig, model_type: str) -> None:
     plain = OmegaConf.to_container
     quantization_config(plain(cfg.quant, resolve=True))  # bitsandbytes present and settings valid
     validate_adapter(plain(cfg.adapter, resolve=True), model_type)
+    if cfg.model.get("rope_scaling"):
+        from ftexp.builders.backbone import check_rope_scaling_fits
+
+        check_rope_scaling_fits(model_type)
     if cfg.data.packing:
         from ftexp.data.packing import check_packing_supported
 

@@ -51,7 +51,7 @@ def _logger_run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     choices = OmegaConf.to_container(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    return {"config": _plain(run_dir.redacted_config(cfg)), "task": cfg.task.name,
+    return {"config": _plain(run_dir.redacted_config(cfg)), "task": cfg.task.name, "group": cfg.group,
             "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number, "choices": choices}
 
 
@@ -124,6 +124,10 @@ class Recipe:
     """One training run. Attributes are filled stage by stage; read the stages in order."""
 
     def __init__(self, cfg: DictConfig):
+        from ftexp.seeds import run_group
+
+        if cfg.group is None:  # what runs differing only by seed share: in config.yaml and metrics.json
+            cfg.group = run_group(cfg)
         self.cfg = cfg
         self.spec = get_task(cfg.task.name)
         self.out = Path(cfg.paths.output_dir)
@@ -136,6 +140,9 @@ class Recipe:
         self.tuned: dict[str, Any] = {}
         self.best_path = ""
         self.fit_seconds = 0.0
+        # data.cache_encoder_embeddings: seconds to get the embeddings before fit (the encoder
+        # pass on a cache miss, reading them on a hit); None otherwise.
+        self.embedding_seconds: float | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -199,7 +206,8 @@ class Recipe:
 
         m = self.cfg.model
         return load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code,
-                              revision=m.revision, chat_template=m.chat_template)
+                              revision=m.revision, chat_template=m.chat_template,
+                              added_tokens=list(m.add_special_tokens))
 
     def _setup_cached_embeddings(self, precision: str) -> None:
         """Train the head on stored encoder embeddings, computing them (once per key) if needed."""
@@ -229,7 +237,10 @@ class Recipe:
             network.to("cpu")
             return embeddings
 
-        datamodule.use_embeddings(cache.get_or_compute(key, compute, "encoder embeddings"), cache)
+        started = time.perf_counter()
+        embeddings = cache.get_or_compute(key, compute, "encoder embeddings")
+        self.embedding_seconds = time.perf_counter() - started
+        datamodule.use_embeddings(embeddings, cache)
 
     def _setup_batch_size_and_learning_rate(self) -> dict[str, Any]:
         """Resolve `batch_size: auto` and the learning rate (a number, auto or find) on the real
@@ -346,8 +357,11 @@ class Recipe:
         if self.best_path:
             metrics["checkpoint_mb"] = round(Path(self.best_path).stat().st_size / 2**20, 3)
         metrics["fit_seconds"] = round(self.fit_seconds, 2)
+        if self.embedding_seconds is not None:  # spent before fit, so not in fit_seconds
+            metrics["embedding_seconds"] = round(self.embedding_seconds, 4)
         metrics["train_samples"] = self.datamodule.num_train_samples
         metrics["global_steps"] = self.trainer.global_step
+        metrics["group"], metrics["seed"] = self.cfg.group, self.cfg.seed  # what reports group runs by
         run_dir.write_json(self.out / run_dir.METRICS_FILE, metrics)
         print_metrics_table(metrics)
         log.info("run directory: %s", self.out)
