@@ -32,7 +32,8 @@ browser: ## Install Chromium for the report's browser test when missing (Debian/
 	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed (apt-get failed): the browser test will skip"; \
 	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will skip"; fi
 
 test: install browser ## Run the test suite (without the slow and gpu tiers)

@@ -129,11 +129,12 @@ def test_chunked_log_probs_equal_the_full_logits_path_with_their_gradients(built
     mask = samples.completion_mask
     torch.testing.assert_close(chunked[mask], full[mask], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(chunked_entropy, full_entropy, rtol=1e-5, atol=1e-6)
-    weights = torch.randn(mask.shape).masked_fill(~mask, 0)
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)).masked_fill(~mask, 0)
     got, want = _gradients(task, (chunked * weights).sum()), _gradients(task, (full * weights).sum())
     assert any(g.abs().sum() > 0 for g in want.values())
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+    for name in want:  # within 1e-5 of each tensor's own scale: the two paths sum in other orders
+        scale = float(want[name].abs().max())
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
 
 
 def test_beta_zero_has_no_reference_pass_and_beta_uses_the_disabled_adapter(built, monkeypatch):

@@ -190,7 +190,6 @@ class GRPOTask(PolicyTask):
             stage: nn.ModuleDict({_key(m): MeanMetric() for m in names}) for stage in (*EVAL_STAGES, "test")})
         self._metric_names = names
         self._logits_to_keep: bool | None = None
-        self.loss_path: lm_loss.LossPath | None = None  # chosen with the network (configure_model)
         # window_index → samples kept for the next iterations of the same batch (num_iterations > 1).
         self.replay: dict[int, Replayed] = {}
         # task.generation_backend=vllm: the engine (started with the fit), where its starting
@@ -312,15 +311,6 @@ class GRPOTask(PolicyTask):
             except (TypeError, ValueError):
                 self._logits_to_keep = False
         return self._logits_to_keep
-
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.loss_path is None:
-            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model, kernels=False)
-
-    def summary(self) -> dict[str, Any]:
-        path = {"loss_path": self.loss_path.describe()} if self.loss_path is not None else {}
-        return {**super().summary(), **path}
 
     def token_logps(self, network: nn.Module, samples: Samples,
                     entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

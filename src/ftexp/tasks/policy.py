@@ -1,6 +1,7 @@
 """What the tasks that train a causal-LM policy against a reference policy share (the preference
 objectives, GRPO): the network with dropout off, where the reference comes from
-(config.reference_source), and one way to run it.
+(config.reference_source), one way to run it, and the loss path their log-probs take
+(tasks/lm_loss.py: chunked from the final hidden states unless the model rules it out).
 
 The reference policy: the same network with its PEFT adapter disabled (one copy of the weights),
 or a frozen copy of the starting weights for full fine-tuning, kept out of checkpoints, the
@@ -17,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ftexp.config import reference_source
+from ftexp.tasks import lm_loss
 from ftexp.tasks.base import FinetuneTask
 
 
@@ -26,6 +28,9 @@ class PolicyTask(FinetuneTask):
         self.reference_forward_passes = 0
         # A list, not an attribute: a frozen copy must stay out of state_dict, parameters() and .to().
         self._reference_copy: list[nn.Module] = []
+        # Chosen with the network (configure_model); per-token log-probs, which the fused loss
+        # kernels (model.kernels) do not return.
+        self.loss_path: lm_loss.LossPath | None = None
 
     def build_network(self) -> nn.Module:
         network = self.adapted_backbone(causal_lm=True)
@@ -48,6 +53,8 @@ class PolicyTask(FinetuneTask):
 
     def configure_model(self) -> None:
         super().configure_model()
+        if self.loss_path is None:
+            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model, kernels=False)
         if self.reference_mode == "copy" and not self._reference_copy:
             # Taken before the first step (and, when resuming, before the checkpoint loads).
             self._reference_copy.append(copy.deepcopy(self.network).requires_grad_(False).eval())
@@ -70,4 +77,6 @@ class PolicyTask(FinetuneTask):
         out = {**super().summary(), "reference": self.reference_mode or "none"}
         if self.reference_mode is not None:
             out["reference_forward_passes"] = self.reference_forward_passes
+        if self.loss_path is not None:
+            out["loss_path"] = self.loss_path.describe()
         return out

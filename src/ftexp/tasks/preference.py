@@ -70,17 +70,6 @@ class PreferenceTask(PolicyTask, PerExampleTask):
 
     # -- log-probs --------------------------------------------------------------------------------
 
-    loss_path: lm_loss.LossPath | None = None
-
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.loss_path is None:
-            self.loss_path = lm_loss.loss_path_for(self.network, self.hparams.model, kernels=False)
-
-    def summary(self) -> dict[str, Any]:
-        path = {"loss_path": self.loss_path.describe()} if self.loss_path is not None else {}
-        return {**super().summary(), **path}
-
     def _logps(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probs of each sequence's response tokens, and their counts: from the final
         hidden states in chunks (tasks/lm_loss.py), or from full logits where that path is off."""
