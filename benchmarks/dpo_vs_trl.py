@@ -232,8 +232,14 @@ def trl_side(python: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     spec = {"data": str(data), "tokenizer": tokenizer_dir(), "steps": args.steps,
             "batch_size": args.batch_size, "output_dir": str(out / "trl-run"),
             "result": str(out / "trl-result.json")}
+    return run_trl_child(python, __file__, spec, out, args)
+
+
+def run_trl_child(python: Path, script: str, spec: dict, out: Path, args: argparse.Namespace) -> dict:
+    """Run `script --trl-child <spec>` with the TRL venv's python (one process, timed); its
+    result file with the process's wall, CPU seconds and peak RSS. Shared by the TRL benchmarks."""
     log = out / "trl.log"
-    wall, cpu, rss, rc = run_process([str(python), __file__, "--trl-child", json.dumps(spec)], log,
+    wall, cpu, rss, rc = run_process([str(python), script, "--trl-child", json.dumps(spec)], log,
                                      child_env(args, out / "trl-cache"))
     if rc != 0:
         raise failed("the TRL side", log)
@@ -242,26 +248,35 @@ def trl_side(python: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     return {**result, "process_s": wall, "cpu_s": cpu, "rss_mib": rss}
 
 
-def trl_child(spec: dict) -> None:
-    """Runs in the TRL venv: build the model, train with DPOTrainer, write the figures."""
+def trl_tokenizer_and_model(tokenizer_path: str) -> tuple:
+    """In the TRL venv: the tokenizer and the random-init Llama ftexp builds for this job.
+
+    TRL tokenizes plain text with the tokenizer's special tokens, which for this BERT vocabulary
+    would put [CLS] before the prompt and a second [SEP] after each response; ftexp adds none (the
+    tokenizer has no BOS) besides the EOS. Drop them, and token_type_ids, which TRL would otherwise
+    pass on to the model: both sides then see the same tokens."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
 
-    tokenizer = ensure_eos(AutoTokenizer.from_pretrained(spec["tokenizer"]))
-    # TRL tokenizes plain text with the tokenizer's special tokens, which for this BERT vocabulary
-    # would put [CLS] before the prompt and a second [SEP] after each response; ftexp adds none
-    # (the tokenizer has no BOS) besides the EOS. Drop them, and token_type_ids, which TRL would
-    # otherwise pass on to the model: both sides then see the same tokens.
+    tokenizer = ensure_eos(AutoTokenizer.from_pretrained(tokenizer_path))
     tokenizer._tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     config = AutoConfig.for_model("llama", **ARCH)
     with torch.random.fork_rng(devices=[]):  # the weights ftexp builds for this random_init
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return tokenizer, model
+
+
+def trl_child(spec: dict) -> None:
+    """Runs in the TRL venv: build the model, train with DPOTrainer, write the figures."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer, model = trl_tokenizer_and_model(spec["tokenizer"])
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
             for r in json.loads(Path(spec["data"]).read_text()) if r["split"] == "train"]
     counted = {"real": 0, "padded": 0}

@@ -53,11 +53,12 @@ from dpo_vs_trl import (  # noqa: E402
     LORA,
     ROOT,
     child_env,
-    ensure_eos,
     ensure_trl_venv,
     failed,
     run_process,
+    run_trl_child,
     tokenizer_dir,
+    trl_tokenizer_and_model,
 )
 
 DATA = ROOT / "data" / "grpo" / "arithmetic_prompts.jsonl"
@@ -123,14 +124,7 @@ def trl_side(python: Path, out: Path, args: argparse.Namespace) -> dict:
     """TRL: this file run by the TRL venv's python with --trl-child (see trl_child)."""
     spec = {"tokenizer": tokenizer_dir(), "steps": args.steps, "prompts": args.prompts,
             "output_dir": str(out / "trl-run"), "result": str(out / "trl-result.json")}
-    log = out / "trl.log"
-    wall, cpu, rss, rc = run_process([str(python), __file__, "--trl-child", json.dumps(spec)], log,
-                                     child_env(args, out / "trl-cache"))
-    if rc != 0:
-        raise failed("the TRL side", log)
-    result = json.loads(Path(spec["result"]).read_text())
-    shutil.rmtree(spec["output_dir"], ignore_errors=True)
-    return {**result, "process_s": wall, "cpu_s": cpu, "rss_mib": rss}
+    return run_trl_child(python, __file__, spec, out, args)
 
 
 def trl_child(spec: dict) -> None:
@@ -138,18 +132,9 @@ def trl_child(spec: dict) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    tokenizer = ensure_eos(AutoTokenizer.from_pretrained(spec["tokenizer"]))
-    # No [CLS] before the prompt nor [SEP] after it: ftexp adds no special tokens to a text prompt.
-    tokenizer._tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
-    tokenizer.model_input_names = ["input_ids", "attention_mask"]
-    config = AutoConfig.for_model("llama", **ARCH)
-    with torch.random.fork_rng(devices=[]):  # the weights ftexp builds for this random_init
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer, model = trl_tokenizer_and_model(spec["tokenizer"])
     rows = [{"prompt": r["prompt"], "answer": r["answer"]}
             for r in map(json.loads, DATA.read_text().splitlines()) if r.get("split") == "train"]
     completions = spec["prompts"] * NUM_GENERATIONS

@@ -50,7 +50,7 @@ from ftexp.tasks.grpo_losses import (
     token_logps,
 )
 from ftexp.tasks.policy import PolicyTask
-from ftexp.tasks.vllm_sampler import VLLMSampler, policy_weights
+from ftexp.tasks.vllm_sampler import VLLMSampler
 
 
 def build_rewards(nodes: dict[str, Any]) -> list[Reward]:
@@ -232,23 +232,10 @@ class GRPOTask(PolicyTask):
             self.vllm = self.start_vllm()
 
     def start_vllm(self) -> VLLMSampler:
-        """A colocated vLLM engine loaded with the policy's current weights, written once as a
-        Hub-style folder in the run dir (the starting point may be random-init or an earlier run)."""
-        from safetensors.torch import save_file
-
-        network = self.network
-        base = network.get_base_model() if hasattr(network, "get_base_model") else network
-        directory = self.vllm_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        base.config.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        # Cloned: tied embeddings share storage, which safetensors refuses to write twice.
-        save_file({name: t.detach().clone().contiguous().cpu() for name, t in policy_weights(network)},
-                  str(directory / "model.safetensors"))
-        dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
-        return VLLMSampler(str(directory), dtype, self.max_prompt_length + self.max_completion_length,
-                           self.hparams.task["vllm_gpu_memory_utilization"],
-                           seed=int(torch.initial_seed() % 2**31))
+        return VLLMSampler.from_policy(self.network, self.tokenizer, self.vllm_dir,
+                                       self.max_prompt_length + self.max_completion_length,
+                                       self.hparams.task["vllm_gpu_memory_utilization"],
+                                       seed=int(torch.initial_seed() % 2**31))
 
     # -- sampling and scoring ---------------------------------------------------------------------
 

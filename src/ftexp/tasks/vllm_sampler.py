@@ -11,6 +11,7 @@ CUDA or the package. Only `policy_weights` runs without vLLM (and is tested on C
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,6 +89,23 @@ class VLLMSampler:
                        gpu_memory_utilization=gpu_memory_utilization, seed=seed,
                        tensor_parallel_size=1, enable_prefix_caching=True)
         self.synced_step: int | None = None
+
+    @classmethod
+    def from_policy(cls, network: nn.Module, tokenizer: Any, directory: Path, max_model_len: int,
+                    gpu_memory_utilization: float, seed: int) -> VLLMSampler:
+        """An engine loaded with the policy's current weights, written once as a Hub-style folder
+        (the starting point may be random-init or an earlier run, which vLLM cannot load itself)."""
+        from safetensors.torch import save_file
+
+        base = network.get_base_model() if hasattr(network, "get_base_model") else network
+        directory.mkdir(parents=True, exist_ok=True)
+        base.config.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        # Cloned: tied embeddings share storage, which safetensors refuses to write twice.
+        save_file({name: t.detach().clone().contiguous().cpu() for name, t in policy_weights(network)},
+                  str(directory / "model.safetensors"))
+        dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
+        return cls(str(directory), dtype, max_model_len, gpu_memory_utilization, seed)
 
     def sync(self, network: nn.Module, step: int) -> None:
         """Push the policy's weights into the engine, once per optimizer step."""
