@@ -47,3 +47,19 @@ def machine_header() -> str:
     return (f"machine: {cpu_model()}, {cores} cores usable, {cpu_kind()} CPU "
             f"(avx512_bf16: {'yes' if 'avx512_bf16' in cpu_flags() else 'no'}); torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op threads; load average {load} (other work skews timings)")
+
+
+def processor_line() -> str:
+    """The processor in one line, without torch: what .ci/run prints before the tests, so a failing
+    CI run names the kind of machine it ran on."""
+    flags = cpu_flags()
+
+    def has(flag: str) -> str:
+        return "yes" if flag in flags else "no"
+
+    return (f"processor: {cpu_model()} ({cpu_kind()}; avx512_bf16: {has('avx512_bf16')}, "
+            f"amx_bf16: {has('amx_bf16')}, avx512f: {has('avx512f')}, avx2: {has('avx2')})")
+
+
+if __name__ == "__main__":
+    print(processor_line())

@@ -84,6 +84,101 @@ def preference_overrides(data_path: Path, task: str = "dpo", *extra: str) -> lis
             "trainer.precision=32", "trainer.enable_progress_bar=false", *extra]
 
 
+# -- learning tests: a bar with a measured margin -------------------------------------------------
+# A test that asserts on a learned outcome (accuracy, reward, a loss falling) depends on a
+# trajectory, and fp32 kernels differ between processors, so the trajectory does too. Such a test
+# states its bar through the `margin` fixture: the fixture marks it `learning`, and
+# scripts/test_margins.py reruns the learning tests under other seeds (FTEXP_TEST_SEED) and kernel
+# choices, collects each recorded value (FTEXP_MARGINS_FILE) and prints how far the worst run
+# cleared its bar.
+
+SEED_VARIABLE = "FTEXP_TEST_SEED"
+MARGINS_VARIABLE = "FTEXP_MARGINS_FILE"
+
+
+def learning_seed(default: int = 42) -> int:
+    """The seed a learning test trains with: its own default, or the one the margins script sets
+    (added to the default, so tests with different defaults stay different)."""
+    offset = os.environ.get(SEED_VARIABLE)
+    return default if offset is None else default + int(offset)
+
+
+def margins_seed(overrides: list[str]) -> list[str]:
+    """`seed=` of the margins script's run, for overrides that choose no seed of their own."""
+    if SEED_VARIABLE not in os.environ or any(o.startswith(("seed=", "+seed=")) for o in overrides):
+        return []
+    return [f"seed={learning_seed()}"]
+
+
+class Margin:
+    """Asserts learned outcomes against their bars and records each value for the margins script."""
+
+    _CHECKS = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
+
+    def __init__(self, test: str):
+        self.test = test
+
+    def check(self, what: str, value: float, op: str, bar: float, context: object = None) -> None:
+        self._record(what, float(value), op, bar)
+        assert self._CHECKS[op](float(value), float(bar)), self._failure(what, float(value), op, bar, context)
+
+    def metrics(self, metrics: dict, *bars: tuple[str, str, float]) -> None:
+        """Each (metric, op, bar) of a run's metrics, all recorded before any is asserted."""
+        for name, op, bar in bars:
+            self._record(name, float(metrics[name]), op, bar)
+        failed = [self._failure(name, float(metrics[name]), op, bar) for name, op, bar in bars
+                  if not self._CHECKS[op](float(metrics[name]), float(bar))]
+        assert not failed, "; ".join(failed) + f": {metrics}"
+
+    def _record(self, what: str, value: float, op: str, bar: float) -> None:
+        if path := os.environ.get(MARGINS_VARIABLE):
+            import json
+
+            record = {"test": self.test, "what": what, "op": op, "bar": bar, "value": value,
+                      "seed": os.environ.get(SEED_VARIABLE, "")}
+            with open(path, "a", encoding="utf-8") as file:  # one short line: appends don't interleave
+                file.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def _failure(what: str, value: float, op: str, bar: float, context: object = None) -> str:
+        return f"{what} {value:.4g} (needs {op} {bar:.4g})" + (f": {context}" if context is not None else "")
+
+    def at_least(self, what: str, value: float, bar: float, context: object = None) -> None:
+        self.check(what, value, ">=", bar, context)
+
+    def above(self, what: str, value: float, bar: float, context: object = None) -> None:
+        self.check(what, value, ">", bar, context)
+
+    def at_most(self, what: str, value: float, bar: float, context: object = None) -> None:
+        self.check(what, value, "<=", bar, context)
+
+    def below(self, what: str, value: float, bar: float, context: object = None) -> None:
+        self.check(what, value, "<", bar, context)
+
+
+@pytest.fixture
+def margin(request: pytest.FixtureRequest) -> Margin:
+    """The bar of a learning test (see above)."""
+    return Margin(request.node.nodeid)
+
+
+def pytest_report_header() -> list[str]:
+    """Which vector kernels torch and oneDNN run here (learning tests depend on them), and the
+    margins script's seed when it set one."""
+    import torch
+
+    chosen = {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", SEED_VARIABLE)
+              if name in os.environ}
+    return [f"torch {torch.__version__}: CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads" + "".join(f", {k}={v}" for k, v in chosen.items())]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "margin" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.learning)
+
+
 @pytest.fixture
 def toy_csv(tmp_path: Path) -> Path:
     path = tmp_path / "toy.csv"
@@ -92,8 +187,10 @@ def toy_csv(tmp_path: Path) -> Path:
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None, resolve: bool = True):
-    """The validated config `python -m ftexp <overrides>` would run with."""
+    """The validated config `python -m ftexp <overrides>` would run with (under
+    scripts/test_margins.py, with the seed it sets unless the overrides choose one)."""
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    extra += margins_seed(overrides)
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="test"):
         cfg = compose("config", overrides=list(overrides) + extra)
     return validate(cfg, resolve=resolve)
@@ -134,7 +231,7 @@ def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> 
     from hydra.core.hydra_config import HydraConfig
 
 
-    monkeypatch.setattr(sys, "argv", ["ftexp", *args])
+    monkeypatch.setattr(sys, "argv", ["ftexp", *args, *margins_seed(args)])
     for name in ("FTEXP_DEBUG", "HYDRA_FULL_ERROR"):
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()

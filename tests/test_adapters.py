@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, sentiment_rows, tiny_overrides
+from conftest import Margin, compose_config, learning_seed, sentiment_rows, tiny_overrides
 from ftexp.builders.adapter import validate_adapter
 from ftexp.config import ADAPTER_METHODS
 from ftexp.data.labeled_text import LabeledTextDataModule
@@ -25,11 +25,12 @@ CASES = [(model, method) for model in ("tiny_bert", "tiny_llama")
 
 
 # Updating whole weight matrices wants a smaller step than adapters and heads do.
-LEARNING_RATES = {"none": 3e-3, "freeze": 3e-3}
+LEARNING_RATES = {"none": 3e-3, "freeze": 3e-3, "frozen": 3e-2, "ia3": 3e-2, "oft": 3e-2, "boft": 3e-2,
+                  "adalora": 3e-2}
 # Soft prompts and prefixes steer a random-init backbone slowly (and shift the features the head
 # learns from): more epochs, and only a fall of the loss is required of them.
 SOFT_PROMPTS = {"prompt_tuning", "prefix_tuning"}
-EPOCHS = {method: 25 for method in SOFT_PROMPTS}
+EPOCHS = {method: 40 for method in SOFT_PROMPTS}
 
 
 def training_set_loss(task: ClassificationTask, datamodule: LabeledTextDataModule) -> float:
@@ -44,7 +45,7 @@ def training_set_loss(task: ClassificationTask, datamodule: LabeledTextDataModul
     return total / count
 
 
-def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: str,
+def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, margin: Margin, *extra: str,
                     epochs: int | None = None) -> ClassificationTask:
     """Train a few epochs; assert the loss fell, trainable weights moved and the rest did not."""
     data = tmp_path / "toy.csv"
@@ -56,7 +57,7 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
     datamodule = LabeledTextDataModule(OmegaConf.to_object(cfg.data), tokenizer)
     datamodule.setup()
     plain = task_settings(cfg)
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(learning_seed(0), verbose=False)
     task = ClassificationTask(**plain, target=datamodule.targets.describe())
     task.configure_model()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
@@ -68,7 +69,8 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
     loss_after = training_set_loss(task, datamodule)
     if method == "adalora":  # its rank budget may prune a module's singular values to zero
         assert any(not torch.equal(p, before[n]) for n, p in task.named_parameters() if "lora_E" in n)
-    assert loss_after < (0.99 if method in SOFT_PROMPTS else 0.8) * loss_before, (loss_before, loss_after)
+    margin.below("training loss after / before", loss_after / loss_before,
+                 0.99 if method in SOFT_PROMPTS else 0.8, (loss_before, loss_after))
     trainable = {n for n, p in task.named_parameters() if p.requires_grad}
     assert trainable and len(trainable) < len(before) or method == "none"
     for name, param in task.named_parameters():
@@ -82,8 +84,9 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, *extra: 
 
 
 @pytest.mark.parametrize(("model", "method"), CASES, ids=[f"{m}-{a}" for m, a in CASES])
-def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer):
-    train_and_check(model, method, tmp_path, minilm_tokenizer)
+def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer,
+                                            margin):
+    train_and_check(model, method, tmp_path, minilm_tokenizer, margin)
 
 
 @pytest.mark.parametrize(("quant", "layer_type", "extra"), [
@@ -92,9 +95,9 @@ def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: P
     ("8bit", "Linear8bitLt", []),
 ], ids=["nf4", "fp4-bf16", "int8"])
 def test_lora_on_a_kbit_decoder_trains_on_cpu(quant: str, layer_type: str, extra: list[str], tmp_path: Path,
-                                              minilm_tokenizer):
+                                              minilm_tokenizer, margin):
     pytest.importorskip("bitsandbytes")
-    task = train_and_check("tiny_llama", "lora", tmp_path, minilm_tokenizer, f"quant={quant}", *extra,
+    task = train_and_check("tiny_llama", "lora", tmp_path, minilm_tokenizer, margin, f"quant={quant}", *extra,
                            epochs=10)
     linear_types = {type(m).__name__ for m in task.network.backbone.modules()}
     assert layer_type in linear_types

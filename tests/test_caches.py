@@ -120,11 +120,11 @@ def test_embedding_key_covers_weights_pooling_and_numerics(tmp_path: Path):
     assert embedding_key("other-data-key", model, quant, "auto", "32-true", tmp_path) != base
 
 
-def test_cached_embeddings_train_like_the_encoder_and_skip_it_when_warm(tmp_path: Path):
+def test_cached_embeddings_train_like_the_encoder_and_skip_it_when_warm(tmp_path: Path, margin):
     data = tmp_path / "toy.csv"
     sentiment_rows(240).to_csv(data, index=False)
     cache = tmp_path / "cache"
-    common = ["adapter=frozen", "optimizer.learning_rate=3e-2", "trainer.max_epochs=6",
+    common = ["adapter=frozen", "optimizer.learning_rate=3e-2", "trainer.max_epochs=12",
               "data.split_probabilities=[0.6,0.2,0.2]", f"paths.cache_dir={cache}"]
 
     def run(name: str, *extra: str) -> dict:
@@ -144,7 +144,7 @@ def test_cached_embeddings_train_like_the_encoder_and_skip_it_when_warm(tmp_path
     for key in ("val/acc", "test/acc", "val/loss"):
         assert cold[key] == warm[key]
         assert warm[key] == pytest.approx(plain[key], abs=1e-4)
-    assert warm["val/acc"] > 0.8  # and the head learned the task
+    margin.metrics(warm, ("val/acc", ">", 0.8))  # and the head learned the task
 
     # The saved model works on raw text (the full encoder), matching the in-run predictions.
     in_run = pd.read_csv(tmp_path / "warm" / run_dir.PREDICTIONS_FILE)

@@ -197,12 +197,12 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_tiny_llama_learns_instructions_and_generates_the_answer(trained_run: Path):
+def test_tiny_llama_learns_instructions_and_generates_the_answer(trained_run: Path, margin):
     from ftexp.generate import RunGenerator
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
     history = pd.read_csv(trained_run / "csv" / "metrics.csv")["val/loss"].dropna().tolist()
-    assert history[-1] < 0.2 * history[0], history
+    margin.below("val/loss last / first", history[-1] / history[0], 0.2, history)
     assert metrics["val/perplexity"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(),
                                                       rel=1e-4)
     samples = [json.loads(line) for line in (trained_run / "generations.jsonl").read_text().splitlines()]
@@ -216,6 +216,7 @@ def test_tiny_llama_learns_instructions_and_generates_the_answer(trained_run: Pa
     assert answers == ["the sky is blue.", "the coal is black."]
 
 
+@pytest.mark.learning  # its exact answers are learned: scripts/test_margins.py reruns it
 def test_generate_cli_answers_a_prompt_and_a_file(trained_run: Path, tmp_path: Path):
     run = subprocess.run([sys.executable, "-m", "ftexp.generate", str(trained_run),
                           "--prompt", "What colour is the grass?"],

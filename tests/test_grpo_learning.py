@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 MAXIMUM = 1.0  # token_share's best score: every word a number
 
 
-def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, monkeypatch, capsys):
+def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, monkeypatch, capsys, margin):
     run = tmp_path / "run"
     code, err = run_in_process(["+experiment=tiny_grpo_toy", "trainer.enable_progress_bar=false",
                                 f"paths.output_dir={run}"], monkeypatch, capsys)
@@ -30,15 +30,18 @@ def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, 
     # first point scores the untrained weights.
     assert len(rewards) >= 10, curve
     first, last, best = rewards[0], rewards[-1], max(rewards)
-    assert first < 0.5 * MAXIMUM, curve  # there is a gap to close: random init rarely writes numbers
+    # There is a gap to close: random init rarely writes numbers.
+    margin.below("first val/reward / maximum", first / MAXIMUM, 0.5, curve.to_string())
     gap = MAXIMUM - first
-    assert last - first >= 0.5 * gap, curve.to_string()
-    assert best - first >= 0.5 * gap
-    # The climb, not one lucky validation: the last few points all stand above the start, and
-    # sampled training rewards rise too.
-    assert all(r > first for r in rewards[-3:]), curve.to_string()
+    margin.at_least("share of the gap closed, last point", (last - first) / gap, 0.5, curve.to_string())
+    margin.at_least("share of the gap closed, best point", (best - first) / gap, 0.5, curve.to_string())
+    # The climb, not one lucky validation: the last few points all stand well above the start,
+    # and sampled training rewards rise too.
+    margin.at_least("share of the gap closed, worst of the last 3 points", (min(rewards[-3:]) - first) / gap,
+                    0.25, curve.to_string())
     train = history["train/reward"].dropna().tolist()
-    assert sum(train[-5:]) / 5 > sum(train[:5]) / 5 + 0.25, train
+    margin.above("train/reward rise, mean of last 5 steps − first 5", sum(train[-5:]) / 5 - sum(train[:5]) / 5,
+                 0.25, train)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val/reward"] == pytest.approx(last) and "val/rewards/numbers" in metrics
     assert "val/rewards/correct" not in metrics  # the toy reward is the only one

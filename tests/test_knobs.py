@@ -151,12 +151,12 @@ def test_early_stopping_stops_when_the_monitor_stalls(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_compiled_network_trains_and_keeps_checkpoint_names(tmp_path: Path):
+def test_compiled_network_trains_and_keeps_checkpoint_names(tmp_path: Path, margin):
     data = tmp_path / "toy.csv"
     sentiment_rows(240).to_csv(data, index=False)
     metrics = train(compose_config(tiny_overrides(data, "trainer.compile=true", "trainer.max_epochs=2"),
                                    output_dir=tmp_path / "run"))
-    assert metrics["val/acc"] > 0.8
+    margin.metrics(metrics, ("val/acc", ">", 0.8))
     state = torch.load(tmp_path / "run" / run_dir.BEST_CHECKPOINT, weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
 

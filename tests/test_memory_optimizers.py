@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config
+from conftest import compose_config, learning_seed
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.optim import build_optimizer, projected_weights, transformer_block_names
 from ftexp.errors import ConfigError
@@ -89,15 +89,15 @@ def projected_state_numel(m: int, n: int, rank: int) -> int:
 
 
 @pytest.mark.parametrize("name", ["galore", "apollo"])
-def test_low_rank_optimizer_learns_with_the_promised_state(name):
-    torch.manual_seed(0)
+def test_low_rank_optimizer_learns_with_the_promised_state(name, margin):
+    torch.manual_seed(learning_seed(0))
     model = tiny_llama()
     settings = optimizer_settings(name, f"optimizer.projection.rank={RANK}",
                                   "optimizer.projection.update_proj_gap=4")
     lr = 3e-3 if name == "galore" else 1e-2
     optimizer = build_optimizer(model, settings, learning_rate=lr)
     first, last = train(model, optimizer)
-    assert last < first - 0.5, (first, last)
+    margin.above("loss fall over the steps", first - last, 0.5, (first, last))
 
     chosen = projected_weights(model, settings["projection"])
     # The attention and MLP weights of both layers (7 each in Llama), nothing else.
@@ -135,8 +135,8 @@ def no_full_gc(monkeypatch):
     monkeypatch.setattr(badam.block_optim.gc, "collect", lambda *args: 0)
 
 
-def test_badam_trains_one_block_at_a_time(no_full_gc):
-    torch.manual_seed(0)
+def test_badam_trains_one_block_at_a_time(no_full_gc, margin):
+    torch.manual_seed(learning_seed(0))
     model = tiny_llama()
     settings = optimizer_settings("badam", "optimizer.blocks.switch_block_every=4",
                                   "optimizer.blocks.switch_mode=ascending")
@@ -170,7 +170,7 @@ def test_badam_trains_one_block_at_a_time(no_full_gc):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith(f"{layers[1]}.") for n in changed)  # switched to the second block
     assert not any("embed_tokens" in n or "lm_head" in n for n in changed)  # BAdam's default
-    assert lm_loss(model, ids).item() < first - 0.1
+    margin.above("loss fall over the steps", first - lm_loss(model, ids).item(), 0.1)
 
 
 def test_badam_resumes_the_block_it_was_on(no_full_gc):
@@ -223,18 +223,18 @@ class _FixedBatchLM(L.LightningModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(fixed_batch()), batch_size=4)
 
 
-def test_badam_steps_under_lightning(no_full_gc):
+def test_badam_steps_under_lightning(no_full_gc, margin):
     # Lightning hands step() a closure that runs forward and backward; BAdam needs the gradients
     # before it steps, so the closure must run first (a plain BlockOptimizer asserts there).
-    torch.manual_seed(0)
+    torch.manual_seed(learning_seed(0))
     module = _FixedBatchLM(optimizer_settings("badam", "optimizer.blocks.switch_block_every=2"))
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=24, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "BAdam expect model")
         trainer.fit(module)
-    assert trainer.global_step == 6
-    assert module.losses[-1] < module.losses[0]
+    assert trainer.global_step == 24
+    margin.below("loss last / first step", module.losses[-1] / module.losses[0], 1.0, module.losses)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

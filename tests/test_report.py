@@ -335,9 +335,18 @@ def test_wandb_report_is_checked_with_wandb_before_writing_then_saved(tmp_path: 
 # -- W&B logger and a real run --------------------------------------------------------------------
 
 def _wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of the run's offline W&B files (LevelDB-style log of protobuf records)."""
+    """Every record of the run's offline W&B files (LevelDB-style log of protobuf records).
+
+    `run.finish()` returns once W&B's service has taken the run's exit, not once its writer has
+    flushed the file: under load a read straight after it found a rerun's file still empty. The
+    files are complete when the service has stopped, so stop it first (`wandb.teardown()` waits
+    for that; the next `wandb.init` starts a new one)."""
+    import wandb
     from google.protobuf.json_format import MessageToDict
     from wandb.proto import wandb_internal_pb2 as pb
+
+    assert wandb.run is None, "read the records of finished runs only"
+    wandb.teardown()
 
     records = []
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):

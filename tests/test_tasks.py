@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import FILLER, NEGATIVE, POSITIVE, compose_config, tiny_overrides
+from conftest import FILLER, NEGATIVE, POSITIVE, compose_config, sentiment_rows, tiny_overrides
 from ftexp import run_dir
 from ftexp.data.targets import MultiLabel, Numeric, fit_targets
 from ftexp.errors import DataError
@@ -80,7 +80,7 @@ def test_plain_labels_stay_single_label():
 # -- end to end ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
-def test_regression_learns_a_score_and_predict_gives_numbers(model: str, tmp_path: Path):
+def test_regression_learns_a_score_and_predict_gives_numbers(model: str, tmp_path: Path, margin):
     data = tmp_path / "scores.csv"
     score_rows(480).to_csv(data, index=False)
     out = tmp_path / "run"
@@ -88,8 +88,8 @@ def test_regression_learns_a_score_and_predict_gives_numbers(model: str, tmp_pat
                                         "data.label_column=score", "trainer.max_epochs=8"),
                          output_dir=out)
     metrics = train(cfg)
-    assert metrics["val/r2"] > 0.8 and metrics["test/r2"] > 0.8, metrics
-    assert metrics["test/mae"] < 5.0, metrics  # the score moves in steps of 10
+    # The score moves in steps of 10.
+    margin.metrics(metrics, ("val/r2", ">", 0.8), ("test/r2", ">", 0.8), ("test/mae", "<", 5.0))
     assert json.loads((out / run_dir.LABELS_FILE).read_text())["kind"] == "regression"
 
     written = pd.read_csv(out / run_dir.PREDICTIONS_FILE)
@@ -98,14 +98,14 @@ def test_regression_learns_a_score_and_predict_gives_numbers(model: str, tmp_pat
     assert abs(again["prediction"].mean() - written["score"].mean()) < 5
 
 
-def test_multi_label_from_jsonl_lists(tmp_path: Path):
+def test_multi_label_from_jsonl_lists(tmp_path: Path, margin):
     data = tmp_path / "topics.jsonl"
     topic_rows(480).to_json(data, orient="records", lines=True)
     out = tmp_path / "run"
     cfg = compose_config(tiny_overrides(data, "data.label_column=topics", "trainer.max_epochs=6"),
                          output_dir=out)
     metrics = train(cfg)
-    assert metrics["test/acc"] > 0.8 and metrics["test/f1_macro"] > 0.9, metrics  # exact match
+    margin.metrics(metrics, ("test/acc", ">", 0.8), ("test/f1_macro", ">", 0.9))  # acc: exact match
     saved = json.loads((out / run_dir.LABELS_FILE).read_text())
     assert saved["kind"] == "multi_label" and saved["labels"] == sorted(TOPICS)
 
@@ -117,26 +117,39 @@ def test_multi_label_from_jsonl_lists(tmp_path: Path):
     assert {f"prob_{t}" for t in TOPICS} <= set(predictions.columns)
 
 
-def test_multi_label_from_a_csv_with_a_separator(tmp_path: Path):
+def test_multi_label_from_a_csv_with_a_separator(tmp_path: Path, margin):
     data = tmp_path / "topics.csv"
     topic_rows(320).assign(topics=lambda f: f["topics"].map(";".join)).to_csv(data, index=False)
     cfg = compose_config(tiny_overrides(data, "data.label_column=topics", "data.label_separator=';'",
                                         "trainer.max_epochs=6"), output_dir=tmp_path / "run")
     metrics = train(cfg)
-    assert metrics["val/f1_macro"] > 0.9, metrics
+    margin.metrics(metrics, ("val/f1_macro", ">", 0.9))
 
 
 # -- decoder architectures as classifiers ----------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def held_out_csv(tmp_path_factory) -> Path:
+    """The toy sentiment task with 72 validation and 72 test rows (split below): a score one
+    misread row does not move by 8 points."""
+    path = tmp_path_factory.mktemp("toy") / "toy.csv"
+    sentiment_rows(360).to_csv(path, index=False)
+    return path
+
+
+HELD_OUT = "data.split_probabilities=[0.6,0.2,0.2]"
+
+
 @pytest.mark.parametrize("model", ["tiny_qwen2", "tiny_gpt2", "tiny_bloom"])
 @pytest.mark.parametrize("adapter", ["none", "lora"])
-def test_every_tiny_decoder_classifies(model: str, adapter: str, toy_csv: Path, tmp_path: Path):
+def test_every_tiny_decoder_classifies(model: str, adapter: str, held_out_csv: Path, tmp_path: Path, margin):
     out = tmp_path / "run"
-    # LoRA starts as the identity (B = 0) and steers a random-init base more slowly.
-    lr, epochs = ("3e-3", 4) if adapter == "none" else ("1e-2", 10)
-    cfg = compose_config(tiny_overrides(toy_csv, f"model={model}", f"adapter={adapter}",
-                                        f"optimizer.learning_rate={lr}", f"trainer.max_epochs={epochs}"),
+    # LoRA starts as the identity (B = 0) and steers a random-init base more slowly: more epochs.
+    # At 1e-2 it collapsed to one class on 4 seeds of 5 for GPT-2 (scripts/test_margins.py).
+    epochs = 4 if adapter == "none" else 10
+    cfg = compose_config(tiny_overrides(held_out_csv, f"model={model}", f"adapter={adapter}", HELD_OUT,
+                                        f"trainer.max_epochs={epochs}"),
                          output_dir=out)
     metrics = train(cfg)
-    assert metrics["val/acc"] >= 0.9 and metrics["test/acc"] >= 0.8, metrics
+    margin.metrics(metrics, ("val/acc", ">=", 0.9), ("test/acc", ">=", 0.9))
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]

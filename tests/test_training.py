@@ -29,14 +29,14 @@ def _checkpoint_state(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
-def test_tiny_model_learns_a_learnable_task(model: str, toy_csv: Path, tmp_path: Path):
+def test_tiny_model_learns_a_learnable_task(model: str, toy_csv: Path, tmp_path: Path, margin):
     out = tmp_path / "run"
     cfg = compose_config(tiny_overrides(toy_csv, f"model={model}", "trainer.log_every_n_steps=1"),
                          output_dir=out)
     metrics = train(cfg)
     losses = _train_losses(out)
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
-    assert metrics["val/acc"] >= 0.9 and metrics["test/acc"] >= 0.8, metrics
+    margin.below("train loss, last 5 steps / first 5", sum(losses[-5:]) / sum(losses[:5]), 0.5, losses)
+    margin.metrics(metrics, ("val/acc", ">=", 0.9), ("test/acc", ">=", 0.8))
     for name in (run_dir.CONFIG_FILE, run_dir.METRICS_FILE, run_dir.LABELS_FILE,
                  run_dir.PREDICTIONS_FILE, run_dir.ENVIRONMENT_FILE, run_dir.BEST_CHECKPOINT):
         assert (out / name).is_file(), name
