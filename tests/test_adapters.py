@@ -24,7 +24,9 @@ CASES = [(model, method) for model in ("tiny_bert", "tiny_llama")
          for method in ADAPTER_METHODS if method not in NOT_FOR.get(model, set())]
 
 
-# Updating whole weight matrices wants a smaller step than adapters and heads do.
+# Updating whole weight matrices wants a smaller step than adapters and heads do; a head alone,
+# IA3's scalings, OFT's rotations and AdaLoRA's budgeted ranks a larger one (at 1e-2 the tiny
+# BERT's loss fell only to 0.74-0.79 of its start, against a bar of 0.8).
 LEARNING_RATES = {"none": 3e-3, "freeze": 3e-3, "frozen": 3e-2, "ia3": 3e-2, "oft": 3e-2, "boft": 3e-2,
                   "adalora": 3e-2}
 # Soft prompts and prefixes steer a random-init backbone slowly (and shift the features the head
