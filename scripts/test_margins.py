@@ -61,15 +61,26 @@ def run_once(setting: str, seed: int, args: argparse.Namespace, records: Path) -
     """One pytest process over the learning tests: its outcome line and wall time."""
     env = {**os.environ, **SETTINGS[setting], SEED_VARIABLE: str(seed), MARGINS_VARIABLE: str(records),
            "HF_HUB_OFFLINE": "1"}
+    # torch.compile's kernel cache, one per setting: inductor does not key it by ATEN_CPU_CAPABILITY,
+    # so a run under one setting would load C++ kernels another built (seen: compile errors and a
+    # segfault in test_knobs' compiled network when aten-default / aten-avx2 ran beside native).
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(records.with_name(f"{records.stem}.inductor-{setting}"))
     if args.jobs > 1:  # processes side by side on few cores: one thread each
         env.setdefault("OMP_NUM_THREADS", "1")
     command = pytest_command(args)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    # Each run's whole output beside the records, for reading a failure (or a crash) afterwards.
+    log = records.with_name(f"{records.stem}.{setting}.seed{seed}.log")
+    log.write_text(result.stdout + result.stderr)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
-    return {"setting": setting, "seed": seed, "code": result.returncode, "summary": lines[-1] if lines else "",
-            "failed": failed, "seconds": time.perf_counter() - start}
+    summary = lines[-1] if lines else ""
+    if result.returncode < 0 or result.returncode > 1:  # killed by a signal, or pytest itself broke
+        summary = f"exit code {result.returncode} after: {summary[:60]}"
+        failed = failed or ["(the whole run)"]
+    return {"setting": setting, "seed": seed, "code": result.returncode, "summary": summary,
+            "failed": failed, "log": str(log), "seconds": time.perf_counter() - start}
 
 
 def margin_of(op: str, bar: float, worst: float) -> float:
@@ -85,7 +96,8 @@ def table(records: list[dict], min_margin: float, tests: list[str] = (), outcome
     groups: dict[tuple[str, str, str, float], list[float]] = {}
     for r in records:
         groups.setdefault((r["test"], r["what"], r["op"], r["bar"]), []).append(r["value"])
-    failures = {test: sum(test in o["failed"] for o in outcomes) for test in {*tests, *(k[0] for k in groups)}}
+    every_test = {*tests, *(k[0] for k in groups)}
+    failures = {test: sum(test in o["failed"] for o in outcomes) for test in every_test}
     rows, thin = [], 0
     for (test, what, op, bar), values in groups.items():
         worst = min(values) if op in (">", ">=") else max(values)
@@ -104,16 +116,20 @@ def table(records: list[dict], min_margin: float, tests: list[str] = (), outcome
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seed offsets 0..N-1 (0: the tests' own seeds)")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {list(SETTINGS)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated, of {list(SETTINGS)}")
     parser.add_argument("--tier", choices=TIERS, default="fast")
     parser.add_argument("-k", default="", help="pytest -k expression, to measure some tests only")
-    parser.add_argument("--jobs", type=int, default=1, help="pytest processes at once (one thread each if > 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="pytest processes at once (one thread each if > 1)")
     parser.add_argument("--min-margin", type=float, default=0.10)
     parser.add_argument("--records", type=Path, help="keep the recorded values here (JSON lines)")
     parser.add_argument("--append", action="store_true",
-                        help="add to --records and tabulate all of it (e.g. slow tests: more seeds on one setting)")
+                        help="add to --records and tabulate all of it "
+                             "(e.g. slow tests: more seeds on one setting)")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     args = parser.parse_args()
     settings = args.settings.split(",")
@@ -135,7 +151,7 @@ def main() -> int:
             print(f"  {outcome['setting']:>12} seed +{outcome['seed']}: {outcome['summary']} "
                   f"({outcome['seconds']:.0f} s)", flush=True)
             for name in outcome["failed"]:
-                print(f"      failed: {name}", flush=True)
+                print(f"      failed: {name} (output: {outcome['log']})", flush=True)
 
     recorded = [json.loads(line) for line in records.read_text().splitlines() if line]
     if not recorded:

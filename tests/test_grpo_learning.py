@@ -40,8 +40,11 @@ def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, 
     margin.at_least("share of the gap closed, worst of the last 3 points", (min(rewards[-3:]) - first) / gap,
                     0.25, curve.to_string())
     train = history["train/reward"].dropna().tolist()
-    margin.above("train/reward rise, mean of last 5 steps − first 5", sum(train[-5:]) / 5 - sum(train[:5]) / 5,
-                 0.25, train)
+    # Sampled at temperature 1, the training rewards rose by 0.20 to 0.46 over 5 seeds
+    # (scripts/test_margins.py): noisier than the greedy validation points above, which carry the
+    # claim that it learns; this one says the sampling policy moved with them.
+    rise = sum(train[-5:]) / 5 - sum(train[:5]) / 5
+    margin.above("train/reward rise, mean of last 5 steps − first 5", rise, 0.1, train)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val/reward"] == pytest.approx(last) and "val/rewards/numbers" in metrics
     assert "val/rewards/correct" not in metrics  # the toy reward is the only one

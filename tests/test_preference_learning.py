@@ -1,6 +1,6 @@
 """Acceptance on a learnable toy preference task (conftest.colour_preferences): after SFT on the
-chosen answers, each preference objective reaches held-out rewards/accuracy ≥ 0.9, a reward model
-reaches ≥ 0.9 pair accuracy, and a DPO run killed with SIGKILL mid-epoch resumes to the same
+chosen answers, each preference objective reaches held-out rewards/accuracy ≥ 0.8, a reward model
+reaches ≥ 0.8 pair accuracy (chance: 0.5), and a DPO run killed with SIGKILL mid-epoch resumes to the same
 final weights as an uninterrupted one. Slow: a few minutes of CPU in all."""
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from conftest import colour_preferences, preference_overrides, run_in_process
 pytestmark = pytest.mark.slow
 
 # Per objective: what it needs to learn the toy in a few epochs with LoRA (beta on each
-# method's own scale; KTO sees each pair as two examples and wants a stronger beta).
+# method's own scale; KTO sees each pair as two examples and wants a stronger beta). Over 5 seeds
+# (scripts/test_margins.py) held-out accuracy's median is 0.95 to 1.0 and its worst 0.91 (KTO) to
+# 1.0 — at 5 epochs as at 8, so the bar is 0.8 (chance 0.5), not 0.9, which the worst seeds
+# cleared by 1 to 4 points only.
 LORA = ["adapter=lora", "trainer.max_epochs=5"]
+BAR = 0.8  # held-out (rewards/)accuracy
 OBJECTIVES = {
     "dpo": ["task=dpo", "task.beta=0.5", "optimizer.learning_rate=5e-3"],
     "ipo": ["task=dpo", "task.loss_type=ipo", "task.beta=0.5", "optimizer.learning_rate=5e-3"],
@@ -67,14 +71,14 @@ def test_each_objective_learns_the_toy_preferences_after_sft(objective, files, s
                                 f"model.init_from={sft_run}", f"paths.output_dir={run}"], monkeypatch, capsys)
     assert code == 0, err[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    margin.metrics(metrics, ("best/val/rewards/accuracy", ">=", 0.9), ("test/rewards/accuracy", ">=", 0.9))
+    margin.metrics(metrics, ("best/val/rewards/accuracy", ">=", BAR), ("test/rewards/accuracy", ">=", BAR))
 
 
 def test_a_reward_model_ranks_held_out_pairs(files, tmp_path, monkeypatch, capsys, margin):
     run = tmp_path / "reward"
-    code, err = run_in_process([*preference_overrides(files["pairs"], "reward", "adapter=lora",
-                                                      "optimizer.learning_rate=2e-3", "trainer.max_epochs=8"),
-                                f"paths.output_dir={run}"], monkeypatch, capsys)
+    overrides = preference_overrides(files["pairs"], "reward", "adapter=lora", "optimizer.learning_rate=2e-3",
+                                     "trainer.max_epochs=8")
+    code, err = run_in_process([*overrides, f"paths.output_dir={run}"], monkeypatch, capsys)
     assert code == 0, err[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    margin.metrics(metrics, ("best/val/accuracy", ">=", 0.9), ("test/accuracy", ">=", 0.9))
+    margin.metrics(metrics, ("best/val/accuracy", ">=", BAR), ("test/accuracy", ">=", BAR))
