@@ -42,9 +42,9 @@ def run(overrides: list[str], output_dir: Path) -> tuple[dict, float]:
     from hydra import compose, initialize_config_dir
 
     import ftexp.cli  # noqa: F401  (registers the ${ftexp_root:} resolver)
-    from ftexp.paths import config_dir
+    from ftexp.config.validation import validate
+    from ftexp.runs.paths import config_dir
     from ftexp.train import train
-    from ftexp.validation import validate
 
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="bench"):
         cfg = validate(compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"]))

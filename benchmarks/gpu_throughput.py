@@ -139,10 +139,10 @@ def build_ftexp(settings: Settings, weights: Path, row: str, output_dir: Path):
 
     import ftexp.cli  # noqa: F401  (registers the ${ftexp_root:} resolver the config uses)
     from ftexp.builders.optim import build_optimizer
-    from ftexp.paths import config_dir
+    from ftexp.config.validation import validate
+    from ftexp.runs.paths import config_dir
     from ftexp.tasks.registry import get_task
     from ftexp.train import task_settings
-    from ftexp.validation import validate
 
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="gpu_throughput"):
         cfg = compose("config", overrides=[*ftexp_overrides(settings, weights, row),

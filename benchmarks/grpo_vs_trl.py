@@ -14,7 +14,7 @@ dapo: set explicitly), scale_rewards group, AdamW at lr 5e-4, linear decay witho
 weight decay, gradient clipping at 1.0, dropout off in the policy, fp32, 10 optimizer steps, no
 evaluation, no checkpoint, no gradient checkpointing. The reward, the same on both sides: the
 share of the completion's whitespace-separated words that are numbers (`[0-9]+`), 0 for an empty
-completion — ftexp.rewards.token_share(pattern='[0-9]+', unit='word') on the ftexp side
+completion — ftexp.tasks.rewards.token_share(pattern='[0-9]+', unit='word') on the ftexp side
 (+experiment=tiny_grpo_toy's reward) and the same three lines as a plain function on the TRL
 side (ftexp is not installed in the TRL venv).
 
@@ -27,7 +27,7 @@ peak RSS (goal ≥ 1.00x, i.e. ftexp uses no more memory).
     .venv/bin/python benchmarks/grpo_vs_trl.py                 # or: make bench-grpo
     .venv/bin/python benchmarks/grpo_vs_trl.py --repeats 3
 
-TRL comes from `.venv-bench-trl/`, created on first use by dpo_vs_trl.ensure_trl_venv (TRL
+TRL comes from `.venv-bench-trl/`, created on first use by peers.ensure_trl_venv (TRL
 1.16.0 with exactly .venv's torch, transformers, peft and accelerate); the measuring helpers are
 dpo_vs_trl's too.
 """
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import shutil
@@ -46,18 +45,23 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # dpo_vs_trl, also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers, also when imported
 
-from dpo_vs_trl import (  # noqa: E402
+from peers import (  # noqa: E402
     ARCH,
+    FTEXP_TRAINING_ONLY,
     LORA,
     ROOT,
+    add_side_arguments,
     child_env,
     ensure_trl_venv,
     failed,
+    ftexp_lora_overrides,
+    ftexp_model_overrides,
     run_process,
     run_trl_child,
     tokenizer_dir,
+    trl_child_requested,
     trl_tokenizer_and_model,
 )
 
@@ -68,7 +72,7 @@ NUMBER = r"[0-9]+"
 
 
 def number_share(prompts, completions, **columns):
-    """ftexp.rewards.token_share(pattern='[0-9]+', unit='word'), for the TRL side."""
+    """ftexp.tasks.rewards.token_share(pattern='[0-9]+', unit='word'), for the TRL side."""
     pattern = re.compile(NUMBER)
     return [sum(pattern.fullmatch(w) is not None for w in c.split()) / len(c.split()) if c.split() else 0.0
             for c in completions]
@@ -77,27 +81,16 @@ def number_share(prompts, completions, **columns):
 # ---- ftexp side: the CLI, one process --------------------------------------------------------------
 
 def ftexp_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    arch = ARCH
     return [
         "+experiment=tiny_grpo_toy", f"data.path={DATA}", f"data.batch_size={args.prompts}",
-        f"model.random_init.hidden_size={arch['hidden_size']}",
-        f"model.random_init.num_hidden_layers={arch['num_hidden_layers']}",
-        f"model.random_init.num_attention_heads={arch['num_attention_heads']}",
-        f"model.random_init.num_key_value_heads={arch['num_key_value_heads']}",
-        f"model.random_init.intermediate_size={arch['intermediate_size']}",
-        "adapter=lora", f"adapter.r={LORA['r']}", f"adapter.lora_alpha={LORA['lora_alpha']}",
-        f"adapter.lora_dropout={LORA['lora_dropout']}",
-        f"adapter.target_modules=[{','.join(LORA['target_modules'])}]",
+        *ftexp_model_overrides(), *ftexp_lora_overrides(),
         f"task.num_generations={NUM_GENERATIONS}", "task.loss_type=grpo", "task.scale_rewards=group",
         "task.beta=0.0", f"task.max_completion_length={MAX_COMPLETION_LENGTH}", "task.sample_generations=0",
         f"generation.max_new_tokens={MAX_COMPLETION_LENGTH}", f"generation.temperature={TEMPERATURE}",
         "generation.top_k=0", "generation.top_p=1.0",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.weight_decay=0.0",
         "scheduler=linear", "scheduler.warmup_steps=0", "scheduler.warmup_fraction=0.0",
-        "trainer.precision=32", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
-        "trainer.gradient_clip_val=1.0", "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false", "callbacks.checkpoint=false",
-        "callbacks.resume_every_minutes=null", "logger=none", f"paths.output_dir={run_dir}",
+        f"trainer.max_steps={args.steps}", *FTEXP_TRAINING_ONLY, f"paths.output_dir={run_dir}",
     ]
 
 
@@ -107,7 +100,7 @@ def ftexp_side(out: Path, args: argparse.Namespace) -> dict:
     run_dir = out / "ftexp-run"
     log = out / "ftexp.log"
     wall, cpu, rss, rc = run_process([sys.executable, "-m", "ftexp", *ftexp_overrides(args, run_dir)],
-                                     log, child_env(args, out / "ftexp-cache"))
+                                     log, child_env(args.threads, out / "ftexp-cache"))
     if rc != 0:
         raise failed("the ftexp side", log)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -124,7 +117,7 @@ def trl_side(python: Path, out: Path, args: argparse.Namespace) -> dict:
     """TRL: this file run by the TRL venv's python with --trl-child (see trl_child)."""
     spec = {"tokenizer": tokenizer_dir(), "steps": args.steps, "prompts": args.prompts,
             "output_dir": str(out / "trl-run"), "result": str(out / "trl-result.json")}
-    return run_trl_child(python, __file__, spec, out, args)
+    return run_trl_child(python, __file__, spec, out, args.threads)
 
 
 def trl_child(spec: dict) -> None:
@@ -220,19 +213,13 @@ def compare(out: Path, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--trl-child":
-        trl_child(json.loads(sys.argv[2]))
+    if trl_child_requested(trl_child):
         return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per optimizer step")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per side (alternating); the fastest is reported")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="OMP/MKL threads of every child process")
-    parser.add_argument("--trl-only", action="store_true", help="run the TRL side only")
-    parser.add_argument("--out", type=Path, default=None, help="keep logs here")
+    add_side_arguments(parser)
     args = parser.parse_args()
 
     out = args.out or Path(tempfile.mkdtemp(prefix="ftexp-grpo-bench-"))

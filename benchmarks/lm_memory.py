@@ -41,10 +41,10 @@ def child(chunk: int | None, batch: int, seq: int, steps: int, out: Path) -> Non
     from hydra import compose, initialize_config_dir
 
     import ftexp.cli  # noqa: F401  (registers the ${ftexp_root:} resolver the config uses)
-    from ftexp.paths import config_dir
+    from ftexp.config.validation import validate
+    from ftexp.runs.paths import config_dir
     from ftexp.tasks.registry import get_task
     from ftexp.train import task_settings
-    from ftexp.validation import validate
 
     torch.manual_seed(0)
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="bench"):

@@ -84,7 +84,7 @@ def validation_loss_both_ways(run: Path) -> tuple[float, float]:
     import lightning as L
     from omegaconf import OmegaConf
 
-    from ftexp.config import DataConfig
+    from ftexp.config.data import DataConfig
     from ftexp.data.causal_lm import CausalLMDataModule
     from ftexp.predict import load_trained
 

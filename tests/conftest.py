@@ -14,8 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ftexp.cli  # noqa: F401  (registers the ${ftexp_root:} resolver)
-from ftexp.paths import config_dir
-from ftexp.validation import validate
+from ftexp.config.validation import validate
+from ftexp.runs.paths import config_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

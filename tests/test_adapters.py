@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from conftest import Margin, compose_config, learning_seed, sentiment_rows, tiny_overrides
 from ftexp.builders.adapter import validate_adapter
-from ftexp.config import ADAPTER_METHODS
+from ftexp.config.adapter import ADAPTER_METHODS
 from ftexp.data.labeled_text import LabeledTextDataModule
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks.classification import ClassificationTask
 from ftexp.train import task_settings
 
@@ -136,8 +136,8 @@ def test_freeze_trains_the_last_layers_only(tmp_path: Path):
 
 
 def test_adapter_run_saves_only_adapter_and_head_and_predict_restores_it(tmp_path: Path):
-    from ftexp import run_dir
     from ftexp.predict import load_trained
+    from ftexp.runs import run_dir
     from ftexp.train import train
 
     data = tmp_path / "toy.csv"

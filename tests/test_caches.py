@@ -13,11 +13,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, sentiment_rows, tiny_overrides
-from ftexp import run_dir
 from ftexp.data.cache import ContentCache, file_digest, tokenizer_fingerprint
 from ftexp.data.embeddings import embedding_key
 from ftexp.data.labeled_text import LabeledTextDataModule
 from ftexp.predict import predict_file
+from ftexp.runs import run_dir
 from ftexp.train import train
 
 

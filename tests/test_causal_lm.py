@@ -15,13 +15,13 @@ import yaml
 
 from conftest import compose_config
 from ftexp.builders.backbone import load_backbone
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.causal_lm import CausalLMDataModule, LanguageModelingEncoder, PromptFormatter
 from ftexp.data.packing import PACKING_MODEL_TYPES, check_packing_supported, pack, pad_batch
 from ftexp.data.targets import IGNORE
 from ftexp.data.templates import chat_ids_and_mask, render
-from ftexp.errors import ConfigError, DataError
-from ftexp.paths import config_dir
+from ftexp.runs.errors import ConfigError, DataError
+from ftexp.runs.paths import config_dir
 from ftexp.tasks.causal_lm import token_losses
 from ftexp.train import task_settings
 

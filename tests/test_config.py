@@ -10,7 +10,7 @@ import pytest
 
 from conftest import assert_one_line, compose_config, run_in_process
 from ftexp.cli import group_options
-from ftexp.paths import config_dir
+from ftexp.runs.paths import config_dir
 
 GROUPS = {g: opts for g, opts in group_options(config_dir()).items() if not g.startswith("hydra")}
 ALL_OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts]

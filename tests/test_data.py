@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from conftest import sentiment_rows
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.labeled_text import LabeledTextDataModule
 from ftexp.data.readers import read_table
 from ftexp.data.splits import split_at_random, split_by_column, split_frame
 from ftexp.data.targets import SingleLabel
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 FRAME = pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": [0, 1, 0, 1]})
 

@@ -1,6 +1,6 @@
 """Acceptance for GRPO on a learnable toy reward (issue 16): `+experiment=tiny_grpo_toy` — the
 tiny random-init Llama, fully fine-tuned, rewarded by the share of its completion's words that are
-numbers (ftexp.rewards.token_share, maximum 1.0) — closes at least half the gap between its starting
+numbers (ftexp.tasks.rewards.token_share, maximum 1.0) — closes at least half the gap between its starting
 validation reward and 1.0 within the experiment's own smoke-sized run, and csv/metrics.csv shows
 the climb. Slow: ~15 s of CPU on 2 free cores (minutes on a busy machine)."""
 

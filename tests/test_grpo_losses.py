@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import top_level_imports
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks import grpo_losses
 from ftexp.tasks.grpo_losses import (
     GRPO_LOSS_TYPES,

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import assert_one_line, build_task, compose_config, run_in_process
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks.grpo_losses import GRPO_LOSS_TYPES, group_advantages, grpo_loss
 
 # Completion length in characters, penalised: random tokens differ in length, so every group has
 # a spread of rewards (the default exact match would give a random-init model 0 everywhere).
-LENGTH_REWARD = ["~task.rewards.correct", "+task.rewards.short._target_=ftexp.rewards.length_penalty",
+LENGTH_REWARD = ["~task.rewards.correct", "+task.rewards.short._target_=ftexp.tasks.rewards.length_penalty",
                  "+task.rewards.short.max_chars=0", "+task.rewards.short.per_char=0.1"]
 
 
@@ -299,7 +299,7 @@ def test_the_weights_pushed_to_vllm_are_the_policy_merged_under_hub_names(built)
 
 
 def test_prompts_as_text_through_the_template_or_as_chat_messages_keep_their_columns(built, tmp_path):
-    from ftexp.config import DataConfig
+    from ftexp.config.data import DataConfig
     from ftexp.data.prompts import PromptsDataModule
 
     task, _ = built
@@ -334,7 +334,7 @@ def test_prompts_as_text_through_the_template_or_as_chat_messages_keep_their_col
 
 
 def test_a_reward_function_that_raises_stops_with_its_name(built, monkeypatch):
-    from ftexp.rewards import Reward, RewardError
+    from ftexp.tasks.rewards import Reward, RewardError
 
     task, datamodule = built
 
@@ -366,10 +366,10 @@ def test_bad_settings_are_one_line_errors(override, message, tmp_path):
 
 def test_an_unknown_reward_target_fails_in_one_line_before_training(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    code, err = run_in_process(_overrides("+task.rewards.mine._target_=ftexp.rewards.no_such_reward",
+    code, err = run_in_process(_overrides("+task.rewards.mine._target_=ftexp.tasks.rewards.no_such_reward",
                                           f"paths.output_dir={run}"), monkeypatch, capsys)
     assert code != 0
-    assert_one_line(err, "task.rewards.mine._target_=ftexp.rewards.no_such_reward cannot be imported")
+    assert_one_line(err, "task.rewards.mine._target_=ftexp.tasks.rewards.no_such_reward cannot be imported")
     assert not (run / "metrics.json").exists()
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import compose_config, sentiment_rows, tiny_overrides
-from ftexp import run_dir
 from ftexp.data.causal_lm import CausalLMDataModule
 from ftexp.predict import predict_file
+from ftexp.runs import run_dir
 from ftexp.tasks.causal_lm import CausalLMTask
 from ftexp.train import task_settings, train
 

@@ -22,10 +22,10 @@ from conftest import (
     preference_overrides,
     run_in_process,
 )
-from ftexp.config import ModelConfig
+from ftexp.config.model import ModelConfig
 from ftexp.data.targets import IGNORE
-from ftexp.errors import ConfigError
-from ftexp.paths import config_dir
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.paths import config_dir
 from ftexp.tasks import lm_loss
 from ftexp.tasks.causal_lm import token_losses
 from ftexp.tasks.preference_losses import sequence_logps

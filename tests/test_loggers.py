@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, tiny_overrides
 from ftexp.builders.loggers import MLFLOW_ID_FILE, build_loggers, closing_loggers
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 
 def _settings(cfg) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 from conftest import compose_config, learning_seed
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.optim import build_optimizer, projected_weights, transformer_block_names
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 pytest.importorskip("galore_torch")
 pytest.importorskip("apollo_torch")

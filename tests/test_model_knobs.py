@@ -15,7 +15,7 @@ from ftexp.builders.backbone import (
     load_backbone,
     resolve_attn_implementation,
 )
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftexp.modeling import pool
+from ftexp.tasks.pooled_model import pool
 
 
 def test_mean_pooling_ignores_padding():

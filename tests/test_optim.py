@@ -20,8 +20,8 @@ from ftexp.builders.optim import (
 )
 from ftexp.builders.schedulers import build_scheduler, warmup_steps_for
 from ftexp.cli import group_options
-from ftexp.errors import ConfigError
-from ftexp.paths import config_dir
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.paths import config_dir
 
 SCHEDULES = group_options(config_dir())["scheduler"]  # the shipped options, by their file names
 

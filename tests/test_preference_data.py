@@ -24,8 +24,8 @@ from ftexp.data.preference import (
     unpair,
 )
 from ftexp.data.readers import read_table
-from ftexp.errors import ConfigError, DataError
-from ftexp.paths import data_dir
+from ftexp.runs.errors import ConfigError, DataError
+from ftexp.runs.paths import data_dir
 
 SAMPLES = data_dir() / "preference"
 FULL = Path(__file__).resolve().parents[2] / "shared/datasets/preference"

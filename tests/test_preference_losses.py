@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import top_level_imports
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks import preference_losses as pl
 from ftexp.tasks.preference_losses import (
     DPO_LOSS_TYPES,

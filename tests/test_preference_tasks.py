@@ -233,10 +233,10 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
     again = predict_file(run, _one_row(tmp_path, first.prompt, first.chosen), tmp_path / "again.csv")
     assert again["score"][0] == pytest.approx(first.score_chosen, rel=1e-4, abs=1e-5)
 
-    # The same run as a GRPO reward (ftexp.rewards.reward_model) gives the same scores.
-    from ftexp.rewards import build_reward
+    # The same run as a GRPO reward (ftexp.tasks.rewards.reward_model) gives the same scores.
+    from ftexp.tasks.rewards import build_reward
 
-    as_reward = build_reward("ftexp.rewards.reward_model", run=str(run))
+    as_reward = build_reward("ftexp.tasks.rewards.reward_model", run=str(run))
     assert as_reward(rows.prompt.tolist(), rows.response.tolist()) == pytest.approx(scored.score.tolist(),
                                                                                     rel=1e-4, abs=1e-5)
 
@@ -253,8 +253,8 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
 
 
 def test_scoring_a_row_without_a_response_names_the_row(pairs_file, tmp_path, monkeypatch, capsys):
-    from ftexp.errors import DataError
     from ftexp.predict import predict_file
+    from ftexp.runs.errors import DataError
 
     run = tmp_path / "reward"
     args = preference_overrides(pairs_file, "reward", "adapter=lora", "trainer.max_steps=1")

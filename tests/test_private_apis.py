@@ -1,7 +1,7 @@
 """Pins the behaviour ftexp relies on where a dependency offers no public API, and checks the
 public replacements give what the private ones did. Each private use sits behind one function:
 
-- Lightning: `ftexp.checkpoints.load_sharded_checkpoint` (FSDP sharded folder → one checkpoint);
+- Lightning: `ftexp.runs.checkpoints.load_sharded_checkpoint` (FSDP sharded folder → one checkpoint);
 - torchmetrics: `ftexp.tasks.base.set_update_count` (a resumed metric's batch count);
 and the public replacements:
 - transformers: `MODEL_MAPPING` in `ftexp.builders.strategy.transformer_block_classes`;
@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 
 from ftexp.builders.strategy import transformer_block_classes
-from ftexp.checkpoints import consolidate, load_sharded_checkpoint
+from ftexp.runs.checkpoints import consolidate, load_sharded_checkpoint
 from ftexp.tasks.base import FinetuneTask, set_update_count
 from hydra_plugins.ftexp_optuna_sweeper._study import open_storage, open_trial, study_id, trial_id
 

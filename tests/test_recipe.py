@@ -12,8 +12,8 @@ import pytest
 
 from conftest import compose_config, tiny_overrides
 from ftexp.cli import group_options
-from ftexp.errors import ConfigError
-from ftexp.paths import config_dir
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.paths import config_dir
 from ftexp.tasks.registry import TASKS, get_task
 from ftexp.train import train
 

@@ -378,8 +378,8 @@ def _compose(overrides: list[str], out: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from ftexp.paths import config_dir
-    from ftexp.validation import validate
+    from ftexp.config.validation import validate
+    from ftexp.runs.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="test"):
         cfg = compose("config", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)

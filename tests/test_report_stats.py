@@ -329,7 +329,7 @@ def test_a_causal_lm_writes_per_example_losses_that_average_to_its_loss(tmp_path
 
     from ftexp.builders.backbone import load_tokenizer
     from ftexp.data.causal_lm import CausalLMDataModule
-    from ftexp.paths import config_dir
+    from ftexp.runs.paths import config_dir
     from ftexp.tasks.causal_lm import CausalLMTask
     from ftexp.train import task_settings
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import compose_config, sentiment_rows
-from ftexp.errors import FtexpError
+from ftexp.runs.errors import FtexpError
 
 # Wall-clock figures differ between any two runs, and a resumed run finds the tokenized data
 # cached (hit, not miss); everything else in metrics.json must not differ.
@@ -26,7 +26,7 @@ TIMING_KEYS = {"fit_seconds", "train_samples_per_second", "train_tokens_per_seco
 KILLER = """
 import os, signal, sys
 import lightning as L
-from ftexp import checkpoints
+from ftexp.runs import checkpoints
 
 step, where = int(os.environ["KILL_AT_STEP"]), os.environ["KILL_WHERE"]
 
@@ -133,7 +133,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_csv, tmp_path, unin
 
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(tmp_path):
-    from ftexp.checkpoints import resume_checkpoint
+    from ftexp.runs.checkpoints import resume_checkpoint
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -147,7 +147,7 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(tmp_path):
 
 def test_resume_refuses_a_group_swap_and_a_non_run(tmp_path, data_csv):
     from ftexp.cli import resume_target, resumed_config
-    from ftexp.errors import ConfigError
+    from ftexp.runs.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not an ftexp run directory"):
         resume_target(str(tmp_path))
@@ -203,7 +203,7 @@ def test_a_run_saved_by_an_older_ftexp_resumes_with_the_same_meaning(tmp_path, d
     from omegaconf import OmegaConf
 
     from ftexp.cli import resumed_config
-    from ftexp.validation import validate
+    from ftexp.config.validation import validate
 
     current = compose_config([*_overrides(data_csv), "logger=wandb", "logger.wandb.mode=offline"],
                              tmp_path / "run")
@@ -221,6 +221,45 @@ def test_a_run_saved_by_an_older_ftexp_resumes_with_the_same_meaning(tmp_path, d
     resumed = validate(resumed_config(cfg, [f"resume={tmp_path / 'run'}"]))
     for group in ("optimizer", "scheduler", "logger", "task", "model"):
         assert OmegaConf.to_container(resumed[group]) == OmegaConf.to_container(current[group]), group
+
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_saved_by_ftexp_0_1_flat_layout"
+
+
+def test_a_run_saved_before_the_package_layout_resumes_to_the_uninterrupted_result(tmp_path, data_csv):
+    """A run dir killed mid-training by ftexp 0.1 (flat modules: ftexp.config, ftexp.checkpoints,
+    ftexp.rewards, …; see the fixture's README) resumes under today's layout to exactly the
+    metrics and weights of the same job run whole today."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from ftexp.runs.paths import project_root
+
+    run = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run)
+    saved = OmegaConf.load(run / "config.yaml")
+    saved.data.path, saved.paths.output_dir = str(data_csv), str(run)
+    saved.paths.root_dir, saved.paths.data_dir = str(project_root()), str(project_root() / "data")
+    saved.paths.cache_dir = str(tmp_path / "cache")
+    OmegaConf.save(saved, run / "config.yaml")
+    whole = tmp_path / "whole"
+    done = _run([*_overrides(data_csv), "adapter=lora", f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    resumed = _run([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout  # from last.ckpt, not a fresh start
+    metrics, weights = _outcome(run)
+    expected_metrics, expected_weights = _outcome(whole)
+    # The run keeps the group it was saved with (a hash of its config, whose data.path was the
+    # machine's it ran on); everything it computed is today's uninterrupted run's.
+    assert metrics.pop("group") == saved.group
+    expected_metrics.pop("group")
+    _assert_same_metrics(metrics, expected_metrics)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
 
 
 def _interrupted_and_whole(args: list[str], tmp_path: Path) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
@@ -270,7 +309,7 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path, iterati
     samples travel in the checkpoint."""
     args = [f"task.num_iterations={iterations}", "+experiment=tiny_grpo", "trainer.enable_progress_bar=false",
             "generation.max_new_tokens=6",
-            "~task.rewards.correct", "+task.rewards.short._target_=ftexp.rewards.length_penalty",
+            "~task.rewards.correct", "+task.rewards.short._target_=ftexp.tasks.rewards.length_penalty",
             "+task.rewards.short.max_chars=0", "+task.rewards.short.per_char=0.1",
             "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.resume_every_n_steps=5",
             "task.sample_generations=0"]

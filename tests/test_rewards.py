@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import top_level_imports
-from ftexp import rewards
-from ftexp.errors import ConfigError
-from ftexp.rewards import (
+from ftexp.runs.errors import ConfigError
+from ftexp.tasks import rewards
+from ftexp.tasks.rewards import (
     Reward,
     RewardError,
     answers_match,
@@ -175,7 +175,7 @@ def test_token_share_counts_words_or_characters():
     assert chars([""] * 4, ["a a", "ab", "bcd", "aaa b"]) == pytest.approx([1.0, 0.5, 0.0, 0.75])
     digits = token_share(pattern="[0-9]", unit="char")
     assert digits([""] * 2, ["a1 b2", "12.5"]) == pytest.approx([0.5, 0.75])
-    built = build_reward("ftexp.rewards.token_share", name="numbers", weight=0.5, pattern="[0-9]+")
+    built = build_reward("ftexp.tasks.rewards.token_share", name="numbers", weight=0.5, pattern="[0-9]+")
     assert (built.name, built.weight, built([""], ["1 2 x"])) == ("numbers", 0.5, [pytest.approx(2 / 3)])
     for kwargs, pattern in [({}, "exactly one of"), (dict(token="a", pattern="a"), "exactly one of"),
                             (dict(token=""), "token"), (dict(token="a b"), "token"),
@@ -248,20 +248,20 @@ def user_module(tmp_path, monkeypatch):
 
 
 def test_build_reward_from_a_builtin_node():
-    reward = build_reward("ftexp.rewards.exact_match", name="correct", weight=2.0, extract="boxed")
+    reward = build_reward("ftexp.tasks.rewards.exact_match", name="correct", weight=2.0, extract="boxed")
     assert (reward.name, reward.weight) == ("correct", 2.0)
     assert reward([""], [r"\boxed{7}"], answer=["7"]) == [1.0]
     with pytest.raises(ConfigError, match=r"unknown key 'rewards\.correct\.colum'.*Did you mean "
                                           r"'rewards\.correct\.column'\?") as err:
-        build_reward("ftexp.rewards.exact_match", name="correct", colum="answer")
+        build_reward("ftexp.tasks.rewards.exact_match", name="correct", colum="answer")
     one_line(err)
     with pytest.raises(ConfigError, match=r"'rewards\.correct\.extract=box' is not a valid choice") as err:
-        build_reward("ftexp.rewards.exact_match", name="correct", extract="box")
+        build_reward("ftexp.tasks.rewards.exact_match", name="correct", extract="box")
     one_line(err)
     with pytest.raises(ConfigError, match=r"rewards\.fmt needs 'pattern'"):
-        build_reward("ftexp.rewards.format_match", name="fmt")
+        build_reward("ftexp.tasks.rewards.format_match", name="fmt")
     with pytest.raises(ConfigError, match=r"rewards\.fmt: 'pattern=\[' is not a valid regular expression"):
-        build_reward("ftexp.rewards.format_match", name="fmt", pattern="[")
+        build_reward("ftexp.tasks.rewards.format_match", name="fmt", pattern="[")
 
 
 def test_build_reward_from_a_user_function_and_factory(user_module):
@@ -288,6 +288,18 @@ def test_build_reward_from_callables():
     assert reward.name == "shout" and reward(["", ""], ["HI", "hi"]) == [1.0, 0.0]
     rebuilt = build_reward(length_penalty, name="short", weight=0.1, max_chars=2)
     assert (rebuilt.name, rebuilt.weight) == ("short", 0.1) and rebuilt([""], ["abcd"]) == [-0.02]
+
+
+def test_the_paths_rewards_had_before_they_moved_still_work(tmp_path):
+    """`ftexp.rewards.<function>` (their home before ftexp.tasks.rewards) in a user's YAML or
+    override: validated to today's path, which the run saves, and built from either."""
+    from conftest import compose_config
+
+    cfg = compose_config(["task=grpo", "model=tiny_llama", "data=arithmetic",
+                          "task.rewards.correct._target_=ftexp.rewards.exact_match"], tmp_path)
+    assert cfg.task.rewards.correct._target_ == "ftexp.tasks.rewards.exact_match"
+    reward = build_reward("ftexp.rewards.exact_match", name="correct")
+    assert reward([""], ["so 7"], answer=["7"]) == [1.0]
 
 
 def test_module_stays_light():

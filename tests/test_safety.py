@@ -13,11 +13,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, tiny_overrides
-from ftexp import run_dir
 from ftexp.builders.backbone import load_backbone, load_configured_backbone, model_type_of
-from ftexp.config import ModelConfig
-from ftexp.errors import ConfigError, FtexpError
-from ftexp.paths import config_dir
+from ftexp.config.model import ModelConfig
+from ftexp.runs import run_dir
+from ftexp.runs.errors import ConfigError, FtexpError
+from ftexp.runs.paths import config_dir
 from test_bad_input import _tiny_model_dir, run_in_process
 
 # -- remote code ------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import yaml
 
 from conftest import assert_one_line, compose_config, run_in_process, tiny_overrides
 from ftexp.cli import preflight
-from ftexp.errors import ConfigError, DataError
-from ftexp.seeds import check_seeds, run_group, seed_list
+from ftexp.runs.errors import ConfigError, DataError
+from ftexp.runs.seeds import check_seeds, run_group, seed_list
 
 
 def _metrics(run: Path) -> dict:

@@ -73,7 +73,7 @@ def test_a_grouped_epoch_resumed_mid_way_serves_the_batches_left():
 
 def test_group_by_length_is_refused_with_cached_embeddings():
     from conftest import compose_config
-    from ftexp.errors import ConfigError
+    from ftexp.runs.errors import ConfigError
 
     with pytest.raises(ConfigError, match="group_by_length"):
         compose_config(["adapter=frozen", "data.cache_encoder_embeddings=true",

@@ -16,9 +16,9 @@ import torch
 
 from conftest import compose_config, sentiment_rows, tiny_overrides
 from ftexp.builders.strategy import plain_parameter_name, strategy_conflict, transformer_block_classes
-from ftexp.checkpoints import consolidate
 from ftexp.cli import check_launch
-from ftexp.errors import ConfigError
+from ftexp.runs.checkpoints import consolidate
+from ftexp.runs.errors import ConfigError
 
 TRAIN_ROWS = 64
 
@@ -178,7 +178,7 @@ def test_a_sharded_checkpoint_folder_becomes_one_loadable_file(tmp_path):
 def test_slurm_launcher_runs_one_task_per_gpu():
     from hydra import compose, initialize_config_dir
 
-    from ftexp.paths import config_dir
+    from ftexp.runs.paths import config_dir
 
     # -m is how Hydra's launchers run; with the SLURM launcher each job's ranks are SLURM tasks.
     assert check_launch(["-m", "hydra/launcher=slurm", "strategy=fsdp"], {})[-1] == "strategy=fsdp"

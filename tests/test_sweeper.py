@@ -25,19 +25,20 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import margins_seed, sentiment_rows
-from ftexp.errors import ConfigError
-from ftexp.paths import config_dir, project_root
-from ftexp.validation import validate
-from hydra_plugins.ftexp_optuna_sweeper._impl import (
+from ftexp.config.validation import validate
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.paths import config_dir, project_root
+from hydra_plugins.ftexp_optuna_sweeper._impl import FtexpOptunaSweeperImpl
+from hydra_plugins.ftexp_optuna_sweeper._search_space import as_override_text, grid_values, search_space
+from hydra_plugins.ftexp_optuna_sweeper._study import open_storage
+from hydra_plugins.ftexp_optuna_sweeper._workers import (
     HEARTBEAT_ATTR,
     HOST_ATTR,
     INTERRUPTED_ATTR,
     PID_ATTR,
     RETRY_ATTR,
-    FtexpOptunaSweeperImpl,
+    recover,
 )
-from hydra_plugins.ftexp_optuna_sweeper._search_space import as_override_text, grid_values, search_space
-from hydra_plugins.ftexp_optuna_sweeper._study import open_storage
 from hydra_plugins.ftexp_optuna_sweeper.config import sweep_id
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -156,8 +157,6 @@ def test_a_named_study_is_resumed_only_by_the_command_that_started_it(tmp_path: 
 
 def test_trials_of_a_vanished_worker_are_failed_and_queued_again(tmp_path: Path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    impl = FtexpOptunaSweeperImpl(heartbeat_interval=10)
-    impl.storage = study._storage
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     workers = {"stale elsewhere": ("elsewhere", 1, time.time() - 100),
@@ -170,7 +169,7 @@ def test_trials_of_a_vanished_worker_are_failed_and_queued_again(tmp_path: Path)
         for key, value in ((HOST_ATTR, host), (PID_ATTR, pid), (HEARTBEAT_ATTR, beat)):
             study._storage.set_trial_system_attr(trial._trial_id, key, value)
         trials[name] = trial
-    impl._recover(study)
+    recover(study._storage, study, heartbeat_interval=10)
     state = {name: study._storage.get_trial(t._trial_id) for name, t in trials.items()}
     assert state["stale elsewhere"].state == state["dead here"].state == TrialState.FAIL
     assert state["beating elsewhere"].state == state["alive here"].state == TrialState.RUNNING
@@ -235,7 +234,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 names = [c.__name__ for c in Plugins.instance().discover(Sweeper)]
 print(names.count('FtexpOptunaSweeper'), Plugins.instance().get_stats().modules_import_time.keys())
-with initialize_config_dir(str(ftexp.paths.config_dir()), version_base='1.3', job_name='t'):
+with initialize_config_dir(str(ftexp.runs.paths.config_dir()), version_base='1.3', job_name='t'):
     cfg = compose('config', overrides=['+sweep=lora_rank_lr'], return_hydra_config=True)
 print(cfg.hydra.sweeper._target_)
 """

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, compose_config, sentiment_rows, tiny_overrides
-from ftexp import run_dir
 from ftexp.data.targets import MultiLabel, Numeric, fit_targets
-from ftexp.errors import DataError
 from ftexp.predict import predict_file
+from ftexp.runs import run_dir
+from ftexp.runs.errors import DataError
 from ftexp.train import train
 
 TOPICS = {"food": ["pizza", "pasta", "bread"], "sport": ["football", "tennis", "golf"],

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import compose_config, sentiment_rows, tiny_overrides
-from ftexp import run_dir
 from ftexp.builders.backbone import load_backbone
 from ftexp.predict import predict_file
+from ftexp.runs import run_dir
 from ftexp.train import task_settings, train
 
 

@@ -3,7 +3,7 @@
 Hydra's own messages for a bad override are several lines long, and a wrong type inside a group
 file would only surface deep inside training. So before Hydra runs, `preflight` composes the
 same overrides with Hydra's compose API and validates the result against the schemas, turning
-any problem into one line (see `ftexp.errors`). Nothing heavy is imported until a job starts.
+any problem into one line (see `ftexp.runs.errors`). Nothing heavy is imported until a job starts.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from ftexp.errors import ConfigError, debug_requested, did_you_mean, reported_as_one_line
-from ftexp.paths import config_dir, project_root
-from ftexp.seeds import check_seeds
-from ftexp.validation import bad_value_message, validate
+from ftexp.config.validation import bad_value_message, validate
+from ftexp.runs.errors import ConfigError, debug_requested, did_you_mean, reported_as_one_line
+from ftexp.runs.paths import config_dir, project_root
+from ftexp.runs.seeds import check_seeds
 
 OmegaConf.register_new_resolver("ftexp_root", lambda: str(project_root()), replace=True)
 
@@ -157,7 +157,7 @@ def _composition_message(err: HydraException) -> str:
 
 def _check_adapter_keys(cfg: DictConfig) -> None:
     """PEFT methods take PEFT's keys: check them now (imports peft, as the job will anyway)."""
-    from ftexp.config import NON_PEFT_ADAPTERS
+    from ftexp.config.adapter import NON_PEFT_ADAPTERS
 
     if cfg.adapter.method not in NON_PEFT_ADAPTERS:
         from ftexp.builders.adapter import peft_config
@@ -206,7 +206,7 @@ def _run_job(cfg: DictConfig) -> dict[str, Any]:
 
         if seeds is None:
             return train(cfg)
-        from ftexp.seeds import run_seeds
+        from ftexp.runs.seeds import run_seeds
 
         return run_seeds(cfg, seeds, train, HydraConfig.get().output_subdir)
 
@@ -260,7 +260,7 @@ def resume_target(value: str, runs: Path = Path("outputs/runs")) -> Path:
 def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
     """The config a resumed run continues with: its own saved config, with the command line's
     key=value changes (e.g. more epochs) on top; swapping a group would make it another run."""
-    from ftexp.config_upgrade import upgrade_saved_config
+    from ftexp.config.upgrade import upgrade_saved_config
 
     run = Path(cfg.resume)
     saved = upgrade_saved_config(OmegaConf.load(run / "config.yaml"))

@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftexp import atomic, run_dir
-from ftexp.config import PROMPT_LEARNING_ADAPTERS
-from ftexp.console import quiet_third_party
-from ftexp.errors import FtexpError, reported_as_one_line
+from ftexp.config.adapter import PROMPT_LEARNING_ADAPTERS
+from ftexp.runs import atomic, run_dir
+from ftexp.runs.console import quiet_third_party
+from ftexp.runs.errors import FtexpError, reported_as_one_line
 
 
 def _sequence_scorer(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: str, run: Path):

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ftexp import atomic
-from ftexp.console import quiet_third_party
-from ftexp.errors import FtexpError, reported_as_one_line
+from ftexp.runs import atomic
+from ftexp.runs.console import quiet_third_party
+from ftexp.runs.errors import FtexpError, reported_as_one_line
 
 
 class RunGenerator:
@@ -39,7 +39,7 @@ class RunGenerator:
             raise FtexpError(f"'{run}' is a task={cfg.task.name} run; generate needs a {generating} "
                              "run (use `python -m ftexp.predict` for labels).")
         self.model = task.network.to("cuda" if torch.cuda.is_available() else "cpu")
-        from ftexp.config import DataConfig
+        from ftexp.config.data import DataConfig
 
         data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
         self.formatter = PromptFormatter(data, raw_text=not spec.needs_prompts)
@@ -71,7 +71,7 @@ class RunGenerator:
         return self.preference.prompt_ids(prompt, row)
 
     def generate(self, rows: list[dict[str, Any]], raw: bool = False) -> list[str]:
-        from ftexp.generation import generate_texts
+        from ftexp.tasks.generation import generate_texts
 
         prompts = [self.prompt_ids(row, raw) for row in rows]
         return generate_texts(self.model, self.tokenizer, prompts, self.settings)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from ftexp import atomic, run_dir
-from ftexp.console import quiet_third_party
-from ftexp.errors import FtexpError, reported_as_one_line
+from ftexp.runs import atomic, run_dir
+from ftexp.runs.console import quiet_third_party
+from ftexp.runs.errors import FtexpError, reported_as_one_line
 
 
 def write_predictions(path: Path, frame: pd.DataFrame, task: Any, predictions: list[Any]) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                          "containers, which could run code when loaded, so it is refused; load only "
                          "checkpoints written by ftexp.") from err
     except (RuntimeError, EOFError) as err:
-        from ftexp.errors import is_out_of_memory
+        from ftexp.runs.errors import is_out_of_memory
 
         if is_out_of_memory(err):
             raise

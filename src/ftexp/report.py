@@ -22,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from ftexp import atomic
-from ftexp.errors import reported_as_one_line
-from ftexp.objective import Objective
 from ftexp.reporting import ReportError
 from ftexp.reporting.collect import Comparison, collect
+from ftexp.runs import atomic
+from ftexp.runs.errors import reported_as_one_line
+from ftexp.runs.objective import Objective
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
@@ -35,7 +35,7 @@ COMPARISON_TITLE = "Configurations and paired tests"
 
 def parse_objective(text: str) -> Objective:
     """`val/acc`, `val/acc:max` or `peak_memory_gib:min`; without a mode, the metric's own
-    direction (ftexp.objective.lower_is_better: losses, errors, memory, seconds, … are minimized)."""
+    direction (ftexp.runs.objective.lower_is_better: losses, errors, memory, seconds, … are minimized)."""
     metric, _, mode = text.rpartition(":") if text.endswith((":max", ":min")) else (text, "", "")
     if not metric:
         raise ReportError(f"bad --objective '{text}': expected METRIC, METRIC:max or METRIC:min.")

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from ftexp import run_dir
-from ftexp.console import print_config_tree, print_metrics_table, quiet_third_party
-from ftexp.paths import project_root
+from ftexp.runs import run_dir
+from ftexp.runs.console import print_config_tree, print_metrics_table, quiet_third_party
+from ftexp.runs.paths import project_root
 from ftexp.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def build_trainer(cfg: DictConfig, out: Path, monitor: str, mode: str, extra_cal
     from ftexp.callbacks import build_extra_callbacks
     from ftexp.callbacks.compile import CompileNetwork
     from ftexp.callbacks.final_validation import ValidateAtMaxSteps
-    from ftexp.checkpoints import AtomicCheckpointIO
+    from ftexp.runs.checkpoints import AtomicCheckpointIO
 
     t, c = cfg.trainer, cfg.callbacks
     callbacks: list[Any] = [*extra_callbacks, ValidateAtMaxSteps()]
@@ -124,7 +124,7 @@ class Recipe:
     """One training run. Attributes are filled stage by stage; read the stages in order."""
 
     def __init__(self, cfg: DictConfig):
-        from ftexp.seeds import run_group
+        from ftexp.runs.seeds import run_group
 
         if cfg.group is None:  # what runs differing only by seed share: in config.yaml and metrics.json
             cfg.group = run_group(cfg)
@@ -192,7 +192,7 @@ class Recipe:
         """The architecture, read from its config (no weights), and the checks that need it."""
         from ftexp.builders.backbone import model_type_of
         from ftexp.builders.init_from import inherit_settings
-        from ftexp.config_rules import check_model_fit
+        from ftexp.config.rules import check_model_fit
 
         m = self.cfg.model
         inherit_settings(m)  # model.init_from: its absolute path, the earlier run's tokenizer
@@ -248,7 +248,7 @@ class Recipe:
         run reads back what its first start chose."""
         import json
 
-        from ftexp.tuning import configured_learning_rate, find_batch_size, find_learning_rate
+        from ftexp.runs.tuning import configured_learning_rate, find_batch_size, find_learning_rate
 
         cfg, trainer, task, datamodule = self.cfg, self.trainer, self.task, self.datamodule
         tuned_file = self.out / run_dir.TUNED_FILE
@@ -279,7 +279,7 @@ class Recipe:
         cfg, trainer = self.cfg, self.trainer
         resume_from = None
         if cfg.resume:
-            from ftexp.checkpoints import resume_checkpoint
+            from ftexp.runs.checkpoints import resume_checkpoint
 
             resume_from = resume_checkpoint(Path(cfg.resume))
             log.info("resuming from %s", resume_from)
@@ -335,7 +335,7 @@ class Recipe:
         no one). True on rank zero."""
         import torch.distributed as dist
 
-        from ftexp.checkpoints import consolidate
+        from ftexp.runs.checkpoints import consolidate
 
         trainer, task = self.trainer, self.task
         zero = trainer.is_global_zero

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, did_you_mean
-from ftexp.errors import ConfigError
+from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS
+from ftexp.runs.errors import ConfigError, did_you_mean
 
 
 def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, Any]]:

@@ -16,8 +16,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from ftexp.errors import ConfigError
-from ftexp.paths import resolve_model_path
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.paths import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ adapter's trained tensors wait (`adapter.expect_adapter_state`) until `apply_ada
 the model in this run's (same) adapter and loads them.
 
 Checked from the configs alone before anything loads (`check_init_from`, phase 1 of
-config_rules): a finished run, the same base model, a language-model run for a language-model
+ftexp.config.rules): a finished run, the same base model, a language-model run for a language-model
 task, the same adapter for `continue`.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ftexp import run_dir
-from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
-from ftexp.errors import ConfigError, FtexpError
-from ftexp.paths import config_dir
+from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.runs import run_dir
+from ftexp.runs.errors import ConfigError, FtexpError
+from ftexp.runs.paths import config_dir
 
 # -- phase 1: from the configs ----------------------------------------------------------------------
 
@@ -85,7 +85,7 @@ def _model_option(model: Any) -> str | None:
 
 
 def check_init_from(cfg: DictConfig) -> None:
-    """Phase 1 (config_rules.check_combinations): everything about model.init_from that the two
+    """Phase 1 (ftexp.config.rules.check_combinations): everything about model.init_from that the two
     configs can tell, before any weights load. Imports nothing heavy."""
     from ftexp.tasks.registry import TASKS, get_task
 

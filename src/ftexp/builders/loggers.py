@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ftexp import atomic
-from ftexp.errors import ConfigError
-from ftexp.objective import PRUNED, is_pruned
+from ftexp.runs import atomic
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.objective import PRUNED, is_pruned
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from ftexp.builders.targets import check_node, instantiate_node, parameters
-from ftexp.config import ADAPTERS, LOW_RANK_OPTIMIZER_PACKAGES, SchedulerConfig
-from ftexp.errors import ConfigError
+from ftexp.config.adapter import ADAPTERS
+from ftexp.config.optimizer import LOW_RANK_OPTIMIZER_PACKAGES
+from ftexp.config.scheduler import SchedulerConfig
+from ftexp.runs.errors import ConfigError
 
 # Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
 _FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks")

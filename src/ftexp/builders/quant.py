@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.config import QuantConfig
-from ftexp.errors import ConfigError
+from ftexp.config.quant import QuantConfig
+from ftexp.runs.errors import ConfigError
 
 METHODS = QuantConfig.CHOICES["method"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,

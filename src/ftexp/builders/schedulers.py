@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ftexp.builders.targets import check_node, instantiate_node, parameters
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 # Keys of the scheduler group that ftexp reads itself; every other key is the target's argument.
 _FTEXP_KEYS = ("warmup_fraction", "warmup_steps", "learning_rate_scaling")

@@ -11,8 +11,8 @@ from typing import Any
 
 # torch is imported inside the functions that need it: config checks call `strategy_conflict`
 # before a job starts, where importing torch would slow `--cfg job` and `--help`.
-from ftexp.config import StrategyConfig
-from ftexp.errors import ConfigError
+from ftexp.config.strategy import StrategyConfig
+from ftexp.runs.errors import ConfigError
 
 STRATEGIES = StrategyConfig.CHOICES["name"]
 # Strategies that shard parameters: each rank holds a slice, so 8-bit weights (whose layout

@@ -17,7 +17,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from ftexp.errors import ConfigError, did_you_mean
+from ftexp.config.upgrade import current_target
+from ftexp.runs.errors import ConfigError, did_you_mean
 
 # Optional packages a target may come from → the ftexp extra that installs it.
 EXTRAS = {"bitsandbytes": "quant", "wandb": "wandb", "tensorboard": "tensorboard",
@@ -56,6 +57,7 @@ def import_target(target: Any, where: str) -> Callable[..., Any]:
     key = f"{where}._target_"
     if not isinstance(target, str) or not target.strip():
         raise ConfigError(f"{key} must be a dotted import path, e.g. torch.optim.AdamW; got {target!r}.")
+    target = current_target(target)  # code that moved keeps its old path (config.upgrade)
     try:
         obj = _import(target)
     except Exception as err:

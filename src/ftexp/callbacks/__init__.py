@@ -25,7 +25,7 @@ def build_extra_callbacks(nodes: dict[str, Any]) -> list[Any]:
     for name, node in nodes.items():
         callback = instantiate_node(node, f"callbacks.extra.{name}")
         if not isinstance(callback, Callback):
-            from ftexp.errors import ConfigError
+            from ftexp.runs.errors import ConfigError
 
             raise ConfigError(f"callbacks.extra.{name}._target_={node['_target_']} is not a Lightning "
                               "Callback (lightning.pytorch.callbacks.Callback).")

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ftexp.errors import FtexpError
+from ftexp.runs.errors import FtexpError
 
 log = logging.getLogger(__name__)
 

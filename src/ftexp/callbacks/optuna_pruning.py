@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 
-from ftexp.objective import pruned_metrics
+from ftexp.runs.objective import pruned_metrics
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from ftexp import atomic
+from ftexp.runs import atomic
+from ftexp.runs.checkpoints import LAST, NEWEST, PREVIOUS
 
 log = logging.getLogger(__name__)
 
-LAST = "last.ckpt"
-NEWEST = "last-new.ckpt"  # a complete save about to become last.ckpt
-PREVIOUS = "last-previous.ckpt"  # the generation before: used if last.ckpt is unreadable
 
 
 def _move(source: Path, target: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from ftexp.generation import generate_texts
+from ftexp.tasks.generation import generate_texts
 
 
 class SampleGenerations(L.Callback):
@@ -31,6 +31,6 @@ class SampleGenerations(L.Callback):
             for prompt, text in zip(self.prompts, texts, strict=True):
                 f.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step,
                                     "prompt": prompt, "generation": text}, ensure_ascii=False) + "\n")
-        from ftexp.console import print_generations
+        from ftexp.runs.console import print_generations
 
         print_generations(self.prompts, texts, f"sample generations · step {trainer.global_step}")

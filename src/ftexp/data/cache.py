@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from ftexp import atomic
+from ftexp.runs import atomic
 
 log = logging.getLogger(__name__)
 

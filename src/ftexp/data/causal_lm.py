@@ -9,14 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.packing import PACKING_ALGORITHM, pack, pad_batch
-from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
 from ftexp.data.targets import IGNORE
 from ftexp.data.templates import chat_ids_and_mask, placeholders, render
-from ftexp.errors import ConfigError, DataError
+from ftexp.runs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +125,9 @@ class CausalLMDataModule(RowsDataModule):
                          tokenizer, cache_dir, evaluate_training_set)
         self.formatter = PromptFormatter(config, raw_text)
         self.encoder = LanguageModelingEncoder(tokenizer, self.formatter, train_on_prompt)
-        self.frames: dict[str, pd.DataFrame] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def setup_splits(self, table: pd.DataFrame) -> None:
         cfg = self.config
-        table = read_table(cfg.path, cfg.format)
         missing = [c for c in self.formatter.columns() if c not in table.columns]
         if missing:
             raise DataError(f"column(s) {missing} not found in '{cfg.path}'; columns are: "

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ftexp.data.cache import FORMAT_VERSION, digest, directory_digest
-from ftexp.paths import resolve_model_path
+from ftexp.runs.paths import resolve_model_path
 
 log = logging.getLogger(__name__)
 

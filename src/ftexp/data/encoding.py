@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 
 def check_text_columns(frame: pd.DataFrame, text_columns: list[str], where: str) -> None:

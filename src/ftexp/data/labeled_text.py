@@ -10,14 +10,13 @@ import pandas as pd
 import torch
 from transformers import DataCollatorWithPadding
 
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.embeddings import EmbeddingRows, pass_through
 from ftexp.data.encoding import check_text_columns, encode
-from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
 from ftexp.data.targets import fit_targets
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +37,11 @@ class LabeledTextDataModule(RowsDataModule):
         super().__init__(config, seed, DataCollatorWithPadding(tokenizer), tokenizer, cache_dir,
                          evaluate_training_set)
         self.labels = labels
-        self.frames: dict[str, pd.DataFrame] = {}
         self.targets: Any = None
         self.embedding_cache: Any = None  # set when training on cached encoder embeddings
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:  # idempotent: Lightning calls setup for fit and again for test
-            return
+    def setup_splits(self, table: pd.DataFrame) -> None:
         cfg = self.config
-        table = read_table(cfg.path, cfg.format)
         check_text_columns(table, list(cfg.text_columns), f"'{cfg.path}'")
         if cfg.label_column not in table.columns:
             raise DataError(f"label column '{cfg.label_column}' not found in '{cfg.path}'; columns are: "

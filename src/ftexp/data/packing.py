@@ -12,7 +12,7 @@ import bisect
 from typing import Any
 
 from ftexp.data.targets import IGNORE
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 # Architectures whose attention mask honours position-id restarts (transformers builds it with
 # create_causal_mask from position ids); tests/test_causal_lm.py checks each one. BLOOM, for

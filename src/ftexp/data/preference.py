@@ -44,13 +44,8 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from ftexp.config import (
-    PAIRED_FORMATS,
-    ROLES,
-    UNPAIRED_FORMATS,
-    PreferenceColumns,
-)
-from ftexp.errors import DataError
+from ftexp.config.data import PAIRED_FORMATS, ROLES, UNPAIRED_FORMATS, PreferenceColumns
+from ftexp.runs.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.causal_lm import ensure_eos
 from ftexp.data.preference import (
     PreferenceExample,
@@ -33,12 +33,11 @@ from ftexp.data.preference import (
     read_unpaired,
     unpair,
 )
-from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
 from ftexp.data.targets import IGNORE
 from ftexp.data.templates import render
-from ftexp.errors import ConfigError, DataError
+from ftexp.runs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +234,9 @@ class PreferenceDataModule(RowsDataModule):
         # Per file row (from 1: records[n - 1]), the records it holds: one, or two when unpaired.
         self.records: list[list[Any]] = []
         self.prompt_kind = "text"
-        self.frames: dict[str, pd.DataFrame] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def setup_splits(self, table: pd.DataFrame) -> None:
         cfg = self.config
-        table = read_table(cfg.path, cfg.format)
         if self.kind == "pairs":
             self.records = [[pair] for pair in read_pairs(table, cfg.preference)]
         elif cfg.preference.unpair:  # KTO on pairs: a desirable and an undesirable example each

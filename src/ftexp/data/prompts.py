@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from ftexp.config import DataConfig
+from ftexp.config.data import DataConfig
 from ftexp.data.preference_batches import PreferenceEncoder
 from ftexp.data.readers import read_table
 from ftexp.data.rows import Rows, RowsDataModule
 from ftexp.data.splits import split_frame
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 log = logging.getLogger(__name__)
 

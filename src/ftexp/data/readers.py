@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftexp.config import DataConfig
-from ftexp.errors import DataError
+from ftexp.config.data import DataConfig
+from ftexp.runs.errors import DataError
 
 FORMATS = tuple(f for f in DataConfig.CHOICES["format"] if f != "auto")
 _BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",

@@ -7,11 +7,13 @@ from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, TypeVar
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ftexp.data.cache import FORMAT_VERSION, ContentCache, digest, file_digest, tokenizer_fingerprint
-from ftexp.errors import ConfigError
+from ftexp.data.readers import read_table
+from ftexp.runs.errors import ConfigError
 
 T = TypeVar("T")
 # Data settings that change how rows are served, not what they encode to.
@@ -138,8 +140,9 @@ def rows_loader(rows: Dataset, batch_size: int, shuffle: bool, collate: Callable
 
 
 class RowsDataModule(L.LightningDataModule):
-    """Loaders over the encoded splits in `self.datasets`; subclasses fill them in `setup`,
-    encoding through `encode_cached` so runs with the same inputs share the work.
+    """Loaders over the encoded splits in `self.datasets`; subclasses fill them (and the rows of
+    each split as read, `self.frames`, for per-example outputs) in `setup_splits` from the data
+    file's table, encoding through `encode_cached` so runs with the same inputs share the work.
 
     `batch_size` is an attribute so Lightning's batch-size finder can change it."""
 
@@ -152,6 +155,7 @@ class RowsDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.batch_size = config.batch_size
         self.datasets: dict[str, Dataset] = {}
+        self.frames: dict[str, pd.DataFrame] = {}
         # Samples per split where a row may hold several (packing); see num_samples.
         self.sample_counts: dict[str, int] = {}
         self.cache_dir = cache_dir
@@ -163,6 +167,15 @@ class RowsDataModule(L.LightningDataModule):
         self.train_position = LoaderPosition()
         # Times each accumulation window of training batches is served in a row (WindowedLoader).
         self.train_repeats = 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:  # idempotent: Lightning calls setup for fit and again for test
+            return
+        self.setup_splits(read_table(self.config.path, self.config.format))
+
+    def setup_splits(self, table: pd.DataFrame) -> None:
+        """Fill `self.datasets` (and `self.frames`) from the data file's table."""
+        raise NotImplementedError
 
     def encoding_settings(self) -> dict[str, Any]:
         settings = asdict(self.config) if is_dataclass(self.config) else dict(self.config)

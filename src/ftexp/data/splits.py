@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 # Names people use for the same three splits.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 IGNORE = -100  # a row without a label: skipped by the loss and the metrics
 

@@ -14,7 +14,7 @@ import math
 import string
 from typing import Any
 
-from ftexp.errors import DataError
+from ftexp.runs.errors import DataError
 
 
 def placeholders(template: str) -> list[str]:

@@ -10,7 +10,7 @@
 - `wandb_report`: the same comparison published as a W&B Report.
 """
 
-from ftexp.errors import FtexpError
+from ftexp.runs.errors import FtexpError
 
 
 class ReportError(FtexpError):

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from ftexp.objective import MAXIMIZE, MINIMIZE, PRUNED, Objective, was_pruned
 from ftexp.reporting import ReportError
+from ftexp.runs.objective import MAXIMIZE, MINIMIZE, PRUNED, Objective, was_pruned
 
 STUDY_FILE = "optuna.db"
 # Keys that say where or how a run was stored, not what it tried (`group` follows from the config).
@@ -187,11 +187,12 @@ def _names(dirs: list[Path]) -> dict[Path, str]:
     return {d: r.relative_to(common).as_posix() for d, r in zip(dirs, resolved, strict=True)}
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}."""
     if isinstance(node, dict):
         flat: dict[str, Any] = {}
         for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: node}
 
@@ -218,7 +219,7 @@ def varying_params(runs: list[Run]) -> list[str]:
     Hydra overrides: then every differing config value)."""
     keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
     if runs and not all(r.has_overrides for r in runs):
-        flat = [_flatten({k: v for k, v in r.config.items() if k not in _NOT_PARAMS}) for r in runs]
+        flat = [flatten({k: v for k, v in r.config.items() if k not in _NOT_PARAMS}) for r in runs]
         keys += [k for k in dict.fromkeys(k for f in flat for k in f) if k not in keys]
     return [k for k in keys if _varies([_value_of(r, k) for r in runs])]
 

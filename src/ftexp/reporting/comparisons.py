@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ftexp.objective import Objective
 from ftexp.reporting import stats
 from ftexp.reporting.collect import Run, objective_value
 from ftexp.reporting.configurations import Configuration, differing, pool
 from ftexp.reporting.examples import CLASSIFICATION, LANGUAGE_MODEL, REGRESSION, environment, generations
 from ftexp.reporting.figures import COLORS, Cell, Section, Table, _style, fmt
+from ftexp.runs.objective import Objective
 
 # Metrics the seeds table shows after the objectives, the first _MAX_METRICS present.
 _SEED_METRICS = ("test/acc", "test/f1_macro", "test/mae", "test/mse", "test/r2", "test/loss",

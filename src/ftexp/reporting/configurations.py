@@ -3,7 +3,7 @@
 A run's configuration is its config's `group` (set by ftexp for every run: equal for runs that
 differ only in seed and where they are stored), else, for run dirs made before that key existed,
 its resolved config without the keys that say which seed it used, where it is stored and how it
-is logged (ftexp.seeds.GROUP_EXCLUDES). Configurations are lettered A, B, C… in the order the
+is logged (ftexp.runs.seeds.GROUP_EXCLUDES). Configurations are lettered A, B, C… in the order the
 report's paths were given (then by run name), so `ftexp-report A B` reads as "A vs B".
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ftexp.reporting.collect import Run
+from ftexp.reporting.collect import Run, flatten
 from ftexp.reporting.examples import CLASSIFICATION, Examples, load_examples
-from ftexp.seeds import GROUP_EXCLUDES
+from ftexp.runs.seeds import GROUP_EXCLUDES
 
 _NOT_SETTINGS = (*GROUP_EXCLUDES, "hydra")
 _MAX_NAMED_KEYS = 3
@@ -51,15 +51,6 @@ class Configuration:
         notes = [f"{self.letter}: {', '.join(odd)} scored another test set than {found[0][0].name}; "
                  f"left out of the paired tests."] if odd else []
         return same, notes
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ftexp import run_dir
+from ftexp.runs import run_dir
 
 CLASSIFICATION, REGRESSION, LANGUAGE_MODEL = "classification", "regression", "language model"
 _PREDICTION_COLUMNS = ("predicted_label", "predicted_labels", "prediction", "score", "score_chosen",

@@ -18,7 +18,7 @@ from ftexp.builders.optim import allow_clipping_without_scaler, build_optimizer,
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 from ftexp.builders.strategy import plain_parameter_name
-from ftexp.config import ADAPTERS
+from ftexp.config.adapter import ADAPTERS
 
 log = logging.getLogger(__name__)
 

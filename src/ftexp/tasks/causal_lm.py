@@ -72,9 +72,9 @@ class CausalLMTask(FinetuneTask):
         validation prompts at each evaluation."""
         from omegaconf import OmegaConf
 
-        from ftexp import run_dir as run_files
         from ftexp.callbacks.sample_generations import SampleGenerations
         from ftexp.data.causal_lm import CausalLMDataModule
+        from ftexp.runs import run_dir as run_files
         from ftexp.tasks.registry import get_task
 
         datamodule = CausalLMDataModule(
@@ -160,7 +160,7 @@ class CausalLMTask(FinetuneTask):
 
     def _write_examples(self, stage: str, split: str) -> None:
         """One JSON line per sample; skipped where one process holds only its share of the split."""
-        from ftexp import atomic, run_dir
+        from ftexp.runs import atomic, run_dir
 
         rows, self.examples[stage] = self.examples[stage], []
         trainer, out = self.trainer, Path(self.trainer.default_root_dir)

@@ -1,6 +1,6 @@
 """task=grpo: online RL with reward functions. Each training step samples `num_generations`
 completions per prompt from the policy (transformers' `generate`: left padding, KV cache, eval
-mode, no gradient), scores them with the reward functions (ftexp.rewards; weighted sum), turns the
+mode, no gradient), scores them with the reward functions (ftexp.tasks.rewards; weighted sum), turns the
 scores into group-normalised advantages and minimises the clipped policy-ratio objective — the
 arithmetic is tasks/grpo_losses.py's. Validation scores greedy completions of the validation
 prompts: val/reward (and val/rewards/<name> per function) is their mean reward.
@@ -34,12 +34,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ftexp.callbacks.sample_generations import SampleGenerations
-from ftexp.console import print_generations
-from ftexp.errors import ConfigError
-from ftexp.generation import generate_texts
-from ftexp.rewards import Reward, build_reward
+from ftexp.runs.console import print_generations
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks import lm_loss
 from ftexp.tasks.base import EVAL_STAGES, RunParts
+from ftexp.tasks.generation import generate_texts
 from ftexp.tasks.grpo_losses import (
     GroupAdvantages,
     GRPOLoss,
@@ -50,12 +49,13 @@ from ftexp.tasks.grpo_losses import (
     token_logps,
 )
 from ftexp.tasks.policy import PolicyTask
+from ftexp.tasks.rewards import Reward, build_reward
 from ftexp.tasks.vllm_sampler import VLLMSampler
 
 
 def build_rewards(nodes: dict[str, Any]) -> list[Reward]:
     """task.rewards (name → {_target_, weight, its keys}) as Rewards, each checked when built
-    (ftexp.rewards.build_reward: one-line errors naming task.rewards.<name>)."""
+    (ftexp.tasks.rewards.build_reward: one-line errors naming task.rewards.<name>)."""
     rewards = []
     for name, node in nodes.items():
         node = dict(node)
@@ -206,8 +206,8 @@ class GRPOTask(PolicyTask):
         task, and sample generations from the first validation prompts."""
         from omegaconf import OmegaConf
 
-        from ftexp import run_dir as run_files
         from ftexp.data.prompts import PromptsDataModule
+        from ftexp.runs import run_dir as run_files
 
         datamodule = PromptsDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed,
                                        evaluate_training_set=cfg.trainer.evaluate_training_set)

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from ftexp.config import GRPO_LOSS_TYPES, SCALE_REWARDS  # noqa: F401  (re-exported)
-from ftexp.errors import ConfigError, did_you_mean
+from ftexp.config.rl_tasks import GRPO_LOSS_TYPES, SCALE_REWARDS  # noqa: F401  (re-exported)
+from ftexp.runs.errors import ConfigError, did_you_mean
 
 # Added to the standard deviation before dividing by it (TRL's constant): a group whose rewards
 # barely differ gets large but finite advantages instead of a division by ~0.

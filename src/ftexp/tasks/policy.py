@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ftexp.config import reference_source
+from ftexp.config.preference_tasks import reference_source
 from ftexp.tasks import lm_loss
 from ftexp.tasks.base import FinetuneTask
 

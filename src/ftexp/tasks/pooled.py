@@ -16,8 +16,8 @@ from torchmetrics import MetricCollection
 
 from ftexp.builders.adapter import backbone_is_frozen
 from ftexp.builders.backbone import is_decoder_only
-from ftexp.modeling import PooledHeadModel
 from ftexp.tasks.base import EVAL_STAGES, FinetuneTask, RunParts
+from ftexp.tasks.pooled_model import PooledHeadModel
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class PooledHeadTask(FinetuneTask):
         from lightning.pytorch.utilities import rank_zero_only
         from omegaconf import OmegaConf
 
-        from ftexp import run_dir as run_files
         from ftexp.data.labeled_text import LabeledTextDataModule
+        from ftexp.runs import run_dir as run_files
         from ftexp.tasks.registry import get_task
 
         datamodule = LabeledTextDataModule(

@@ -54,9 +54,9 @@ class PreferenceTask(PolicyTask, PerExampleTask):
         """Preference records, the task, and sample generations from the first validation prompts."""
         from omegaconf import OmegaConf
 
-        from ftexp import run_dir as run_files
         from ftexp.callbacks.sample_generations import SampleGenerations
         from ftexp.data.preference_batches import PreferenceDataModule
+        from ftexp.runs import run_dir as run_files
 
         datamodule = PreferenceDataModule(
             OmegaConf.to_object(cfg.data), tokenizer, cls.kind, seed=cfg.seed,

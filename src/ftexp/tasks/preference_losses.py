@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ftexp.config import DPO_LOSS_TYPES, check_beta, check_label_smoothing
-from ftexp.errors import ConfigError, did_you_mean
+from ftexp.config.preference_tasks import DPO_LOSS_TYPES, check_beta, check_label_smoothing
+from ftexp.runs.errors import ConfigError, did_you_mean
 
 
 class PreferenceLoss(NamedTuple):

@@ -6,8 +6,8 @@ Kept free of torch imports (config checks read it before a job starts); the Ligh
 an entry is imported only when `task_class()` is called.
 
 Adding a task: its LightningModule in `tasks/<name>.py` (with a `from_config` classmethod that
-builds its DataModule), an entry here (with a schema in ftexp.config if it has keys of its own),
-and `conf/task/<name>.yaml` whose defaults list starts with `<name>_schema`.
+builds its DataModule), an entry here (with a schema in its family's module of ftexp.config if it
+has keys of its own), and `conf/task/<name>.yaml` whose defaults list starts with `<name>_schema`.
 """
 
 from __future__ import annotations
@@ -15,20 +15,16 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, fields
 
-from hydra.core.config_store import ConfigStore
-
-from ftexp.config import (
+from ftexp.config.preference_tasks import (
     DPOTaskConfig,
-    GRPOTaskConfig,
-    HeadTaskConfig,
     KTOTaskConfig,
-    LanguageModelTaskConfig,
     ORPOTaskConfig,
     RewardTaskConfig,
     SimPOTaskConfig,
-    TaskConfig,
 )
-from ftexp.errors import ConfigError, did_you_mean
+from ftexp.config.rl_tasks import GRPOTaskConfig
+from ftexp.config.task import HeadTaskConfig, LanguageModelTaskConfig, TaskConfig
+from ftexp.runs.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -117,14 +113,6 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 )}
 
 
-def schema_name(task: str) -> str:
-    """The ConfigStore name of a task's schema: conf/task/<task>.yaml lists it first in its
-    defaults, so the task's keys and their defaults exist (typed) when Hydra composes."""
-    return f"{task}_schema"
-
-
-for _spec in TASKS.values():
-    ConfigStore.instance().store(group="task", name=schema_name(_spec.name), node=_spec.settings)
 
 
 def get_task(name: str) -> TaskSpec:

@@ -83,7 +83,7 @@ class RewardTask(PerExampleTask):
     def score_texts(self, prompts: list[Any], responses: list[str], tokenizer: Any, cfg: Any,
                     batch_size: int = 16) -> list[float]:
         """Scores of (prompt, response) pairs in memory, encoded as `prediction_rows` encodes a
-        file's rows (a GRPO reward: ftexp.rewards.reward_model)."""
+        file's rows (a GRPO reward: ftexp.tasks.rewards.reward_model)."""
         frame = pd.DataFrame({"prompt": prompts, "response": responses})
         rows, collate = self.prediction_rows(frame, tokenizer, cfg, ["prompt", "response"])
         scores: list[float] = []
@@ -111,7 +111,7 @@ class RewardTask(PerExampleTask):
 
         from ftexp.data.preference import read_responses
         from ftexp.data.preference_batches import PreferenceEncoder, collate_responses, encode_responses
-        from ftexp.errors import DataError
+        from ftexp.runs.errors import DataError
 
         prompt_column = cfg.data.preference.prompt_column
         response_column = next((c for c in ("response", "completion") if c in frame.columns), "response")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.errors import FtexpError
+from ftexp.runs.errors import FtexpError
 
 # Parameter names an adapter adds beside the base weights (PEFT's LoRA / DoRA and friends).
 _ADAPTER_PARTS = ("lora_", "lokr_", "loha_", "hada_", "oft_", "boft_", "ia3_", "vera_", "modules_to_save")

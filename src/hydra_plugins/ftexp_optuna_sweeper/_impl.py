@@ -1,5 +1,6 @@
 """The sweep loop: ask Optuna for trials, launch them as Hydra jobs, tell Optuna what came back
-(the search space is parsed in _search_space.py; storage and pruners are in _study.py).
+(the search space is parsed in _search_space.py; storage and pruners are in _study.py; workers,
+heartbeats and the trials of a worker that is gone in _workers.py).
 
 The study lives in persistent storage (SQLite in the sweep dir by default), so a sweep is
 resumable and shareable: running the same command again continues the study, several workers
@@ -21,12 +22,8 @@ import contextlib
 import gc
 import logging
 import math
-import os
-import socket
 import statistics
 import sys
-import threading
-import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,12 +38,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from ftexp import atomic
-from ftexp.errors import ConfigError, FtexpError, reported_as_one_line
-from ftexp.objective import DIRECTIONS, MAXIMIZE, Objective, is_pruned, was_pruned
+from ftexp.runs import atomic
+from ftexp.runs.errors import ConfigError, FtexpError, reported_as_one_line
+from ftexp.runs.objective import DIRECTIONS, MAXIMIZE, Objective, is_pruned, was_pruned
 
 from ._search_space import Param, as_override_text, grid_values, search_space
 from ._study import PRUNER_ATTR, make_pruner, open_storage, study_id, trial_id
+from ._workers import Heartbeat, claim, excluded, recover, requeue
 from .config import sweep_id
 
 log = logging.getLogger(__name__)
@@ -56,16 +54,13 @@ STORAGE_FILE = "optuna.db"  # default storage: <sweep dir>/optuna.db
 RESULTS_FILE = "optimization_results.yaml"  # best trial(s), rewritten at the end of each sweep
 TRIAL_DIR = "trial_{:04d}"  # each trial's run dir, inside the sweep dir
 SEED_DIR = "seed_{}"  # with repeats: each seed's run dir, inside the trial's dir
-# Trial user attributes (for people and reports): the run dir; why a trial failed; a trial whose
-# worker stopped while it ran (it counts for nothing: its parameters run again as `retry_of`).
-OUTPUT_DIR_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, RETRY_ATTR = "output_dir", "error", "interrupted", "retry_of"
+# Trial user attributes (for people and reports): the run dir; why a trial failed (a trial whose
+# worker stopped while it ran: _workers.INTERRUPTED_ATTR).
+OUTPUT_DIR_ATTR, ERROR_ATTR = "output_dir", "error"
 # With repeats: the trial's seeds, and each seed's objective values ({"<seed>": [values]}).
 SEEDS_ATTR, SEED_VALUES_ATTR = "seeds", "seed_values"
-# Trial system attributes: which worker runs the trial, and when it last said it still does.
-HOST_ATTR, PID_ATTR, HEARTBEAT_ATTR = "ftexp:host", "ftexp:pid", "ftexp:heartbeat"
 # Study user attributes: what defines the study's command (see config.sweep_id), and its overrides.
 COMMAND_ATTR, OVERRIDES_ATTR = "command_id", "overrides"
-STALE_AFTER_HEARTBEATS = 4
 MIN_FINISHED_FOR_FAILURE_RATE = 3
 
 
@@ -80,49 +75,6 @@ class _GridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         return None
-
-
-# -- workers ----------------------------------------------------------------------------------
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):  # a zombie (killed, not yet reaped) is gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-class _Heartbeat:
-    """Records, every `interval` seconds, that this worker still runs `trial_ids`."""
-
-    def __init__(self, storage: Any, trial_ids: list[int], interval: float) -> None:
-        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ftexp-sweep-heartbeat", daemon=True)
-
-    def beat(self) -> None:
-        for id_ in self.trial_ids:
-            self.storage.set_trial_system_attr(id_, HEARTBEAT_ATTR, time.time())
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except Exception as err:  # a busy database must not end the trial
-                log.debug("heartbeat not recorded: %s", err)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _one_line(err: BaseException) -> str:
@@ -142,7 +94,7 @@ def _free_memory() -> None:
 
 @dataclass
 class _Objective(Objective):
-    """An objective (ftexp.objective) read from a job's metrics."""
+    """An objective (ftexp.runs.objective) read from a job's metrics."""
     fallback: str | None = None  # default objective: the plain monitor when best/<monitor> is absent
 
     def value(self, metrics: Mapping[str, Any]) -> float:
@@ -340,15 +292,15 @@ class FtexpOptunaSweeperImpl:
                                                for o in objectives])
             study.set_user_attr("sweep_dir", str(self.sweep_dir))
             study.set_user_attr("monitor", self.monitor)
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not _excluded(t)]
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not excluded(t)]
         log.info("study '%s' (%s) in %s: %d of %d trials done%s; the same command resumes it",
                  self.study_name, self.storage_spec, self.sweep_dir, len(done), n_trials,
                  _state_counts(done))
         returns: list[JobReturn] = []
         while True:
             with self._locked():
-                self._recover(study)
-                counted = [t for t in study.get_trials(deepcopy=False) if not _excluded(t)]
+                recover(self.storage, study, self.heartbeat_interval)
+                counted = [t for t in study.get_trials(deepcopy=False) if not excluded(t)]
                 waiting = sum(t.state == TrialState.WAITING for t in counted)
                 room = n_trials - len(counted) + waiting
                 if room <= 0:
@@ -380,9 +332,7 @@ class FtexpOptunaSweeperImpl:
             warnings.simplefilter("ignore", UserWarning)  # e.g. a float range's high adjusted to its step
             trial = study.ask({name: p.distribution for name, p in space.items()})
         id_ = trial_id(self.storage, study, trial.number)
-        for key, value in ((HOST_ATTR, socket.gethostname()), (PID_ATTR, os.getpid()),
-                           (HEARTBEAT_ATTR, time.time())):
-            self.storage.set_trial_system_attr(id_, key, value)
+        claim(self.storage, id_)
         trial.set_user_attr(OUTPUT_DIR_ATTR, str(self.sweep_dir / TRIAL_DIR.format(trial.number)))
         return trial
 
@@ -408,7 +358,7 @@ class FtexpOptunaSweeperImpl:
         that completed) and tell the study; the job returns, in launch order."""
         ids = [trial_id(self.storage, study, t.number) for t in batch]
         try:
-            with _Heartbeat(self.storage, ids, self.heartbeat_interval):
+            with Heartbeat(self.storage, ids, self.heartbeat_interval):
                 first = self.launcher.launch([self._job_overrides(t, fixed, space) for t in batch],
                                              initial_job_idx=batch[0].number)
                 runs = [[ret] for ret in first]
@@ -424,7 +374,7 @@ class FtexpOptunaSweeperImpl:
                         runs[i] += [next(rest) for _ in range(1, len(self.seeds))]
         except BaseException:  # Ctrl-C, or a job that exits the process: run these again later
             for id_ in ids:
-                self._requeue(study, self.storage.get_trial(id_), "the sweep was interrupted")
+                requeue(self.storage, study, self.storage.get_trial(id_), "the sweep was interrupted")
             raise
         finally:
             _free_memory()
@@ -487,37 +437,8 @@ class FtexpOptunaSweeperImpl:
         study.tell(trial, state=TrialState.FAIL)
         log.warning("trial %d FAIL: %s (%s)", trial.number, reason, TRIAL_DIR.format(trial.number))
 
-    def _requeue(self, study: optuna.Study, trial: FrozenTrial, why: str) -> None:
-        """Mark a trial whose worker stopped as failed (it counts for nothing) and queue its
-        parameters again, so the study still gets n_trials real trials."""
-        if trial.state != TrialState.RUNNING:
-            return
-        self.storage.set_trial_user_attr(trial_id(self.storage, study, trial.number), INTERRUPTED_ATTR, why)
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
-        log.warning("trial %d: %s; marked failed, its parameters queued again", trial.number, why)
-
-    def _recover(self, study: optuna.Study) -> None:
-        """Trials left RUNNING by a worker that is gone: its process has ended (same host), or it
-        has not recorded a heartbeat for several intervals (any host)."""
-        host, now = socket.gethostname(), time.time()
-        stale_after = STALE_AFTER_HEARTBEATS * self.heartbeat_interval
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            attrs = trial.system_attrs
-            if HOST_ATTR not in attrs or (attrs[HOST_ATTR] == host and attrs.get(PID_ATTR) == os.getpid()):
-                continue
-            if attrs[HOST_ATTR] == host:
-                if _process_alive(int(attrs.get(PID_ATTR, -1))):
-                    continue
-                why = f"its sweep process ({host}, pid {attrs.get(PID_ATTR)}) is gone"
-            elif now - float(attrs.get(HEARTBEAT_ATTR, 0)) > stale_after:
-                why = f"its worker on {attrs[HOST_ATTR]} sent no heartbeat for {stale_after} s"
-            else:
-                continue
-            self._requeue(study, trial, why)
-
     def _check_failures(self, study: optuna.Study) -> None:
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not _excluded(t)]
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not excluded(t)]
         failed = [t for t in finished if t.state == TrialState.FAIL]
         if len(finished) < MIN_FINISHED_FOR_FAILURE_RATE:
             return
@@ -530,7 +451,7 @@ class FtexpOptunaSweeperImpl:
             f"{last.user_attrs.get(ERROR_ATTR, '?')}")
 
     def _summarise(self, study: optuna.Study, objectives: list[_Objective], n_trials: int) -> None:
-        counted = [t for t in study.get_trials(deepcopy=False) if not _excluded(t)]
+        counted = [t for t in study.get_trials(deepcopy=False) if not excluded(t)]
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
         if len(objectives) == 1:
             sign = objectives[0].sign
@@ -551,11 +472,6 @@ class FtexpOptunaSweeperImpl:
         for trial in best:
             log.info("best: trial %d %s %s (%s)", trial.number, _shown(objectives, trial.values),
                      trial.params, trial.user_attrs.get(OUTPUT_DIR_ATTR))
-
-
-def _excluded(trial: FrozenTrial) -> bool:
-    """A trial whose worker stopped while it ran: not one of the study's n_trials."""
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(INTERRUPTED_ATTR))
 
 
 def _shown(objectives: Sequence[_Objective], values: Sequence[float]) -> str:

@@ -19,7 +19,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 
 def as_override_text(value: Any) -> str:

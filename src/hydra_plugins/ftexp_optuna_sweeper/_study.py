@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from ftexp.errors import ConfigError
+from ftexp.runs.errors import ConfigError
 
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 # Study system attribute holding the sweeper's pruner settings: {"name": …, "kwargs": {…}}.

@@ -23,7 +23,7 @@ class SweepsConfigSource(ConfigSource):
         super().__init__(provider=provider, path=path)
         folder = Path(self.path)
         if not folder.is_absolute():
-            from ftexp.paths import project_root
+            from ftexp.runs.paths import project_root
 
             folder = project_root() / folder
         self.folder = folder

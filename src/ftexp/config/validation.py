@@ -2,7 +2,7 @@
 
 Order: unknown keys (did-you-mean), types, the task's own schema (from its registry entry),
 missing values, interpolations, allowed values, each group's own `check`, then the rules across
-groups (ftexp.config_rules). Nothing heavy is imported: the CLI runs this before a job starts.
+groups (ftexp.config.rules). Nothing heavy is imported: the CLI runs this before a job starts.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from ftexp.config import GROUP_SCHEMAS, FtexpConfig, check_adapter
-from ftexp.config_rules import check_combinations
-from ftexp.errors import ConfigError, did_you_mean
-from ftexp.objective import monitor_mode
+import ftexp.config.store  # noqa: F401  (the schemas Hydra composes onto, registered)
+from ftexp.config.adapter import check_adapter
+from ftexp.config.root import GROUP_SCHEMAS, FtexpConfig
+from ftexp.config.rules import check_combinations
+from ftexp.config.upgrade import rename_moved_targets
+from ftexp.runs.errors import ConfigError, did_you_mean
+from ftexp.runs.objective import monitor_mode
 from ftexp.tasks.registry import TaskSpec, get_task, tasks_with_key
 
 # Keys that moved to another group: the error names the new place.
@@ -138,6 +141,7 @@ def validate(cfg: DictConfig, resolve: bool = True) -> DictConfig:
     (`${hydra:…}` values exist only inside a job).
     """
     user = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    rename_moved_targets(user)
     _walk_unknown_keys(user, FtexpConfig, "")
     schema = OmegaConf.structured(FtexpConfig)
     for group, group_schema in GROUP_SCHEMAS.items():

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ftexp import atomic
+from ftexp.runs import atomic
 
 CONFIG_FILE = "config.yaml"      # the resolved, validated config
 LABELS_FILE = "labels.json"      # the target: label values in head order, or a number's scale

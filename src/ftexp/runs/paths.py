@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # ftexp/ (this module lives in ftexp/runs/)
 
 
 def project_root() -> Path:
@@ -36,7 +36,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        from ftexp.errors import ConfigError
+        from ftexp.runs.errors import ConfigError
 
         raise ConfigError(
             f"model '{name_or_path}' needs the Python package '{module}', which is not installed; "

@@ -18,11 +18,15 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ftexp import atomic
-from ftexp.callbacks.resume import LAST, NEWEST, PREVIOUS
-from ftexp.errors import FtexpError
+from ftexp.runs import atomic
+from ftexp.runs.errors import FtexpError
 
 log = logging.getLogger(__name__)
+
+# The resume checkpoints of a run (callbacks/resume.py writes them, resume_checkpoint reads them).
+LAST = "last.ckpt"
+NEWEST = "last-new.ckpt"  # a complete save about to become last.ckpt
+PREVIOUS = "last-previous.ckpt"  # the generation before: used if last.ckpt is unreadable
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

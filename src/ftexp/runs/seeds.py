@@ -31,8 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ftexp import atomic, run_dir
-from ftexp.errors import ConfigError, FtexpError, is_out_of_memory, out_of_memory_error
+from ftexp.runs import atomic, run_dir
+from ftexp.runs.errors import ConfigError, FtexpError, is_out_of_memory, out_of_memory_error
 
 log = logging.getLogger(__name__)
 

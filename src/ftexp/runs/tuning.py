@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ftexp import atomic
 from ftexp.builders.optim import auto_learning_rate, scale_learning_rate
+from ftexp.runs import atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def find_learning_rate(trainer: Any, task: Any, datamodule: Any, plot_path: Path
             figure.savefig(tmp, dpi=120, bbox_inches="tight", format=image_format)
         log.info("LR range test plot: %s", plot_path)
     if suggestion is None:
-        from ftexp.errors import ConfigError
+        from ftexp.runs.errors import ConfigError
 
         raise ConfigError("learning_rate=find could not suggest a rate from the range test (the "
                           "loss never fell steadily); set optimizer.learning_rate to a number.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ftexp.config import HeadTaskConfig
+from ftexp.config.task import HeadTaskConfig
 
 POOLINGS = tuple(p for p in HeadTaskConfig.CHOICES["pooling"] if p != "auto")
 

@@ -15,8 +15,8 @@ baseline rather than counted as 0.
 In a config each function is a `_target_` node with an optional `weight` (default 1.0):
 
     rewards:
-      correct: {_target_: ftexp.rewards.exact_match, column: answer, extract: last_number}
-      format:  {_target_: ftexp.rewards.format_match, pattern: '[0-9]+', fullmatch: true, weight: 0.2}
+      correct: {_target_: ftexp.tasks.rewards.exact_match, column: answer, extract: last_number}
+      format:  {_target_: ftexp.tasks.rewards.format_match, pattern: '[0-9]+', fullmatch: true, weight: 0.2}
       mine:    {_target_: my_module.my_reward, weight: 0.5}
 
 A target with a `completions` parameter is the reward function itself (the node's other keys are
@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any, Literal
 
-from ftexp.errors import ConfigError, FtexpError
+from ftexp.runs.errors import ConfigError, FtexpError
 
 EXTRACTIONS = ("last_number", "boxed", "answer_tag", "none")
 ExtractKind = Literal["last_number", "boxed", "answer_tag", "none"]
@@ -133,7 +133,7 @@ def _is_reward_function(target: Callable[..., Any]) -> bool:
 def _check_bound_keys(target: Callable[..., Any], kwargs: dict[str, Any], where: str, path: str) -> None:
     """Keys bound to a reward function: parameters of it (or anything, with **kwargs), never the
     arguments each call fills in."""
-    from ftexp.errors import did_you_mean
+    from ftexp.runs.errors import did_you_mean
 
     params = inspect.signature(target).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -261,7 +261,7 @@ def _column(columns: dict[str, Any], column: str, n: int, what: str) -> list[Any
 
 def _check_extract(key: str, value: str) -> None:
     if value not in EXTRACTIONS:
-        from ftexp.errors import did_you_mean
+        from ftexp.runs.errors import did_you_mean
 
         raise ConfigError(f"'{key}={value}' is not a valid choice.{did_you_mean(str(value), EXTRACTIONS)} "
                           f"Choices: {', '.join(EXTRACTIONS)}.")
@@ -365,7 +365,7 @@ def token_share(token: str | None = None, pattern: str | None = None, unit: Lite
                           "(a regular expression a piece must match); "
                           f"got token={token!r}, pattern={pattern!r}.")
     if unit not in TOKEN_SHARE_UNITS:
-        from ftexp.errors import did_you_mean
+        from ftexp.runs.errors import did_you_mean
 
         raise ConfigError(f"'unit={unit}' is not a valid choice.{did_you_mean(str(unit), TOKEN_SHARE_UNITS)} "
                           f"Choices: {', '.join(TOKEN_SHARE_UNITS)}.")

@@ -1,11 +1,11 @@
 """Rules that span config groups: combinations a task, a method or a strategy cannot serve.
 
 Two phases, both before any weights load:
-- `check_combinations(cfg)`: from the config alone (run by ftexp.validation, also before a job
+- `check_combinations(cfg)`: from the config alone (run by ftexp.config.validation, also before a job
   starts, so no heavy imports at module level);
 - `check_model_fit(cfg, model_type)`: what needs the architecture (read from its config, not
   its weights) and the optional packages: adapter keys, packing support, the `_target_` nodes.
-Each group's own checks sit beside its schema in ftexp.config.
+Each group's own checks sit beside its schema, in its module of ftexp.config.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.builders.init_from import check_init_from
-from ftexp.config import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS, reference_source
-from ftexp.errors import ConfigError
-from ftexp.objective import lower_is_better
+from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config.preference_tasks import reference_source
+from ftexp.runs.errors import ConfigError
+from ftexp.runs.objective import lower_is_better
 from ftexp.tasks.registry import TASKS, TaskSpec, get_task
 
 
