@@ -70,7 +70,8 @@ def test_report_page_draws_every_figure_and_shows_the_statistics(tmp_path: Path)
     # Each plot holds drawn data (scatter / bar traces, heatmaps), not only axes.
     assert all(marks > 0 for _, marks in drawn), drawn
     assert len(seeds) == 2 and seeds[0].startswith("A\t") and "\t2\t" in seeds[0] and "±" in seeds[0]
+    # 2 seeds against 1: the seed permutation test cannot go below p = 1/3, so no verdict.
     assert visible and any(s.startswith("A vs B: +7.5 accuracy points (95% CI +") and
-                           s.endswith("— A is better.") for s in sentences), sentences
+                           s.endswith("p = 0.33 — within noise.") for s in sentences), sentences
     assert len(per_class) == 3 * 2  # 3 runs × 2 classes
     assert len(disagreements) == 20 + 5 and any("review number 29" in row for row in disagreements)

@@ -208,10 +208,14 @@ def test_three_seeds_give_the_mean_std_and_ci_shown(tmp_path: Path):
     row = next(line for line in markdown.splitlines() if line.startswith("| A | "))
     assert "| cls-tiny-lora | 3 | " + shown in row, row
     assert "| B | " in markdown and "| cls-tiny-none | 1 | 0.7 | 0.6 |" in markdown
-    # One path: the best configuration by mean val/acc (A) against the others, seeds pooled.
+    # One path: the best configuration by mean val/acc (A) against the others. A's seeds agree,
+    # but B's one seed says nothing of how B's seeds vary: the seed permutation test of 3 seeds
+    # against 1 cannot go below p = 1/4, so no verdict, and a note says so.
     assert "A (the best configuration by mean val/acc)" in markdown
-    assert "| A vs B | accuracy (20 examples only A gets right, 5 only B) |" in markdown
-    assert "| 200 | 3 / 1 | A is better |" in markdown
+    assert "| A vs B | accuracy (seed sd 0 / – points) | 7.5 |" in markdown
+    assert "| 0.25 | seed permutation + two-level t | 200 | 3 / 1 | within noise |" in markdown
+    assert ("> A vs B: with 3 and 1 seeds the seed permutation test cannot go below p = 0.25, so no "
+            "difference can be called better") in markdown
 
 
 def test_runs_on_different_test_sets_are_not_paired(tmp_path: Path):

@@ -5,6 +5,13 @@ A run dir holds `config.yaml` (or Hydra's `.hydra/config.yaml`); its state is `c
 made by our Optuna sweeper also holds `optuna.db`: each study in it becomes one comparison whose
 trials are matched to run dirs by the `trial:` node of their config (study name and number).
 Runs that belong to no study found make one comparison of their own.
+
+Seeds are replicates, not parameters: runs whose configs differ only in seed (the same `group`)
+are one configuration, and with such repeats the best is the configuration with the best mean
+over its seeds. A base-model evaluation (`python -m ftexp.evaluate`: `"kind": "evaluation"` in
+metrics.json, group `base:<model>`) is read like a run. Benchmark scores are metrics.json keys
+`eval/<task>/<metric>`: objectives like any other, better in the direction lm-eval's
+`eval/results.json` gives when nothing else says which.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +26,19 @@ from typing import Any
 import yaml
 
 from ftexp.reporting import ReportError
+from ftexp.reporting.objectives import EVALUATION, default_objectives, direction_notes, objective_for
+from ftexp.reporting.objectives import objective_value as objective_value
+from ftexp.reporting.studies import in_memory_study
 from ftexp.runs.objective import MAXIMIZE, MINIMIZE, PRUNED, Objective, was_pruned
+from ftexp.runs.seeds import GROUP_EXCLUDES
 
 STUDY_FILE = "optuna.db"
+BASE_GROUP = "base:"  # the group of a base model's evaluation: base:<name_or_path>
 # Keys that say where or how a run was stored, not what it tried (`group` follows from the config).
 _NOT_PARAMS = ("hydra", "paths", "trial", "debug", "logger", "group")
+# Keys that pick a replicate, not a setting: left out of importances and parameter plots.
+REPLICATE_KEYS = ("seed", "seeds")
+_NOT_SETTINGS = (*GROUP_EXCLUDES, "hydra")
 _OPTUNA_STATES = {"COMPLETE": "complete", "PRUNED": PRUNED, "FAIL": "failed",
                   "RUNNING": "running", "WAITING": "waiting"}
 
@@ -54,6 +68,29 @@ class Run:
     def has_overrides(self) -> bool:
         return self.path is not None and (self.path / ".hydra" / "overrides.yaml").is_file()
 
+    @property
+    def is_evaluation(self) -> bool:
+        """An evaluation dir (a base model scored, nothing trained)."""
+        group = self.config.get("group")
+        return self.metrics.get("kind") == EVALUATION or (isinstance(group, str)
+                                                           and group.startswith(BASE_GROUP))
+
+
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A config flattened, without seed, paths and logging."""
+    return flatten({k: v for k, v in config.items() if k not in _NOT_SETTINGS})
+
+
+def replicate_key(run: Run) -> str:
+    """What runs of one configuration share: the config's `group`, else (run dirs made before that
+    key) the config without seed, paths and logging. A trial without a run dir is its own."""
+    if run.path is None and not run.config:
+        return f"trial {run.number} {id(run)}"
+    group = run.config.get("group")
+    if isinstance(group, str) and group:
+        return group
+    return json.dumps(settings_of(run.config), sort_keys=True, default=str)
+
 
 @dataclass
 class Comparison:
@@ -77,10 +114,34 @@ class Comparison:
         first = self.objectives[0]
         return sorted(scored, key=lambda r: -first.sign * r.values[0])  # type: ignore[operator]
 
+    def ranked_configurations(self) -> list[list[Run]]:
+        """The ranked runs by configuration (seeds of one setting), best mean of the first objective
+        first; each configuration's runs best first."""
+        groups: dict[str, list[Run]] = {}
+        for run in self.ranked():
+            groups.setdefault(replicate_key(run), []).append(run)
+        sign = self.objectives[0].sign
+        return sorted(groups.values(), key=lambda g: -sign * sum(r.values[0] for r in g) / len(g))
+
+    @property
+    def has_repeats(self) -> bool:
+        """Whether some configuration was run under several seeds."""
+        return any(len(g) > 1 for g in self.ranked_configurations())
+
     @property
     def best(self) -> Run | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked and len(self.objectives) == 1 else None
+        """The best run of the best configuration (by its mean over seeds); one objective only."""
+        if len(self.objectives) != 1:
+            return None
+        groups = self.ranked_configurations()
+        return groups[0][0] if groups else None
+
+    @property
+    def best_value(self) -> float | None:
+        """The best configuration's mean of the objective over its seeds (its value without seeds)."""
+        if len(self.objectives) != 1 or not (groups := self.ranked_configurations()):
+            return None
+        return sum(r.values[0] for r in groups[0]) / len(groups[0])  # type: ignore[misc]
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.runs)
@@ -106,7 +167,7 @@ def _scalar(text: Any) -> Any:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("null", "none"):
+    if lowered == "null":  # Hydra's null; `none` is a string (adapter=none, eval=none)
         return None
     return text.strip().strip("'\"")
 
@@ -224,21 +285,6 @@ def varying_params(runs: list[Run]) -> list[str]:
     return [k for k in keys if _varies([_value_of(r, k) for r in runs])]
 
 
-def objective_value(metrics: dict[str, Any], metric: str) -> float | None:
-    """A run's result on `metric`: its best value over the run where kept, else the final one."""
-    value = metrics.get(f"best/{metric}", metrics.get(metric))
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def default_objectives(runs: list[Run]) -> list[Objective]:
-    for run in runs:
-        task = run.config.get("task") or {}
-        if task.get("monitor"):
-            # monitor_mode null or absent (Hydra's own copy of the config): the metric's direction
-            return [Objective.for_metric(task["monitor"], task.get("monitor_mode"))]
-    return [Objective("val/acc", MAXIMIZE)]
-
-
 def _storage(db: Path) -> Any:
     """An SQLite study file, or an Optuna journal file (the sweeper's `storage: <path>`)."""
     import optuna
@@ -331,27 +377,36 @@ def _fill_params(runs: list[Run], first: list[str]) -> None:
             run.params.setdefault(key, _value_of(run, key))
 
 
-def _plain_comparison(runs: list[Run], objectives: list[Objective] | None, titled: bool) -> Comparison:
+def _plain_comparison(runs: list[Run], objectives: list[Objective | str] | None, titled: bool) -> Comparison:
     runs = sorted(runs, key=_sort_key)
-    objectives = objectives or default_objectives(runs)
+    chosen = [o if isinstance(o, Objective) else objective_for(o, runs) for o in objectives or []]
+    chosen = chosen or default_objectives(runs)
     for number, run in enumerate(runs):
         run.number = number
         run.values = [objective_value(run.metrics, o.metric) if run.state == "complete" else None
-                      for o in objectives]
+                      for o in chosen]
     _fill_params(runs, [])
-    comparison = Comparison("Runs" if titled else "", runs, objectives,
+    comparison = Comparison("Runs" if titled else "", runs, chosen,
                             param_names=list(dict.fromkeys(k for r in runs for k in r.params)),
-                            curve_metric=_curve_metric(objectives, runs))
-    missing = [r.name for r in runs if r.state == "complete" and any(v is None for v in r.values)]
+                            curve_metric=_curve_metric(chosen, runs))
+    lacking = [r for r in runs if r.state == "complete" and any(v is None for v in r.values)]
+    metrics = ", ".join(o.metric for o in chosen)
+    missing = [r.name for r in lacking if not r.is_evaluation]
     if missing:
-        comparison.notes.append(f"{len(missing)} complete run(s) lack "
-                                f"{', '.join(o.metric for o in objectives)}: {', '.join(missing[:5])}.")
+        comparison.notes.append(f"{len(missing)} complete run(s) lack {metrics}: {', '.join(missing[:5])}.")
+    evaluations = [r.name for r in lacking if r.is_evaluation]
+    if evaluations:
+        comparison.notes.append(f"{len(evaluations)} evaluation dir(s) (a base model scored, nothing "
+                                f"trained) have no {metrics}: {', '.join(evaluations[:5])}; the "
+                                "benchmark sections compare them.")
+    comparison.notes += direction_notes(chosen, runs)
     comparison.study = in_memory_study(comparison)
     return comparison
 
 
-def collect(paths: list[Path], objectives: list[Objective] | None = None) -> list[Comparison]:
-    """One comparison per Optuna study found, and one for the run dirs outside any study."""
+def collect(paths: list[Path], objectives: list[Objective | str] | None = None) -> list[Comparison]:
+    """One comparison per Optuna study found, and one for the run dirs outside any study. An
+    objective given as a bare metric name is ranked in its direction (objective_for)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -395,42 +450,3 @@ def _under(path: Path | None, folder: Path) -> bool:
         return True
     except ValueError:
         return False
-
-
-def in_memory_study(comparison: Comparison) -> Any:
-    """An Optuna study holding the comparison's runs as trials, so the run dirs of a plain multirun
-    get the same figures as a sweep's study."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from optuna.trial import TrialState
-
-    study = optuna.create_study(directions=[o.direction for o in comparison.objectives])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # set_metric_names is marked experimental
-        study.set_metric_names([o.metric for o in comparison.objectives])
-    distributions: dict[str, Any] = {}
-    for key in comparison.param_names:
-        values = [r.params[key] for r in comparison.runs if r.params.get(key) is not None]
-        if not values:
-            continue
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numbers:
-            low, high = min(values), max(values)
-            log = low > 0 and high / low >= 100
-            distributions[key] = (IntDistribution(int(low), int(high), log=log)
-                                  if all(isinstance(v, int) for v in values)
-                                  else FloatDistribution(float(low), float(high), log=log))
-        else:
-            distributions[key] = CategoricalDistribution(sorted({str(v) for v in values}))
-    for run in comparison.runs:
-        params = {k: (v if not isinstance(distributions[k], CategoricalDistribution) else str(v))
-                  for k, v in run.params.items() if k in distributions and v is not None}
-        complete = run.state == "complete" and run.values and all(v is not None for v in run.values)
-        state = (TrialState.COMPLETE if complete else TrialState.PRUNED if run.state == PRUNED
-                 else TrialState.FAIL)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            study.add_trial(optuna.trial.create_trial(
-                state=state, params=params, distributions={k: distributions[k] for k in params},
-                values=run.values if complete else None, user_attrs={"run": run.name}))
-    return study

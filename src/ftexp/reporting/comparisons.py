@@ -6,9 +6,11 @@ side and per-example loss differences.
 
 Which pairs: with several paths given (`ftexp-report A B C`), the first configuration against
 each other; with one path (a sweep or multirun dir), the best configuration by the mean of the
-objective against each other. Several seeds of a configuration are pooled per example first
-(configurations.pool: majority vote, mean prediction or mean loss), so a paired test compares the
-configurations' consensus, while the seeds table shows the spread of the single runs.
+objective against each other. The seeds of a configuration are its replicates: a paired test
+compares the mean over each side's runs, resampling seeds and examples (stats, replicates). The
+per-example listings (disagreements, loss differences) show the seeds pooled per example
+(configurations.pool: majority vote, mean loss). Benchmark scores (lm-evaluation-harness) have
+sections of their own (benchmarks).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ftexp.reporting import stats
+from ftexp.reporting import replicates, stats
 from ftexp.reporting.collect import Run, objective_value
 from ftexp.reporting.configurations import Configuration, differing, pool
 from ftexp.reporting.examples import CLASSIFICATION, LANGUAGE_MODEL, REGRESSION, environment, generations
@@ -100,7 +102,8 @@ def _pairable(a: Any, b: Any) -> str | None:
 
 
 def paired_differences(ref: Configuration, other: Configuration, notes: list[str]) -> tuple[Any, Any, list]:
-    """(pooled A, pooled B, differences), or a note and empty differences."""
+    """(pooled A, pooled B, differences), or a note and empty differences. The differences pair
+    each side's runs (seeds) on the same examples; the pooled outputs are for the listings."""
     a_examples, a_notes = ref.paired_examples()
     b_examples, b_notes = other.paired_examples()
     notes += [n for n in a_notes + b_notes if n not in notes]
@@ -115,12 +118,41 @@ def paired_differences(ref: Configuration, other: Configuration, notes: list[str
     if reason:
         notes.append(f"{ref.letter} vs {other.letter}: not paired, {reason}.")
         return a, b, []
-    x, y = a.examples, b.examples
+    x = a.examples
+    fixed = (ref.fixed, other.fixed)
     if x.kind == CLASSIFICATION:
-        return a, b, stats.compare_classification(x.truth, x.pred, y.pred, len(x.classes))
-    if x.kind == REGRESSION:
-        return a, b, stats.compare_regression(x.truth, x.pred, y.pred)
-    return a, b, [stats.compare_per_example("loss", x.losses, y.losses)]
+        found = stats.compare_classification(x.truth, np.stack([e.pred for e in a_examples]),
+                                             np.stack([e.pred for e in b_examples]), len(x.classes),
+                                             fixed=fixed)
+    elif x.kind == REGRESSION:
+        found = stats.compare_regression(x.truth, np.stack([e.pred for e in a_examples]),
+                                         np.stack([e.pred for e in b_examples]))
+    else:
+        found = [stats.compare_per_example("loss", np.stack([e.losses for e in a_examples]),
+                                           np.stack([e.losses for e in b_examples]), fixed=fixed)]
+    note = replicates.seed_note(f"{ref.letter} vs {other.letter}", len(a_examples), len(b_examples), fixed)
+    if note and note not in notes:
+        notes.append(note)
+    return a, b, found
+
+
+# How a paired difference is tested (the paired tests' and the benchmarks' intros).
+PAIRED_TESTS = (
+    "p-value: with one run a side, McNemar's exact test on per-example correctness (0/1 scores), a "
+    "sign-flip permutation test of the per-example differences (errors, losses, graded scores) or "
+    "a paired permutation test (macro-F1) — these know nothing of seed-to-seed variation; with "
+    "seeds, the larger p of an exact permutation test over the seeds (runs relabelled between the "
+    "two configurations: assumes nothing of how seeds vary, so 2 + 2 seeds can never reach p < "
+    "0.05, 4 + 4 can) and a two-level t-test (the seeds' spread plus the examples' variance, "
+    "Welch–Satterthwaite df; alone against a base model, which has no seeds). Called better only "
+    f"when the CI excludes 0 and p < {stats.ALPHA:.2f}; otherwise within noise.")
+
+
+def difference_cells(diff: stats.Difference) -> list[Cell]:
+    """A − B, CI low, CI high, p, test."""
+    return [Cell(fmt(diff.estimate * diff.scale), "num"), Cell(fmt(diff.low * diff.scale), "num"),
+            Cell(fmt(diff.high * diff.scale), "num"), Cell(stats.fmt_p(diff.p_value), "num"),
+            Cell(diff.test or "–")]
 
 
 def _pairs(configurations: list[Configuration],
@@ -134,13 +166,10 @@ def paired_section(configurations: list[Configuration], objectives: list[Objecti
     how = ("the first configuration given" if several_paths
            else f"the best configuration by mean {objectives[0].metric}")
     section = Section("paired", "Paired tests", intro=(
-        f"{ref.letter} ({how}) against each other configuration on the same test examples: A − B with a "
-        f"{round(stats.CONFIDENCE * 100)}% paired-bootstrap CI (examples resampled, "
-        f"{stats.RESAMPLES} times). "
-        "Classification: McNemar's exact test on per-example correctness; errors and losses: a "
-        "sign-flip permutation test. Seeds of a configuration are pooled per example (majority vote; "
-        "mean prediction or loss). Called better only when the CI excludes 0 and p < "
-        f"{stats.ALPHA:.2f}; otherwise within noise."))
+        f"{ref.letter} ({how}) against each other configuration on the same test examples. A − B is the "
+        "mean over A's runs (seeds) minus the mean over B's, with a "
+        f"{round(stats.CONFIDENCE * 100)}% CI from a two-level bootstrap ({stats.RESAMPLES} resamples "
+        "of the test examples, shared by both sides, and of each side's seeds). " + PAIRED_TESTS))
     table = Table(["pair", "metric", "A − B", "CI low", "CI high", "p", "test", "examples", "seeds",
                    "verdict"], [])
     for a_conf, b_conf in _pairs(configurations, ref):
@@ -148,22 +177,20 @@ def paired_section(configurations: list[Configuration], objectives: list[Objecti
         results[(a_conf.letter, b_conf.letter)] = (a, b, differences)
         for diff in differences:
             section.sentences.append(stats.sentence(diff, a_conf.letter, b_conf.letter))
-            table.rows.append([Cell(f"{a_conf.letter} vs {b_conf.letter}"), Cell(diff.metric),
-                               Cell(fmt(diff.estimate * diff.scale), "num"),
-                               Cell(fmt(diff.low * diff.scale), "num"),
-                               Cell(fmt(diff.high * diff.scale), "num"),
-                               Cell(stats.fmt_p(diff.p_value), "num"), Cell(diff.test or "–"),
-                               Cell(str(len(a.examples)), "num"), Cell(f"{a.seeds} / {b.seeds}", "num"),
+            metric = f"{diff.metric} ({diff.detail})" if diff.detail else diff.metric
+            table.rows.append([Cell(f"{a_conf.letter} vs {b_conf.letter}"), Cell(metric),
+                               *difference_cells(diff), Cell(str(len(a.examples)), "num"),
+                               Cell(f"{diff.seeds[0]} / {diff.seeds[1]}", "num"),
                                Cell(stats.verdict(diff, a_conf.letter, b_conf.letter))])
-            if diff.detail:
-                table.rows[-1][1] = Cell(f"{diff.metric} ({diff.detail})")
     if table.rows:
         section.tables.append(table)
+    single = list(dict.fromkeys(row[0].text for row in table.rows if row[8].text == "1 / 1"))
+    if single:
+        section.notes.append(replicates.SINGLE_RUN_NOTE.format(pairs=", ".join(single)))
     few = sorted({int(row[7].text) for row in table.rows if int(row[7].text) < _FEW_EXAMPLES})
     if few:
         section.notes.append(f"Only {few[0]} paired test examples: bootstrap CIs on fewer than "
-                             f"{_FEW_EXAMPLES} examples are rough (a metric without a p-value is "
-                             "judged by its CI alone).")
+                             f"{_FEW_EXAMPLES} examples are rough.")
     return section
 
 
@@ -299,7 +326,7 @@ def calibration_section(configurations: list[Configuration]) -> Section:
 
 def disagreements_section(results: dict[tuple[str, str], tuple[Any, Any, list]]) -> Section:
     section = Section("disagreements", "Where configurations disagree", intro=(
-        f"Test examples one configuration gets right and the other wrong (pooled over seeds), up to "
+        f"Test examples one configuration gets right and the other wrong (the seeds' majority vote), up to "
         f"{MAX_DISAGREEMENTS} each way, for the first {MAX_PAIRS_LISTED} pairs."))
     listed = 0
     for (a_letter, b_letter), (a, b, differences) in results.items():
@@ -374,6 +401,9 @@ def comparison_sections(configurations: list[Configuration], objectives: list[Ob
     if len(configurations) > 1:
         found += [paired_section(configurations, objectives, len(paths) > 1, results),
                   changes_section(configurations)]
+    from ftexp.reporting.benchmarks import benchmark_sections  # it imports this module
+
+    found += benchmark_sections(configurations)
     kinds = {e.kind for c in configurations for e in c.examples if e is not None}
     if CLASSIFICATION in kinds:
         found += [classes_section(configurations), confusion_section(configurations),

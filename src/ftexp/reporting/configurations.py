@@ -5,6 +5,10 @@ differ only in seed and where they are stored), else, for run dirs made before t
 its resolved config without the keys that say which seed it used, where it is stored and how it
 is logged (ftexp.runs.seeds.GROUP_EXCLUDES). Configurations are lettered A, B, C… in the order the
 report's paths were given (then by run name), so `ftexp-report A B` reads as "A vs B".
+
+A base-model evaluation (`python -m ftexp.evaluate <hub id or model dir>`: group
+`base:<name_or_path>`) is a configuration of its own, labelled as the base model, and `fixed`: it
+was not trained, so it has no seeds to vary.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ftexp.reporting.collect import Run, flatten
+from ftexp.reporting.collect import BASE_GROUP, Run, replicate_key, settings_of
 from ftexp.reporting.examples import CLASSIFICATION, Examples, load_examples
-from ftexp.runs.seeds import GROUP_EXCLUDES
 
-_NOT_SETTINGS = (*GROUP_EXCLUDES, "hydra")
 _MAX_NAMED_KEYS = 3
 
 
@@ -38,6 +40,11 @@ class Configuration:
     def complete(self) -> list[Run]:
         return [r for r in self.runs if r.state == "complete"]
 
+    @property
+    def fixed(self) -> bool:
+        """A base model's evaluation: no training, so no seed-to-seed variation."""
+        return self.group.startswith(BASE_GROUP)
+
     def paired_examples(self) -> tuple[list[Examples], list[str]]:
         """The per-example outputs of its complete runs that share the first one's test set, and
         notes on those left out."""
@@ -51,17 +58,6 @@ class Configuration:
         notes = [f"{self.letter}: {', '.join(odd)} scored another test set than {found[0][0].name}; "
                  f"left out of the paired tests."] if odd else []
         return same, notes
-
-
-def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    return flatten({k: v for k, v in config.items() if k not in _NOT_SETTINGS})
-
-
-def _key(run: Run, settings: dict[str, Any]) -> str:
-    group = run.config.get("group")
-    if isinstance(group, str) and group:
-        return group
-    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def _path_rank(run: Run, paths: list[Path]) -> int:
@@ -94,7 +90,7 @@ def group_runs(runs: list[Run], paths: list[Path]) -> list[Configuration]:
     by_key: dict[str, tuple[int, list[Run], dict[str, Any]]] = {}
     for index, run in enumerate(r for r in runs if r.path is not None):
         settings = settings_of(run.config)
-        key = _key(run, settings)
+        key = replicate_key(run)
         rank = (_path_rank(run, paths), index)
         if key not in by_key:
             by_key[key] = (rank, [], settings)  # type: ignore[assignment]
@@ -112,6 +108,8 @@ def group_runs(runs: list[Run], paths: list[Path]) -> list[Configuration]:
         named = [f"{k}={_show(configuration.settings.get(k, '–'))}" for k in keys[:_MAX_NAMED_KEYS]]
         described = ", ".join(named) + (", …" if len(keys) > _MAX_NAMED_KEYS else "")
         configuration.label = described or configuration.group or "all runs"
+        if configuration.fixed:
+            configuration.label = f"base model {configuration.group.removeprefix(BASE_GROUP)}"
     return found
 
 

@@ -1,6 +1,10 @@
 """The sections of a report for one comparison: tables, plotly figures, and short notes where a
 section cannot be drawn (too few trials, nothing varied). Optuna's own plots and importance
-evaluator draw from the comparison's study: the sweep's, or one built in memory from run dirs."""
+evaluator draw from the comparison's study: the sweep's, or one built in memory from run dirs.
+
+Seeds are replicates, not parameters: with repeats (configurations run under several seeds) the
+best is the configuration with the best mean over its seeds, and `seed` is left out of the
+importances and the parallel coordinates (their intro gives the seeds per configuration)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftexp.reporting.collect import Comparison, Run
+from ftexp.reporting.collect import REPLICATE_KEYS, Comparison, Run
 
 FONT = "-apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d"]
@@ -25,6 +29,7 @@ _TABLE_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "val/f1_macro"
 # gets its own panel beside the monitored metric and the training loss.
 _MARGIN_METRICS = ("val/rewards/margin", "val/margin")
 _MAX_METRICS = 4
+_MAX_EVAL_METRICS = 3  # benchmark scores (eval/<task>/<metric>) shown besides them
 PRUNED_COLOR = "#9ca3af"
 
 
@@ -120,13 +125,30 @@ def _complete_trials(comparison: Comparison) -> list[Any]:
 
 
 def _varied(comparison: Comparison) -> list[str]:
-    """Parameters taking more than one value over the complete trials."""
+    """Parameters taking more than one value over the complete trials (a seed is no parameter)."""
     trials = _complete_trials(comparison)
-    names = list(dict.fromkeys(k for t in trials for k in t.params))
+    names = [k for k in dict.fromkeys(k for t in trials for k in t.params) if k not in REPLICATE_KEYS]
     return [k for k in names if len({repr(t.params.get(k)) for t in trials}) > 1]
 
 
+def _seeds_text(comparison: Comparison) -> str:
+    """'2 seeds per configuration' (or '1–3 seeds …'), '' without repeats."""
+    if not comparison.has_repeats:
+        return ""
+    counts = sorted({len(g) for g in comparison.ranked_configurations()})
+    shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"{shown} seeds per configuration"
+
+
+def _seed_note(section: Section, comparison: Comparison) -> None:
+    seeds = _seeds_text(comparison)
+    if seeds:
+        section.notes.append(f"seed is left out: it picks a replicate, not a setting ({seeds}).")
+
+
 def best_section(comparison: Comparison, link: Any) -> Section:
+    if comparison.has_repeats and len(comparison.objectives) == 1:
+        return _best_configuration_section(comparison, link)
     section = Section("best", "Best trial" if len(comparison.objectives) == 1 else "Best trials")
     ranked = comparison.ranked()
     if not ranked:
@@ -138,12 +160,17 @@ def best_section(comparison: Comparison, link: Any) -> Section:
         return section
     best = ranked[0]
     objective = comparison.objectives[0]
+    # A sweep with repeats: the trial's value is the study's mean over its seeds.
+    seeds = [best] + [r for r in comparison.repeats if best.trial.get("number") is not None
+                      and r.trial.get("number") == best.trial.get("number")]
     section.facts = [("trial", _run_label(best)),
-                     (objective.metric, f"{fmt(best.values[0])} ({objective.direction})")]
+                     (objective.metric, f"{fmt(best.values[0])} ({objective.direction}"
+                      + (f", mean over {len(seeds)} seeds)" if len(seeds) > 1 else ")"))]
     section.facts += [(k, fmt(v)) for k, v in best.params.items()]
     for metric in _metric_columns(comparison):
-        if metric in best.metrics:
-            section.facts.append((metric, fmt(best.metrics[metric])))
+        found = [r.metrics[metric] for r in seeds if isinstance(r.metrics.get(metric), (int, float))]
+        if found:
+            section.facts.append((metric, _mean_sd(found)))
     section.facts += [("duration", fmt_duration(best.duration_s)),
                       ("peak memory", _memory(best)),
                       ("trainable parameters", fmt_count(best.metrics.get("trainable_params")))]
@@ -157,6 +184,47 @@ def best_section(comparison: Comparison, link: Any) -> Section:
     return section
 
 
+def _mean(values: list[Any]) -> float | None:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return fmt(mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def _best_configuration_section(comparison: Comparison, link: Any) -> Section:
+    """With repeats: the configuration with the best mean objective over its seeds."""
+    groups = comparison.ranked_configurations()
+    runs, objective = groups[0], comparison.objectives[0]
+    section = Section("best", "Best configuration")
+    values = [r.values[0] for r in runs]
+    section.facts = [("configuration", ", ".join(_run_label(r) for r in runs)),
+                     ("seeds", str(len(runs))),
+                     (objective.metric, f"{_mean_sd(values)} ({objective.direction}, mean ± sd over seeds)")]
+    section.facts += [(k, fmt(v)) for k, v in runs[0].params.items() if k not in REPLICATE_KEYS]
+    for metric in _metric_columns(comparison):
+        found = [r.metrics[metric] for r in runs if isinstance(r.metrics.get(metric), (int, float))]
+        if found:
+            section.facts.append((metric, _mean_sd(found)))
+    section.facts += [("duration", fmt_duration(_mean([r.duration_s for r in runs])) + " (mean)"),
+                      ("peak memory", _memory(runs[0])),
+                      ("trainable parameters", fmt_count(runs[0].metrics.get("trainable_params")))]
+    section.facts += [("run dir", str(r.path)) for r in runs if r.path is not None]
+    section.intro = (f"The best mean {objective.metric} over its {len(runs)} seeds (seeds are replicates: "
+                     "the configurations over seeds and paired tests below say whether it is better "
+                     "beyond noise).")
+    if len(groups) > 1:
+        gap = abs(comparison.best_value - sum(r.values[0] for r in groups[1]) / len(groups[1]))
+        runner_up = ", ".join(_run_label(r) for r in groups[1])
+        section.intro += f" Ahead of the runner-up configuration ({runner_up}) by {fmt(gap)}."
+    return section
+
+
 def _memory(run: Run) -> str:
     value = run.metrics.get("peak_memory_gib")
     return f"{value:.2f} GiB" if isinstance(value, (int, float)) else "–"
@@ -166,7 +234,10 @@ def _metric_columns(comparison: Comparison) -> list[str]:
     objectives = {o.metric for o in comparison.objectives}
     present = {k for r in comparison.runs for k in r.metrics}
     chosen = [m for m in _TABLE_METRICS if m in present and m not in objectives][:_MAX_METRICS]
-    return sorted(chosen, key=lambda m: (not m.startswith("val/"), _TABLE_METRICS.index(m)))
+    scores = sorted(k for k in present if k.startswith("eval/") and not k.endswith("_stderr")
+                    and k not in objectives)
+    return sorted(chosen, key=lambda m: (not m.startswith("val/"), _TABLE_METRICS.index(m))
+                  ) + scores[:_MAX_EVAL_METRICS]
 
 
 def _pareto_runs(comparison: Comparison) -> list[Run]:
@@ -180,10 +251,11 @@ def trials_table(comparison: Comparison, link: Any, only: list[Run] | None = Non
     headers = (["#", "run", "state"] + params + [o.metric + (" ↑" if o.sign > 0 else " ↓")
                                                  for o in comparison.objectives]
                + metrics + ["duration", "peak memory", "trainable params"])
-    best = comparison.best
+    groups = comparison.ranked_configurations() if len(comparison.objectives) == 1 else []
+    best = {id(r) for r in groups[0]} if groups else set()  # with repeats: every seed of the best
     table = Table(headers, [])
     for run in only if only is not None else comparison.runs:
-        if run is best:
+        if id(run) in best:
             table.marked.add(len(table.rows))
         row = [Cell(str(run.number), "num"), Cell(run.name, href=link(run.path) if run.path else None),
                Cell(run.state, "state")]
@@ -236,6 +308,7 @@ def _plural(n: int, word: str) -> str:
 def _varied_or_note(section: Section, comparison: Comparison, what: str) -> list[str]:
     """The parameters that vary between complete trials, or [] with a note on the section when
     there are fewer than 2 complete trials or none varies."""
+    _seed_note(section, comparison)
     complete, varied = _complete_trials(comparison), _varied(comparison)
     if len(complete) < 2 or not varied:
         section.notes.append(f"{what} need at least 2 complete trials and a parameter that varies "

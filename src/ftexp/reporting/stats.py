@@ -1,35 +1,37 @@
 """Statistics of a report's comparisons: pure functions of arrays (no I/O).
 
 - `seed_spread`: a configuration's metric over its seeds — mean ± std and a bootstrap CI of the mean;
-- `paired_bootstrap` and the `compare_*` functions: the difference between two configurations on
-  the same test examples, with a CI from resampling examples (both sides share each resample) and a
-  p-value (McNemar's exact test on per-example correctness for classification, a sign-flip
-  permutation test of the per-example differences for errors and losses);
-- `majority_vote`: one prediction per example from several seeds of a configuration;
+- the `compare_*` functions: the difference between two configurations on the same test
+  examples. Each side is a set of runs (its seeds, the replicates); the difference is that of the
+  mean over each side's runs, with a CI from a two-level bootstrap (test examples resampled, the
+  same for both sides, and each side's seeds resampled: reporting/replicates.py). The p-value: one
+  run a side, McNemar's exact test on per-example correctness, a sign-flip permutation test of
+  per-example differences (errors, losses, graded scores) or a paired permutation test of the
+  macro-F1 difference (each example's two predictions swapped at random);
+  with seeds, a test that counts them (replicates.seed_p);
+- `majority_vote`: one prediction per example from several seeds of a configuration (to list the
+  examples configurations disagree on; the tests pair the seeds' own predictions);
 - `per_class`, `confusion`, `calibration`: what a classifier gets right, per class and by confidence.
 
-Bootstrap intervals are percentile intervals (scipy.stats.bootstrap, method="percentile"): they
-are reproducible by hand from the seed, and they need no jackknife, whose n evaluations of macro-F1
-over n examples would cost O(n²) on a large test set.
+Bootstrap intervals are percentile intervals: they are reproducible by hand from the seed, and
+they need no jackknife, whose n evaluations of macro-F1 over n examples would cost O(n²) on a
+large test set.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-CONFIDENCE = 0.95
-RESAMPLES = 9999
-SEED = 0
-ALPHA = 1 - CONFIDENCE
-# Resampled values held at once (resamples × examples per batch): bounds memory on large test
-# sets; batches draw the same indices as one big draw, so results do not depend on it.
+from ftexp.reporting import replicates
+from ftexp.reporting.replicates import ALPHA, CONFIDENCE, RESAMPLES, SEED, as_runs
+
+# Resampled values held at once (resamples × examples per batch) by the permutation tests.
 _BATCH_VALUES = 4_000_000
+FIXED = (False, False)  # neither side a fixed (deterministic) evaluation
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,19 @@ class Difference:
     low: float
     high: float
     p_value: float | None
-    test: str  # what gave the p-value ("McNemar", "permutation"), "" when none
+    test: str  # what gave the p-value ("McNemar", "permutation", "two-level t", …), "" when none
     higher_is_better: bool
     scale: float = 1.0  # shown × scale: 100 for accuracy points
     unit: str = ""
     detail: str = ""  # e.g. the discordant counts
+    seeds: tuple[int, int] = (1, 1)  # runs on each side
 
     @property
     def within_noise(self) -> bool:
-        """Noise unless the CI excludes 0 and the test (when there is one) rejects at ALPHA: both
-        must agree before one configuration is called better."""
+        """Noise unless the CI excludes 0 and a test rejects at ALPHA: both must agree before one
+        configuration is called better; without a test, no verdict."""
         excludes_zero = self.low > 0 or self.high < 0
-        rejects = self.p_value is None or self.p_value < ALPHA
+        rejects = self.p_value is not None and self.p_value < ALPHA
         return not (excludes_zero and rejects)
 
     @property
@@ -86,28 +89,6 @@ def seed_spread(values: Sequence[float], confidence: float = CONFIDENCE, n_resam
                        method="percentile", vectorized=True, rng=np.random.default_rng(seed))
     ci = result.confidence_interval
     return Spread(len(x), float(x.mean()), float(x.std(ddof=1)), float(ci.low), float(ci.high))
-
-
-def paired_bootstrap(statistic: Callable[..., np.ndarray], samples: Sequence[np.ndarray],
-                     confidence: float = CONFIDENCE, n_resamples: int = RESAMPLES,
-                     seed: int = SEED) -> tuple[Any, Any, Any]:
-    """(statistic on the data, CI low, CI high): examples resampled with replacement, the same
-    indices for every array (scipy's paired bootstrap). `statistic(*arrays, axis=-1)` is vectorized;
-    floats for a scalar statistic, arrays for one that returns several values (one resampling)."""
-    from scipy.stats import bootstrap
-
-    samples = [np.asarray(s) for s in samples]
-    estimate = np.asarray(statistic(*samples, axis=-1), dtype=float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a degenerate resample distribution (all equal) is fine here
-        result = bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
-                           batch=max(1, _BATCH_VALUES // max(len(samples[0]), 1)),
-                           confidence_level=confidence, method="percentile",
-                           rng=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    if estimate.ndim == 0:
-        return float(estimate), float(ci.low), float(ci.high)
-    return estimate, np.asarray(ci.low, dtype=float), np.asarray(ci.high, dtype=float)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
@@ -137,8 +118,12 @@ def sign_flip_p(differences: np.ndarray, n_resamples: int = RESAMPLES, seed: int
     return float(result.pvalue)
 
 
-def _accuracy_diff(y: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(a == y, axis=axis) - np.mean(b == y, axis=axis)
+def _macro_f1_from_counts(tp: np.ndarray, true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Macro-F1 from per-class counts (last axis): classes never true nor predicted left out."""
+    denom = true + predicted  # 2·tp + fp + fn
+    present = denom > 0
+    f1 = np.where(present, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int, axis: int = -1) -> np.ndarray:
@@ -151,50 +136,124 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int, axis: int = -1) ->
     cells = (np.arange(rows)[:, None] * n_classes + y.reshape(rows, n)) * n_classes + pred.reshape(rows, n)
     counts = np.bincount(cells.ravel(), minlength=rows * n_classes * n_classes).reshape(
         rows, n_classes, n_classes)
-    tp = np.diagonal(counts, axis1=1, axis2=2)
-    denom = counts.sum(axis=1) + counts.sum(axis=2)  # 2·tp + fp + fn
-    present = denom > 0
-    f1 = np.where(present, 2 * tp / np.maximum(denom, 1), 0.0)
-    return (f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)).reshape(lead)
+    f1 = _macro_f1_from_counts(np.diagonal(counts, axis1=1, axis2=2), counts.sum(axis=2), counts.sum(axis=1))
+    return f1.reshape(lead)
+
+
+def _classification_metric(y: np.ndarray, n_classes: int) -> replicates.Metric:
+    """Accuracy and macro-F1 of each run on each resample (weights: each example's count in it)."""
+    classes = np.arange(n_classes)
+    true = (y[:, None] == classes).astype(float)  # (examples, classes)
+
+    def metric(pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        n = weights.shape[1]
+        true_counts = weights @ true  # (resamples, classes)
+        found = []
+        for run in pred:  # per run: (examples, 2 × classes) indicators, one matrix product
+            predicted = (run[:, None] == classes).astype(float)
+            counts = weights @ np.concatenate([predicted * true, predicted], axis=1)
+            tp, predicted_counts = counts[:, :n_classes], counts[:, n_classes:]
+            found.append(np.stack([tp.sum(axis=1) / n,
+                                   _macro_f1_from_counts(tp, true_counts, predicted_counts)], axis=-1))
+        return np.stack(found)
+    return metric
+
+
+def f1_permutation_p(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,
+                     n_resamples: int = RESAMPLES, seed: int = SEED) -> float:
+    """Two-sided p that two classifiers' macro-F1 differ only by chance: each example's two
+    predictions swapped at random (a paired permutation test, Noreen's approximate randomization),
+    p = (1 + resamples at least as far from 0) / (1 + resamples). Per-class counts of a resample
+    are A's plus the swapped examples' change: one matrix product per batch."""
+    if np.array_equal(pred_a, pred_b):
+        return 1.0
+    classes = np.arange(n_classes)
+    true_counts = (np.asarray(y)[:, None] == classes).sum(axis=0).astype(float)
+
+    def indicators(pred: np.ndarray) -> np.ndarray:  # (examples, 2 × classes): tp, predicted
+        predicted = (np.asarray(pred)[:, None] == classes).astype(float)
+        return np.concatenate([predicted * (np.asarray(y)[:, None] == classes), predicted], axis=1)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (_macro_f1_from_counts(a[..., :n_classes], true_counts, a[..., n_classes:])
+                - _macro_f1_from_counts(b[..., :n_classes], true_counts, b[..., n_classes:]))
+
+    fa, fb = indicators(pred_a), indicators(pred_b)
+    sum_a, sum_b, change = fa.sum(axis=0), fb.sum(axis=0), fb - fa
+    observed = abs(float(gap(sum_a, sum_b)))
+    rng, n = np.random.default_rng(seed), len(fa)
+    beyond = 0
+    for start in range(0, n_resamples, max(1, _BATCH_VALUES // n)):
+        size = min(max(1, _BATCH_VALUES // n), n_resamples - start)
+        moved = (rng.random((size, n)) < 0.5).astype(float) @ change
+        beyond += int(np.sum(np.abs(gap(sum_a + moved, sum_b - moved)) >= observed - 1e-12))
+    return (1 + beyond) / (1 + n_resamples)
+
+
+def _spread_detail(result: replicates.TwoLevel, index: int, scale: float, unit: str) -> str:
+    def sd(runs: np.ndarray) -> str:
+        if len(runs) < 2:
+            return "–"
+        value = float(np.std(runs[:, index], ddof=1)) * scale
+        return f"{value:.2g}" if value > 1e-9 * max(scale, 1) else "0"  # rounding, not spread
+    return f"seed sd {sd(result.runs_a)} / {sd(result.runs_b)}" + (f" {unit}" if unit else "")
+
+
+def _difference(result: replicates.TwoLevel, index: int, name: str, p: float | None, test: str,
+                higher_is_better: bool, scale: float = 1.0, unit: str = "", detail: str = "") -> Difference:
+    return Difference(name, float(result.estimate[index]), float(result.low[index]),
+                      float(result.high[index]), p_value=p, test=test, higher_is_better=higher_is_better,
+                      scale=scale, unit=unit, detail=detail,
+                      seeds=(len(result.runs_a), len(result.runs_b)))
 
 
 def compare_classification(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,
-                           n_resamples: int = RESAMPLES, seed: int = SEED) -> list[Difference]:
-    """Accuracy (points) with McNemar's exact test, and macro-F1 (points), A − B; labels as class
-    indices."""
-    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
-    only_a, only_b, p = mcnemar_exact(a == y, b == y)
-
-    def differences(y: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        # Both from the same resamples: one bootstrap, half the work.
-        return np.stack([_accuracy_diff(y, a, b, axis),
-                         macro_f1(y, a, n_classes, axis) - macro_f1(y, b, n_classes, axis)])
-
-    estimate, low, high = paired_bootstrap(differences, (y, a, b), n_resamples=n_resamples, seed=seed)
-    detail = f"{only_a} examples only A gets right, {only_b} only B"
-    return [Difference("accuracy", float(estimate[0]), float(low[0]), float(high[0]), p_value=p,
-                       test="McNemar", higher_is_better=True, scale=100, unit="points", detail=detail),
-            Difference("macro-F1", float(estimate[1]), float(low[1]), float(high[1]), p_value=None, test="",
-                       higher_is_better=True, scale=100, unit="points")]
-
-
-def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+                           n_resamples: int = RESAMPLES, seed: int = SEED,
+                           fixed: tuple[bool, bool] = FIXED) -> list[Difference]:
+    """Accuracy and macro-F1 (points), A − B; labels as class indices, predictions (examples,) for
+    one run or (seeds, examples) for several. One run a side: McNemar's exact test (accuracy) and
+    a paired permutation test (macro-F1); with seeds, replicates.seed_p."""
+    y = np.asarray(y, dtype=np.int64)
+    a, b = as_runs(np.asarray(pred_a, dtype=np.int64)), as_runs(np.asarray(pred_b, dtype=np.int64))
+    result = replicates.two_level_bootstrap(_classification_metric(y, n_classes), a, b, n_resamples, seed)
+    if result.single:
+        only_a, only_b, p = mcnemar_exact(a[0] == y, b[0] == y)
+        f1_p = f1_permutation_p(y, a[0], b[0], n_classes, n_resamples, seed)
+        tests = [(p, "McNemar"), (f1_p, "permutation")]
+        details = [f"{only_a} examples only A gets right, {only_b} only B", ""]
+    else:
+        tests = [replicates.seed_p(result, i, fixed, seed) for i in range(2)]
+        details = [_spread_detail(result, i, 100, "points") for i in range(2)]
+    return [_difference(result, i, name, p, test, True, 100, "points", detail)
+            for i, (name, (p, test), detail) in enumerate(zip(("accuracy", "macro-F1"), tests, details,
+                                                              strict=True))]
 
 
 def compare_per_example(name: str, values_a: np.ndarray, values_b: np.ndarray,
-                        n_resamples: int = RESAMPLES, seed: int = SEED) -> Difference:
-    """A − B of the mean of a per-example quantity where lower is better (an error, a loss), with a
-    sign-flip permutation p-value."""
-    a, b = np.asarray(values_a, float), np.asarray(values_b, float)
-    estimate, low, high = paired_bootstrap(_mean_diff, (a, b), n_resamples=n_resamples, seed=seed)
-    return Difference(name, estimate, low, high, p_value=sign_flip_p(a - b, n_resamples, seed),
-                      test="permutation", higher_is_better=False)
+                        n_resamples: int = RESAMPLES, seed: int = SEED, higher_is_better: bool = False,
+                        binary: bool = False, scale: float = 1.0, unit: str = "",
+                        fixed: tuple[bool, bool] = FIXED) -> Difference:
+    """A − B of the mean of a per-example quantity: an error or a loss (lower is better, the
+    default), or an item score. (examples,) for one run, (seeds, examples) for several. One run a
+    side: McNemar's exact test for 0/1 scores (`binary`), else a sign-flip permutation test;
+    with seeds, replicates.seed_p."""
+    a, b = as_runs(np.asarray(values_a, float)), as_runs(np.asarray(values_b, float))
+    result = replicates.two_level_bootstrap(replicates.mean_metric, a, b, n_resamples, seed)
+    if result.single and binary:
+        only_a, only_b, p = mcnemar_exact(a[0] > 0.5, b[0] > 0.5)
+        return _difference(result, 0, name, p, "McNemar", higher_is_better, scale, unit,
+                           f"{only_a} items only A gets right, {only_b} only B")
+    if result.single:
+        return _difference(result, 0, name, sign_flip_p(a[0] - b[0], n_resamples, seed), "permutation",
+                           higher_is_better, scale, unit)
+    p, test = replicates.seed_p(result, 0, fixed, seed)
+    return _difference(result, 0, name, p, test, higher_is_better, scale, unit,
+                       _spread_detail(result, 0, scale, unit))
 
 
 def compare_regression(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
                        n_resamples: int = RESAMPLES, seed: int = SEED) -> list[Difference]:
-    """MAE and MSE, A − B (lower is better)."""
+    """MAE and MSE, A − B (lower is better); predictions (examples,) or (seeds, examples)."""
     y, a, b = (np.asarray(v, float) for v in (y, pred_a, pred_b))
     return [compare_per_example("MAE", np.abs(a - y), np.abs(b - y), n_resamples, seed),
             compare_per_example("MSE", (a - y) ** 2, (b - y) ** 2, n_resamples, seed)]
