@@ -36,6 +36,15 @@ browser: ## Install Chromium for the report's browser test when missing (Debian/
 		|| echo "chromium could not be installed (apt-get failed): the browser test will skip"; \
 	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will skip"; fi
 
+# Evaluation measuring learning (conf/experiment/tiny_eval_demo.yaml): the random-init base, an SFT
+# stage that learns the answer's form, DPO that learns the facts, and the report's paired tests.
+EVAL_DEMO ?= outputs/eval_demo
+eval-demo: install ## Benchmark evaluation end to end: base, SFT and DPO on ftexp_colours_mc, then the report (~70 s on 2 cores)
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp.evaluate model=tiny_llama "eval.tasks=[ftexp_colours_mc]" -o $(EVAL_DEMO)/base
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp +experiment=tiny_eval_demo_sft hydra.run.dir=$(EVAL_DEMO)/sft
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp +experiment=tiny_eval_demo model.init_from=$(abspath $(EVAL_DEMO))/sft hydra.run.dir=$(EVAL_DEMO)/dpo
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp.report $(EVAL_DEMO)/base $(EVAL_DEMO)/sft $(EVAL_DEMO)/dpo --out $(EVAL_DEMO)/report
+
 test: install browser ## Run the test suite (without the slow and gpu tiers)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" $(ARGS)
 
@@ -61,11 +70,14 @@ bench-speed: install ## Benchmark the default job: ftexp vs transformers Trainer
 bench-packing: install ## Benchmark SFT packing: ftexp padded vs packed, + LLaMA-Factory (in .venv-bench-llamafactory/) if it installs
 	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/sft_packing.py --llamafactory $(ARGS)
 
+bench-eval: install ## Benchmark evaluation: in-run harness vs ftexp.evaluate vs the lm_eval command on the export; ARGS="--repeats 5"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval_vs_lm_eval.py $(ARGS)
+
 lint: install ## Lint with ruff
 	$(PY) -m ruff check src tests benchmarks
 
 clean: ## Remove caches and run outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun
+	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun outputs/evals outputs/eval_demo
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install browser run test test-slow bench-dpo bench-grpo bench-lm-memory gpu-wheels lint clean
+.PHONY: help install browser run test test-slow bench-dpo bench-grpo bench-lm-memory bench-speed bench-packing bench-eval gpu-wheels eval-demo lint clean

@@ -31,6 +31,8 @@ def test_each_option_composes_and_validates(group: str, option: str, tmp_path: P
         overrides.append("data=code_alpaca")  # SFT needs a prompt template
     if group == "data" and option == "custom":
         overrides.append(f"data.path={tmp_path / 'x.csv'}")
+    if group == "eval" and option == "lm_eval":  # lm-eval scores language models
+        overrides += ["model=tiny_llama", "task=causal_lm", "data=code_alpaca"]
     if option == "tiny_sft_then_dpo":
         overrides.append("model.init_from=null")  # stage 2 of a pipeline: stage 1's run dir is checked apart
     cfg = compose_config(overrides, output_dir=tmp_path)

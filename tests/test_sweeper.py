@@ -396,6 +396,21 @@ def test_repeats_give_each_trial_seeds_from_the_configured_one():
     assert sweep_id(_root_=_sweep_config("hydra.sweeper.repeats=1")) == sweep_id(_root_=_sweep_config())
 
 
+def test_a_benchmark_objective_needs_the_trials_to_evaluate_its_task():
+    objective = [{"metric": "eval/ftexp_colours_mc/acc", "direction": "maximize"}]
+    impl = FtexpOptunaSweeperImpl(objectives=objective)
+    impl.config = _sweep_config("task=causal_lm", "eval=lm_eval", "eval.tasks=[ftexp_colours_mc]")
+    assert [(o.metric, o.direction) for o in impl._objectives()] == [
+        ("eval/ftexp_colours_mc/acc", "maximize")]
+    impl.config = _sweep_config("task=causal_lm")
+    with pytest.raises(ConfigError, match=r"the trials evaluate none: add eval=lm_eval "
+                                          r"eval.tasks=\[ftexp_colours_mc\]"):
+        impl._objectives()
+    impl.config = _sweep_config("task=causal_lm", "eval=lm_eval", "eval.tasks=[ftexp_sums_gen]")
+    with pytest.raises(ConfigError, match="task 'ftexp_colours_mc' is not in eval.tasks"):
+        impl._objectives()
+
+
 @pytest.mark.parametrize("repeats", ["0", "-1"])
 def test_repeats_below_one_get_one_line(repeats: str, tmp_path: Path, monkeypatch, capsys):
     from conftest import assert_one_line, run_in_process

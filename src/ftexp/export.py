@@ -83,7 +83,7 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
 
     from ftexp.builders.backbone import load_tokenizer
     from ftexp.builders.init_from import merged_network
-    from ftexp.data.causal_lm import ensure_eos
+    from ftexp.data.causal_lm import decoder_tokenizer, ensure_eos
     from ftexp.predict import load_checkpoint
 
     ckpt_path, config_path = run / run_dir.BEST_CHECKPOINT, run / run_dir.CONFIG_FILE
@@ -115,6 +115,8 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
                                chat_template=m.get("chat_template"),
                                added_tokens=list(m.get("add_special_tokens") or []))
     ensure_eos(tokenizer)
+    if spec.language_model:  # loaded elsewhere (lm-eval, vLLM, pipelines), it encodes as training did
+        tokenizer = decoder_tokenizer(tokenizer)
     metrics_path = run / run_dir.METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
 

@@ -5,6 +5,7 @@ metrics out (in the run dir).
                              cached embeddings, batch size and learning rate
               .fit()         Lightning's fit; always ends with a validation and a checkpoint
               .test()        the best weights on the test split, and the predictions file
+              .evaluate()    benchmarks of the `eval` group (lm-evaluation-harness) on them
               .summarize()   metrics.json from the pieces that report something
 
 Each stage returns one thing. The task's registry entry (ftexp.tasks.registry) says what the
@@ -139,6 +140,8 @@ class Recipe:
         self.trainer: Any = None
         self.tuned: dict[str, Any] = {}
         self.best_path = ""
+        self.tokenizer: Any = None
+        self.eval_tasks: Any = None  # the harness's TaskManager, checked before the model loads
         self.fit_seconds = 0.0
         # data.cache_encoder_embeddings: seconds to get the embeddings before fit (the encoder
         # pass on a cache miss, reading them on a hit); None otherwise.
@@ -157,9 +160,13 @@ class Recipe:
 
         cfg = self.cfg
         self.model_type = self._setup_model_type()  # refuses a bad config before anything is written
+        if cfg.eval.name != "none":
+            from ftexp.evaluation.harness import check_tasks
+
+            self.eval_tasks = check_tasks(cfg.eval)
         self._write_run_files()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        tokenizer = self._setup_tokenizer()
+        self.tokenizer = tokenizer = self._setup_tokenizer()
         parts = self.spec.task_class().from_config(cfg, task_settings(cfg), tokenizer, self.out)
         self.datamodule, self.task = parts.datamodule, parts.task
 
@@ -329,6 +336,38 @@ class Recipe:
                               task.test_predictions)
         return {k: float(v) for k, v in results[0].items()}
 
+    # -- evaluate ---------------------------------------------------------------------------------
+
+    def evaluate(self, tested: bool) -> dict[str, float]:
+        """The `eval` group's benchmarks on the best weights, in process, on the training device and
+        precision; `tested`: test() left the best weights in the task already."""
+        cfg = self.cfg
+        if cfg.eval.name == "none":
+            return {}
+        import torch
+
+        from ftexp.data.causal_lm import decoder_tokenizer
+        from ftexp.evaluation.harness import evaluate, uses_chat_template
+        from ftexp.predict import load_checkpoint, load_trained
+
+        task = self.task
+        if self.trainer.world_size > 1 and self.best_path:  # sharded in place: rebuild on one device
+            task = load_trained(self.out, str(Path(self.best_path).relative_to(self.out)))[0]
+        elif self.best_path and not tested:
+            task.load_trained_state(load_checkpoint(Path(self.best_path))["state_dict"])
+        network = task.network
+        if cfg.eval.merge_adapter and hasattr(network, "merge_and_unload") and cfg.quant.method == "none":
+            network = network.merge_and_unload()  # the run is over: its saved weights stay as trained
+        device = self.trainer.strategy.root_device if self.trainer.world_size == 1 else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        network.to(device).eval()
+        mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(self.trainer.precision))
+        log.info("evaluating %s on %s", ", ".join(cfg.eval.tasks), device)
+        return evaluate(network, decoder_tokenizer(self.tokenizer), cfg.eval, self.out,
+                        manager=self.eval_tasks,
+                        chat=uses_chat_template(cfg.eval, cfg.data), mixed_precision=mixed,
+                        model_name=f"run {self.out.name} ({cfg.model.name_or_path})")
+
     def leave_process_group(self) -> bool:
         """End the multi-process part of a run: rank zero turns a sharded best checkpoint into one
         file, then every rank leaves the process group (so rank zero's single-device test syncs with
@@ -375,7 +414,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     fit_metrics = recipe.fit()
     if trainer.world_size > 1 and not recipe.leave_process_group():
         return fit_metrics  # ranks other than zero are done: rank zero tests and writes
-    return recipe.summarize(fit_metrics, recipe.test())
+    test_metrics = recipe.test()
+    return recipe.summarize(fit_metrics, {**test_metrics, **recipe.evaluate(tested=bool(test_metrics))})
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

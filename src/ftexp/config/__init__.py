@@ -42,6 +42,7 @@ from ftexp.config.data import (
     DataConfig,
     PreferenceColumns,
 )
+from ftexp.config.evaluation import EvalConfig
 from ftexp.config.generation import GenerationConfig
 from ftexp.config.model import ROPE_SCALING_KEYS, ModelConfig
 from ftexp.config.optimizer import (
@@ -77,7 +78,7 @@ __all__ = [
     "GRPO_LOSS_TYPES", "LOW_RANK_OPTIMIZER_PACKAGES", "MISSING", "NON_PEFT_ADAPTERS", "PAIRED_FORMATS",
     "PROMPT_LEARNING_ADAPTERS", "ROLES", "ROPE_SCALING_KEYS", "SCALE_REWARDS", "SMOOTHED_LOSS_TYPES",
     "UNPAIRED_FORMATS", "AdapterMethod", "BlockCoordinate", "CallbacksConfig", "DPOTaskConfig", "DataConfig",
-    "FtexpConfig", "GRPOTaskConfig", "GenerationConfig", "GradientProjection", "GroupSchema",
+    "EvalConfig", "FtexpConfig", "GRPOTaskConfig", "GenerationConfig", "GradientProjection", "GroupSchema",
     "HeadTaskConfig", "KTOTaskConfig", "LanguageModelTaskConfig", "ModelConfig", "ORPOTaskConfig",
     "OptimizerConfig", "PathsConfig", "PreferenceColumns", "PreferenceTaskConfig", "QuantConfig",
     "ReferenceTaskConfig", "RewardTaskConfig", "SchedulerConfig", "SimPOTaskConfig", "StrategyConfig",

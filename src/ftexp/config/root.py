@@ -10,6 +10,7 @@ from typing import Any, Optional
 from ftexp.config.base import MISSING
 from ftexp.config.callbacks import CallbacksConfig
 from ftexp.config.data import DataConfig
+from ftexp.config.evaluation import EvalConfig
 from ftexp.config.generation import GenerationConfig
 from ftexp.config.model import ModelConfig
 from ftexp.config.optimizer import OptimizerConfig
@@ -51,6 +52,7 @@ class FtexpConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # benchmarks after training (lm-eval)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -77,4 +79,4 @@ class FtexpConfig:
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConfig, "quant": QuantConfig, "strategy": StrategyConfig,
     "optimizer": OptimizerConfig, "scheduler": SchedulerConfig, "generation": GenerationConfig,
-    "data": DataConfig, "trainer": TrainerConfig, "callbacks": CallbacksConfig}
+    "eval": EvalConfig, "data": DataConfig, "trainer": TrainerConfig, "callbacks": CallbacksConfig}

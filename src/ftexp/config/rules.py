@@ -37,7 +37,23 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_optimizer(cfg)
     _check_added_tokens(cfg)
     _check_kernels(cfg)
+    _check_eval(cfg, spec)
     check_init_from(cfg)
+
+
+def _check_eval(cfg: DictConfig, spec: TaskSpec) -> None:
+    from ftexp.config.adapter import PROMPT_LEARNING_ADAPTERS
+
+    if cfg.eval.name == "none":
+        return
+    if not spec.language_model:
+        raise ConfigError(f"eval=lm_eval scores language models; a task={spec.name} run is scored on "
+                          "another labelled file with `python -m ftexp.evaluate <run dir> "
+                          "data.path=<file>` (or set eval=none).")
+    if cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
+        raise ConfigError(f"eval=lm_eval cannot score adapter={cfg.adapter.method}: its virtual tokens "
+                          "shift the harness's logits; use a weight adapter (lora, dora, ia3, ...) or "
+                          "eval=none.")
 
 
 def _check_strategy(cfg: DictConfig) -> None:

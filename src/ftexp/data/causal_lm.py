@@ -31,6 +31,39 @@ def ensure_eos(tokenizer: Any) -> int:
     return int(tokenizer.eos_token_id)
 
 
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """What training puts before every sample: BOS, when the tokenizer has one of its own."""
+    eos, bos = ensure_eos(tokenizer), tokenizer.bos_token_id
+    return [bos] if bos is not None and bos != eos else []
+
+
+def decoder_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer whose plain call (`tokenizer(text)`, special tokens on: what lm-eval and most
+    users do) gives the ids training used — BOS if any, then the text. LLM tokenizers do already
+    and are returned as they are; a BERT-style vocabulary (the tiny test decoders') would wrap every
+    text in [CLS] … [SEP], so it gets a copy whose post-processor adds training's prefix only
+    (saved as a generic tokenizers-backed tokenizer, which keeps that when reloaded)."""
+    import copy
+
+    prefix, probe = bos_prefix(tokenizer), "the sky is blue"
+    if tokenizer(probe)["input_ids"] == prefix + tokenizer(probe, add_special_tokens=False)["input_ids"]:
+        return tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        log.warning("the tokenizer adds special tokens training did not use, and is not a fast "
+                    "tokenizer that can be changed; benchmark prompts will carry them")
+        return tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    single = f"{tokenizer.bos_token} $A" if prefix else "$A"
+    backend.post_processor = TemplateProcessing(
+        single=single, pair=f"{single} $B:1",
+        special_tokens=[(tokenizer.bos_token, prefix[0])] if prefix else [])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=tokenizer.chat_template,
+                                   padding_side=tokenizer.padding_side, **tokenizer.special_tokens_map)
+
+
 class PromptFormatter:
     """Renders a row's prompt (what the model is given) and response (what it learns to write)."""
 
@@ -63,8 +96,7 @@ class LanguageModelingEncoder:
         self.formatter = formatter
         self.train_on_prompt = train_on_prompt
         self.eos = ensure_eos(tokenizer)
-        bos = tokenizer.bos_token_id
-        self.prefix = [bos] if bos is not None and bos != self.eos else []
+        self.prefix = bos_prefix(tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ftexp.config.data import DataConfig
-from ftexp.data.causal_lm import ensure_eos
+from ftexp.data.causal_lm import bos_prefix, ensure_eos
 from ftexp.data.preference import (
     PreferenceExample,
     PreferencePair,
@@ -60,8 +60,7 @@ class PreferenceEncoder:
         self.prompt_template = prompt_template
         self.eos = ensure_eos(tokenizer)
         self.end_with_eos = end_with_eos
-        bos = tokenizer.bos_token_id
-        self.prefix = [bos] if bos is not None and bos != self.eos else []
+        self.prefix = bos_prefix(tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -205,7 +205,7 @@ def _pair(a: Configuration, b: Configuration, task: str, by_task: dict, section:
                                          fixed=(a.fixed, b.fixed))
         _aggregate_note(section, task, metric, [*a_runs, *b_runs], np.concatenate(sides))
         section.sentences.append(stats.sentence(diff, a.letter, b.letter))
-        name = f"{metric} ({diff.detail})" if diff.detail else metric
+        name = diff.label(a.letter, b.letter, metric)
         section.tables[0].rows.append([Cell(pair), Cell(task, "param"), Cell(name), *difference_cells(diff),
                                        Cell(str(len(docs)), "num"),
                                        Cell(f"{diff.seeds[0]} / {diff.seeds[1]}", "num"),

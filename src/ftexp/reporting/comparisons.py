@@ -177,7 +177,7 @@ def paired_section(configurations: list[Configuration], objectives: list[Objecti
         results[(a_conf.letter, b_conf.letter)] = (a, b, differences)
         for diff in differences:
             section.sentences.append(stats.sentence(diff, a_conf.letter, b_conf.letter))
-            metric = f"{diff.metric} ({diff.detail})" if diff.detail else diff.metric
+            metric = diff.label(a_conf.letter, b_conf.letter)
             table.rows.append([Cell(f"{a_conf.letter} vs {b_conf.letter}"), Cell(metric),
                                *difference_cells(diff), Cell(str(len(a.examples)), "num"),
                                Cell(f"{diff.seeds[0]} / {diff.seeds[1]}", "num"),

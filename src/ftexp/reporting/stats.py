@@ -56,8 +56,14 @@ class Difference:
     higher_is_better: bool
     scale: float = 1.0  # shown × scale: 100 for accuracy points
     unit: str = ""
-    detail: str = ""  # e.g. the discordant counts
+    detail: str = ""  # e.g. the discordant counts; {a} and {b} stand for the two sides' letters
     seeds: tuple[int, int] = (1, 1)  # runs on each side
+
+    def label(self, a: str, b: str, metric: str | None = None) -> str:
+        """The metric's name with its detail, the sides called by their letters."""
+        name = self.metric if metric is None else metric
+        detail = self.detail.replace("{a}", a).replace("{b}", b)
+        return f"{name} ({detail})" if detail else name
 
     @property
     def within_noise(self) -> bool:
@@ -220,7 +226,7 @@ def compare_classification(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
         only_a, only_b, p = mcnemar_exact(a[0] == y, b[0] == y)
         f1_p = f1_permutation_p(y, a[0], b[0], n_classes, n_resamples, seed)
         tests = [(p, "McNemar"), (f1_p, "permutation")]
-        details = [f"{only_a} examples only A gets right, {only_b} only B", ""]
+        details = [f"{only_a} examples only {{a}} gets right, {only_b} only {{b}}", ""]
     else:
         tests = [replicates.seed_p(result, i, fixed, seed) for i in range(2)]
         details = [_spread_detail(result, i, 100, "points") for i in range(2)]
@@ -242,7 +248,7 @@ def compare_per_example(name: str, values_a: np.ndarray, values_b: np.ndarray,
     if result.single and binary:
         only_a, only_b, p = mcnemar_exact(a[0] > 0.5, b[0] > 0.5)
         return _difference(result, 0, name, p, "McNemar", higher_is_better, scale, unit,
-                           f"{only_a} items only A gets right, {only_b} only B")
+                           f"{only_a} item{'s' * (only_a != 1)} only {{a}} gets right, {only_b} only {{b}}")
     if result.single:
         return _difference(result, 0, name, sign_flip_p(a[0] - b[0], n_resamples, seed), "permutation",
                            higher_is_better, scale, unit)

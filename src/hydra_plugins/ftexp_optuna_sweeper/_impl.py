@@ -162,8 +162,22 @@ class FtexpOptunaSweeperImpl:
             if direction not in DIRECTIONS:
                 raise ConfigError(f"objective '{setting.get('metric')}': direction '{direction}' is not "
                                   f"one of {', '.join(DIRECTIONS)}.")
+            self._check_benchmark_objective(str(setting["metric"]))
             found.append(_Objective(str(setting["metric"]), direction))
         return found
+
+    def _check_benchmark_objective(self, metric: str) -> None:
+        """A benchmark objective `eval/<task>/<metric>` exists only if the trials evaluate that task."""
+        if not metric.startswith("eval/"):
+            return
+        ev = self.config.get("eval") or {}
+        task = metric.split("/")[1] if metric.count("/") >= 2 else ""
+        if ev.get("name", "none") == "none":
+            raise ConfigError(f"objective '{metric}' is a benchmark score, and the trials evaluate none: "
+                              f"add eval=lm_eval eval.tasks=[{task or '<task>'}] to the sweep.")
+        if task not in [str(t) for t in ev.get("tasks") or []]:
+            raise ConfigError(f"objective '{metric}': task '{task}' is not in eval.tasks "
+                              f"({', '.join(map(str, ev.get('tasks') or []))}); add it there.")
 
     def _seeds(self, space: Mapping[str, Param]) -> list[int]:
         """Each trial's seeds: [] for one run per trial (the configured seed), else seed, seed+1, …"""
