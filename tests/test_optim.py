@@ -67,6 +67,44 @@ def test_schedule_follows_its_formula(name):
         assert got[s] == pytest.approx(_expected_lr(name, s, w), abs=1e-12), (name, s)
 
 
+TRANSFORMERS_SCHEDULES = {"constant": "get_constant_schedule",
+                          "constant_with_warmup": "get_constant_schedule_with_warmup",
+                          "linear": "get_linear_schedule_with_warmup",
+                          "cosine": "get_cosine_schedule_with_warmup"}
+
+
+# (option, the schedule's arguments): no warmup, a warmup, a total that is not a round number,
+# the cosine's num_cycles.
+SCHEDULE_CASES = [("constant", {})] + [
+    (name, {"num_warmup_steps": w} | ({"num_training_steps": t} if name != "constant_with_warmup" else {}))
+    for name in ("constant_with_warmup", "linear", "cosine") for w, t in ((0, 100), (10, 100), (7, 13))
+] + [("cosine", {"num_warmup_steps": 3, "num_training_steps": 40, "num_cycles": 2.0})]
+
+
+@pytest.mark.parametrize(("name", "args"), SCHEDULE_CASES)
+def test_shipped_schedule_is_transformers_step_for_step(name, args):
+    """The shipped options are ftexp's own functions (no transformers.optimization import at
+    start-up): the same learning rate as transformers' schedule at every step, bit for bit, and
+    past the end (a resumed run that trains longer)."""
+    import transformers.optimization as hf
+
+    from ftexp.builders import schedulers
+
+    target = option("scheduler", name)["_target_"]
+    assert target.startswith("ftexp.builders.schedulers."), target
+    lrs = []
+    for make in (getattr(schedulers, target.rsplit(".", 1)[1]), getattr(hf, TRANSFORMERS_SCHEDULES[name])):
+        optimizer = torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=LR)
+        scheduler = make(optimizer, **args)
+        seen = []
+        for _ in range(args.get("num_training_steps", 20) + 5):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        lrs.append(seen)
+    assert lrs[0] == lrs[1]
+
+
 def test_schedules_differ_where_they_should():
     # Guards against every name silently mapping to one schedule.
     at = {name: _lrs_at(name, (0, 30), warmup_fraction=0.0 if name == "constant" else 0.1)

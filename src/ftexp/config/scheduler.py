@@ -13,12 +13,13 @@ from ftexp.runs.errors import ConfigError
 
 @dataclass
 class SchedulerConfig(GroupSchema):
-    """A `_target_` function of transformers' schedules (or any with its signature), called by
+    """A `_target_` schedule function (the shipped four in builders/schedulers.py, or any with
+    transformers' schedule signature, transformers' own included), called by
     builders/schedulers.py with the optimizer and, where it takes them, num_warmup_steps and
     num_training_steps (optimizer steps). Other keys are the function's own arguments:
     +scheduler.num_cycles=2."""
     TAKES_TARGET_ARGUMENTS: ClassVar[bool] = True
-    _target_: str = "transformers.get_linear_schedule_with_warmup"
+    _target_: str = "ftexp.builders.schedulers.linear_with_warmup"
     warmup_fraction: float = 0.1  # share of the total optimizer steps spent warming up
     warmup_steps: Optional[int] = None  # a step count instead (wins over warmup_fraction)
     # Multiply the learning rate by the number of training processes (linear) or its root (sqrt).
