@@ -124,7 +124,7 @@ def evaluate_target(target_text: str, overrides: list[str],
                              "with data.path=<file>; eval.tasks=[...] scores language models.")
     ev = eval_settings(target.config.get("eval") if target.config is not None else None, eval_overrides)
     manager = harness.check_tasks(ev)  # before any weights load
-    network, tokenizer = load_language_model(target, ev.merge_adapter)
+    network, tokenizer = load_language_model(target, ev)
     out = out or target.run or _default_out(target.name)
     if target.run is None and not (out / run_dir.CONFIG_FILE).is_file():
         _write_eval_dir(out, target, ev)

@@ -344,10 +344,10 @@ class Recipe:
         cfg = self.cfg
         if cfg.eval.name == "none":
             return {}
-        import torch
-
+        from ftexp.builders.strategy import autocast_dtype
         from ftexp.data.causal_lm import decoder_tokenizer
-        from ftexp.evaluation.harness import evaluate, uses_chat_template
+        from ftexp.evaluation.harness import evaluate, evaluation_network, uses_chat_template
+        from ftexp.evaluation.targets import device as evaluation_device
         from ftexp.predict import load_checkpoint, load_trained
 
         task = self.task
@@ -355,13 +355,10 @@ class Recipe:
             task = load_trained(self.out, str(Path(self.best_path).relative_to(self.out)))[0]
         elif self.best_path and not tested:
             task.load_trained_state(load_checkpoint(Path(self.best_path))["state_dict"])
-        network = task.network
-        if cfg.eval.merge_adapter and hasattr(network, "merge_and_unload") and cfg.quant.method == "none":
-            network = network.merge_and_unload()  # the run is over: its saved weights stay as trained
-        device = self.trainer.strategy.root_device if self.trainer.world_size == 1 else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        network.to(device).eval()
-        mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(self.trainer.precision))
+        device = self.trainer.strategy.root_device if self.trainer.world_size == 1 else evaluation_device()
+        # The run is over: merging (eval.merge_adapter) leaves its saved weights as trained.
+        network = evaluation_network(task.network, cfg.eval, cfg.quant.method != "none", device)
+        mixed = autocast_dtype(self.trainer.precision)
         log.info("evaluating %s on %s", ", ".join(cfg.eval.tasks), device)
         return evaluate(network, decoder_tokenizer(self.tokenizer), cfg.eval, self.out,
                         manager=self.eval_tasks,

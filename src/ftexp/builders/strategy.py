@@ -131,14 +131,18 @@ def build_strategy(settings: dict[str, Any], block_classes: set[type] | None = N
     raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
+def autocast_dtype(precision: Any) -> Any:
+    """The autocast dtype of a Lightning precision (bf16-mixed, 16-mixed); None: no autocast."""
+    import torch
+
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+
+
 def precompute_device(trainer: Any) -> tuple[Any, Any]:
     """Where work on the starting weights runs before fit (cached embeddings, reference log-probs):
     this process's own device (a DDP rank's GPU, not every rank's cuda:0), and the autocast dtype
     of the trainer's precision (None: full precision)."""
-    import torch
-
-    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
-    return trainer.strategy.root_device, autocast
+    return trainer.strategy.root_device, autocast_dtype(trainer.precision)
 
 
 def cpu_has_bf16() -> bool:

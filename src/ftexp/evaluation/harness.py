@@ -124,6 +124,15 @@ def uses_chat_template(ev: DictConfig, data: DictConfig | None) -> bool:
     return data.get("messages_column") is not None or preference.get("format") in CONVERSATION_FORMATS
 
 
+def evaluation_network(network: Any, ev: DictConfig, quantized: bool, device: Any) -> Any:
+    """The trained network as the harness scores it: the PEFT model, or a copy with the adapter
+    merged in (eval.merge_adapter; never into a k-bit base, where merging rounds), on `device`, in
+    eval mode."""
+    if ev.merge_adapter and hasattr(network, "merge_and_unload") and not quantized:
+        network = network.merge_and_unload()
+    return network.to(device).eval()
+
+
 def evaluate(network: Any, tokenizer: Any, ev: DictConfig, out: Path, *, chat: bool, model_name: str,
              mixed_precision: Any = None, manager: Any = None) -> dict[str, float]:
     """Run the harness on `network` (a transformers or PEFT causal LM, already on its device), write
@@ -178,14 +187,23 @@ def _item_records(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [records[k] for k in sorted(records)]
 
 
+def record_tasks(folder: Path, entries: dict[str, dict[str, Any]], model_name: str,
+                 harness: str | None = None) -> None:
+    """Add (or replace) these tasks' entries in `folder`/results.json, keeping the other tasks';
+    `harness`: who scored them (None: leave what the file says)."""
+    path = folder / RESULTS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    scorer = harness or saved.get("harness", "ftexp")
+    run_dir.write_json(path, {**saved, "harness": scorer, "model": model_name,
+                              "tasks": {**saved.get("tasks", {}), **entries}})
+
+
 def write_results(out: Path, results: dict[str, Any], model_name: str, limit: Any) -> dict[str, float]:
     from lm_eval.utils import handle_non_serializable
 
     folder = out / EVAL_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    results_path = folder / RESULTS_FILE
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    tasks = saved.get("tasks", {})
+    tasks: dict[str, dict[str, Any]] = {}
     metrics: dict[str, float] = {}
     for task, scores in results["results"].items():
         values, stderrs = _task_scores(scores)
@@ -204,5 +222,5 @@ def write_results(out: Path, results: dict[str, Any], model_name: str, limit: An
     for task, samples in (results.get("samples") or {}).items():
         lines = "".join(json.dumps(r, default=handle_non_serializable) + "\n" for r in _item_records(samples))
         atomic.write_text(folder / f"{task}.jsonl", lines)
-    run_dir.write_json(results_path, {"harness": harness_version(), "model": model_name, "tasks": tasks})
+    record_tasks(folder, tasks, model_name, harness_version())
     return metrics

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ftexp.evaluation.harness import EVAL_DIR, RESULTS_FILE
+from ftexp.evaluation.harness import EVAL_DIR, record_tasks
 from ftexp.runs import atomic, run_dir
 from ftexp.runs.errors import FtexpError
 
@@ -82,13 +82,9 @@ def score_file(run: Path, data_path: Path, out: Path, batch_size: int = 64) -> d
                                               predictions["prediction"].to_numpy(float))
         higher = {"mse": False, "mae": False, "r2": True}
     atomic.write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in items))
-    results_path = folder / RESULTS_FILE
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    tasks = saved.get("tasks", {})
     # The file's content hash stands for a benchmark's version: two runs pair only on the same rows.
-    tasks[name] = {"version": hashlib.sha256(data_path.read_bytes()).hexdigest()[:16], "num_fewshot": 0,
-                   "limit": None, "n_samples": len(items), "output_type": spec.name, "path": str(data_path),
-                   "metrics": scores, "stderr": {}, "higher_is_better": higher, **extra}
-    run_dir.write_json(results_path, {"harness": "ftexp", **saved, "model": f"run {run.name}",
-                                      "tasks": tasks})
+    entry = {"version": hashlib.sha256(data_path.read_bytes()).hexdigest()[:16], "num_fewshot": 0,
+             "limit": None, "n_samples": len(items), "output_type": spec.name, "path": str(data_path),
+             "metrics": scores, "stderr": {}, "higher_is_better": higher, **extra}
+    record_tasks(folder, {name: entry}, f"run {run.name}")
     return {f"eval/{name}/{metric}": value for metric, value in scores.items()}

@@ -64,12 +64,9 @@ def describe(target: str) -> Target:
 
 
 def _autocast(cfg: DictConfig) -> Any:
-    import torch
+    from ftexp.builders.strategy import autocast_dtype, resolve_precision
 
-    from ftexp.builders.strategy import resolve_precision
-
-    precision = str(resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return autocast_dtype(resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
 
 
 def device() -> Any:
@@ -78,17 +75,16 @@ def device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_language_model(target: Target, merge_adapter: bool) -> tuple[Any, Any]:
+def load_language_model(target: Target, ev: DictConfig) -> tuple[Any, Any]:
     """(network on the evaluation device in eval mode, tokenizer)."""
     if target.run is not None:
         from ftexp.data.causal_lm import decoder_tokenizer
+        from ftexp.evaluation.harness import evaluation_network
         from ftexp.predict import load_trained
 
         task, tokenizer, cfg = load_trained(target.run)
-        network = task.network
-        if merge_adapter and hasattr(network, "merge_and_unload") and cfg.quant.method == "none":
-            network = network.merge_and_unload()
-        return network.to(device()).eval(), decoder_tokenizer(tokenizer)
+        network = evaluation_network(task.network, ev, cfg.quant.method != "none", device())
+        return network, decoder_tokenizer(tokenizer)
     if target.model is not None:
         return _configured_model(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,9 +28,8 @@ import numpy as np
 
 from ftexp.reporting import replicates, stats
 from ftexp.reporting.collect import Run
-from ftexp.reporting.comparisons import PAIRED_TESTS, difference_cells
 from ftexp.reporting.configurations import Configuration
-from ftexp.reporting.figures import Cell, Section, Table, fmt
+from ftexp.reporting.figures import Cell, Section, Table, difference_cells, fmt
 from ftexp.reporting.objectives import eval_results
 from ftexp.runs.objective import lower_is_better
 
@@ -232,7 +231,7 @@ def pairs_section(configurations: list[Configuration], by_task: dict) -> Section
         "Each pair of configurations on each benchmark task both ran, on the same items (matched by "
         "task and doc_id): A − B of the mean item score, the mean over A's runs minus the mean over "
         f"B's, with a {round(stats.CONFIDENCE * 100)}% two-level bootstrap CI (items and seeds "
-        "resampled). " + PAIRED_TESTS.replace("per-example", "per-item")))
+        "resampled). " + stats.PAIRED_TESTS.replace("per-example", "per-item")))
     section.tables.append(Table(["pair", "task", "metric", "A − B", "CI low", "CI high", "p", "test",
                                  "items", "seeds", "verdict"], []))
     pairs = list(itertools.combinations(configurations, 2))

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ftexp.reporting import replicates, stats
+from ftexp.reporting.benchmarks import benchmark_sections
 from ftexp.reporting.collect import Run, objective_value
 from ftexp.reporting.configurations import Configuration, differing, pool
 from ftexp.reporting.examples import CLASSIFICATION, LANGUAGE_MODEL, REGRESSION, environment, generations
-from ftexp.reporting.figures import COLORS, Cell, Section, Table, _style, fmt
+from ftexp.reporting.figures import COLORS, Cell, Section, Table, _style, difference_cells, fmt
 from ftexp.runs.objective import Objective
 
 # Metrics the seeds table shows after the objectives, the first _MAX_METRICS present.
@@ -136,25 +137,6 @@ def paired_differences(ref: Configuration, other: Configuration, notes: list[str
     return a, b, found
 
 
-# How a paired difference is tested (the paired tests' and the benchmarks' intros).
-PAIRED_TESTS = (
-    "p-value: with one run a side, McNemar's exact test on per-example correctness (0/1 scores), a "
-    "sign-flip permutation test of the per-example differences (errors, losses, graded scores) or "
-    "a paired permutation test (macro-F1) — these know nothing of seed-to-seed variation; with "
-    "seeds, the larger p of an exact permutation test over the seeds (runs relabelled between the "
-    "two configurations: assumes nothing of how seeds vary, so 2 + 2 seeds can never reach p < "
-    "0.05, 4 + 4 can) and a two-level t-test (the seeds' spread plus the examples' variance, "
-    "Welch–Satterthwaite df; alone against a base model, which has no seeds). Called better only "
-    f"when the CI excludes 0 and p < {stats.ALPHA:.2f}; otherwise within noise.")
-
-
-def difference_cells(diff: stats.Difference) -> list[Cell]:
-    """A − B, CI low, CI high, p, test."""
-    return [Cell(fmt(diff.estimate * diff.scale), "num"), Cell(fmt(diff.low * diff.scale), "num"),
-            Cell(fmt(diff.high * diff.scale), "num"), Cell(stats.fmt_p(diff.p_value), "num"),
-            Cell(diff.test or "–")]
-
-
 def _pairs(configurations: list[Configuration],
            ref: Configuration) -> list[tuple[Configuration, Configuration]]:
     return [(ref, c) for c in configurations if c is not ref][:MAX_PAIRS]
@@ -169,7 +151,7 @@ def paired_section(configurations: list[Configuration], objectives: list[Objecti
         f"{ref.letter} ({how}) against each other configuration on the same test examples. A − B is the "
         "mean over A's runs (seeds) minus the mean over B's, with a "
         f"{round(stats.CONFIDENCE * 100)}% CI from a two-level bootstrap ({stats.RESAMPLES} resamples "
-        "of the test examples, shared by both sides, and of each side's seeds). " + PAIRED_TESTS))
+        "of the test examples, shared by both sides, and of each side's seeds). " + stats.PAIRED_TESTS))
     table = Table(["pair", "metric", "A − B", "CI low", "CI high", "p", "test", "examples", "seeds",
                    "verdict"], [])
     for a_conf, b_conf in _pairs(configurations, ref):
@@ -401,8 +383,6 @@ def comparison_sections(configurations: list[Configuration], objectives: list[Ob
     if len(configurations) > 1:
         found += [paired_section(configurations, objectives, len(paths) > 1, results),
                   changes_section(configurations)]
-    from ftexp.reporting.benchmarks import benchmark_sections  # it imports this module
-
     found += benchmark_sections(configurations)
     kinds = {e.kind for c in configurations for e in c.examples if e is not None}
     if CLASSIFICATION in kinds:

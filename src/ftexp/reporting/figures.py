@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftexp.reporting import stats
 from ftexp.reporting.collect import REPLICATE_KEYS, Comparison, Run
 
 FONT = "-apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -464,3 +465,10 @@ def sections(comparison: Comparison, top: int, out_dir: Path) -> list[Section]:
         found.append(pareto_section(comparison, link))
     found.append(curves_section(comparison, top))
     return found
+
+
+def difference_cells(diff: stats.Difference) -> list[Cell]:
+    """A − B, CI low, CI high, p, test."""
+    return [Cell(fmt(diff.estimate * diff.scale), "num"), Cell(fmt(diff.low * diff.scale), "num"),
+            Cell(fmt(diff.high * diff.scale), "num"), Cell(stats.fmt_p(diff.p_value), "num"),
+            Cell(diff.test or "–")]

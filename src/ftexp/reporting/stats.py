@@ -34,6 +34,18 @@ _BATCH_VALUES = 4_000_000
 FIXED = (False, False)  # neither side a fixed (deterministic) evaluation
 
 
+# How a paired difference is tested (the paired tests' and the benchmarks' intros).
+PAIRED_TESTS = (
+    "p-value: with one run a side, McNemar's exact test on per-example correctness (0/1 scores), a "
+    "sign-flip permutation test of the per-example differences (errors, losses, graded scores) or "
+    "a paired permutation test (macro-F1) — these know nothing of seed-to-seed variation; with "
+    "seeds, the larger p of an exact permutation test over the seeds (runs relabelled between the "
+    "two configurations: assumes nothing of how seeds vary, so 2 + 2 seeds can never reach p < "
+    "0.05, 4 + 4 can) and a two-level t-test (the seeds' spread plus the examples' variance, "
+    "Welch–Satterthwaite df; alone against a base model, which has no seeds). Called better only "
+    f"when the CI excludes 0 and p < {ALPHA:.2f}; otherwise within noise.")
+
+
 @dataclass(frozen=True)
 class Spread:
     """A metric over the seeds of one configuration."""
