@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from conftest import assert_one_line, compose_config, run_in_process
 from ftexp.cli import group_options
 from ftexp.runs.paths import config_dir
 
+ROOT = Path(__file__).resolve().parents[1]
+
 GROUPS = {g: opts for g, opts in group_options(config_dir()).items() if not g.startswith("hydra")}
 ALL_OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts]
 
@@ -20,6 +23,17 @@ def test_every_group_from_the_brief_exists():
     for group in ("model", "adapter", "quant", "strategy", "task", "scheduler", "data", "trainer",
                   "callbacks", "logger", "paths", "experiment"):
         assert group in GROUPS, group
+
+
+# Experiments that start from an earlier stage's run dir (model.init_from), which a fresh clone has
+# not made yet; test_init_from checks that a missing one is refused.
+PIPELINE_LATER_STAGES = {"tiny_sft_then_dpo", "tiny_eval_demo"}
+
+
+def test_pipeline_later_stages_are_the_experiments_that_start_from_a_run():
+    starts_from_a_run = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
+                         if re.search(r"^\s+init_from: \S", p.read_text(), re.MULTILINE)}
+    assert starts_from_a_run == PIPELINE_LATER_STAGES
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
@@ -33,8 +47,8 @@ def test_each_option_composes_and_validates(group: str, option: str, tmp_path: P
         overrides.append(f"data.path={tmp_path / 'x.csv'}")
     if group == "eval" and option == "lm_eval":  # lm-eval scores language models
         overrides += ["model=tiny_llama", "task=causal_lm", "data=code_alpaca"]
-    if option == "tiny_sft_then_dpo":
-        overrides.append("model.init_from=null")  # stage 2 of a pipeline: stage 1's run dir is checked apart
+    if option in PIPELINE_LATER_STAGES:
+        overrides.append("model.init_from=null")  # an earlier stage's run dir: checked apart
     cfg = compose_config(overrides, output_dir=tmp_path)
     assert cfg.model.name_or_path  # typed and complete
     assert cfg.paths.data_dir.endswith("data")
