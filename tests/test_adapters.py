@@ -175,3 +175,46 @@ def test_adalora_penalty_is_the_one_peft_adds_to_a_model_computed_loss():
     model.base_model.model.forward = lambda *a, **k: SimpleNamespace(loss=torch.tensor(0.0))
     assert float(ours) > 0
     assert torch.allclose(ours, model.base_model.forward().loss)
+
+
+# In a fresh process: pytest's own may have loaded bitsandbytes already.
+LORA_THEN_KBIT_LORA = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from conftest import compose_config, sentiment_rows, tiny_overrides
+from ftexp.tasks.classification import ClassificationTask
+from ftexp.train import task_settings
+
+out = Path(sys.argv[2])
+sentiment_rows(32).to_csv(out / "toy.csv", index=False)
+
+def lora_layer_types(*extra):
+    cfg = compose_config(tiny_overrides(out / "toy.csv", "model=tiny_llama", "adapter=lora", *extra),
+                         output_dir=out)
+    task = ClassificationTask(**task_settings(cfg), target={"kind": "single_label", "labels": [0, 1]})
+    task.configure_model()
+    return sorted({type(m).__module__ + "." + type(m).__name__ for m in task.network.modules()
+                   if type(m).__module__.startswith("peft.tuners.lora.") and type(m).__name__ != "LoraModel"})
+
+plain = lora_layer_types()
+loaded_for_plain = "bitsandbytes" in sys.modules
+print(json.dumps({"plain": plain, "loaded_for_plain": loaded_for_plain,
+                  "kbit": lora_layer_types("quant=4bit", "quant.compute_dtype=float32")}))
+"""
+
+
+def test_plain_lora_leaves_bitsandbytes_unloaded_and_a_kbit_lora_after_it_still_gets_kbit_layers(
+        tmp_path: Path):
+    pytest.importorskip("bitsandbytes")
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LORA_THEN_KBIT_LORA, str(Path(__file__).parent),
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["plain"] == ["peft.tuners.lora.layer.Linear"]
+    assert result["loaded_for_plain"] is False  # ~0.75 s of start-up saved (builders/adapter.py)
+    assert "peft.tuners.lora.bnb.Linear4bit" in result["kbit"]  # one process, as in a sweep

@@ -119,3 +119,42 @@ def test_bf16_mixed_clips_with_a_fused_adamw():
     allow_clipping_without_scaler(optimizer, "bf16-mixed")
     plugin.clip_gradients(optimizer, clip_val=1.0)
     assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+# -- clipping by the norm NonFiniteGuard measured ---------------------------------------------------
+
+
+def _norm_passes_per_step(tmp_path, monkeypatch, *extra: str) -> tuple[int, list[float]]:
+    """torch._foreach_norm calls (one per pass over the gradients) per optimizer step of a short
+    in-process run, and its training losses."""
+    from conftest import compose_config, sentiment_rows, tiny_overrides
+    from ftexp.train import train
+
+    tmp_path.mkdir(parents=True)
+    data = tmp_path / "toy.csv"
+    sentiment_rows(64, seed=2).to_csv(data, index=False)
+    calls = []
+    original = torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = compose_config(tiny_overrides(data, "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+                                        "callbacks.checkpoint=false", "logger=csv",
+                                        "trainer.log_every_n_steps=1", *extra), output_dir=tmp_path / "run")
+    metrics = train(cfg)
+    import pandas as pd
+
+    losses = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["train/loss_step"].dropna().tolist()
+    return len(calls) / metrics["global_steps"], losses
+
+
+def test_clipping_reuses_the_guards_norm_and_trains_as_clip_grad_norm_does(tmp_path, monkeypatch):
+    from ftexp.tasks.base import FinetuneTask
+
+    passes, losses = _norm_passes_per_step(tmp_path / "a", monkeypatch, "trainer.gradient_clip_val=0.5")
+    assert passes == 1  # the guard's check; clipping used to read every gradient again
+    # Lightning's own clipping (clip_grad_norm_), on the same run: the same losses, bit for bit.
+    monkeypatch.setattr(FinetuneTask, "configure_gradient_clipping",
+                        lambda self, *a, **k: super(FinetuneTask, self).configure_gradient_clipping(*a, **k))
+    passes_before, losses_before = _norm_passes_per_step(tmp_path / "b", monkeypatch,
+                                                         "trainer.gradient_clip_val=0.5")
+    assert passes_before == 2
+    assert losses == losses_before and len(losses) >= 4

@@ -130,18 +130,31 @@ def preflight(argv: list[str]) -> None:
                               for i, choices in enumerate(variants) for choice in choices[1:]]
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="ftexp"):
         for combination in combinations:
-            try:
-                cfg = compose("config", overrides=[f"{c}={v}" for _, c, v in combination])
-            except HydraException as err:
-                raise ConfigError(_composition_message(err)) from err
-            validate(cfg, resolve=False)
-            check_seeds(cfg)
-            _check_adapter_keys(cfg)
-            # The keys are right; what Hydra may still refuse is how they were written.
-            try:
-                compose("config", overrides=[f"{g}={v}" for g, _, v in combination])
-            except HydraException as err:
-                raise ConfigError(_hydra_hint(str(err))) from err
+            _check(_compose_checked(combination))
+
+
+def _check(cfg: DictConfig) -> None:
+    validate(cfg, resolve=False)
+    check_seeds(cfg)
+    _check_adapter_keys(cfg)
+
+
+def _compose_checked(combination: list[tuple[str, str, str]]):
+    """The config Hydra will compose for these overrides, or a one-line ConfigError.
+
+    Composed as written first (what Hydra runs; one compose when all is well). If Hydra refuses,
+    compose again with every key forced (`++`): a bad key or value then reaches the checks and is
+    named with a did-you-mean; if that composes and passes them, the keys were right and what
+    Hydra refused is how they were written (a missing or extra `+`)."""
+    try:
+        return compose("config", overrides=[f"{g}={v}" for g, _, v in combination])
+    except HydraException as as_written:
+        try:
+            cfg = compose("config", overrides=[f"{c}={v}" for _, c, v in combination])
+        except HydraException as err:
+            raise ConfigError(_composition_message(err)) from err
+        _check(cfg)
+        raise ConfigError(_hydra_hint(str(as_written))) from as_written
 
 
 def _composition_message(err: HydraException) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,4 +154,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ftexp.runs.process import run_command
+
+    run_command(main)  # main() reads sys.argv; then exits without the interpreter's teardown

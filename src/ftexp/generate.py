@@ -129,4 +129,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ftexp.runs.process import run_command
+
+    run_command(main)  # main() reads sys.argv; then exits without the interpreter's teardown

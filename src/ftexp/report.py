@@ -18,7 +18,6 @@ With `--wandb` the comparison is also published as a W&B Report (online only).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -132,4 +131,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ftexp.runs.process import run_command
+
+    run_command(main)  # main() reads sys.argv; then exits without the interpreter's teardown

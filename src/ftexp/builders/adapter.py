@@ -4,10 +4,14 @@ the backbone."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import re
+import sys
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,8 +21,45 @@ from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS
 from ftexp.runs.errors import ConfigError, did_you_mean
 
 
+@contextlib.contextmanager
+def _without_bitsandbytes() -> Iterator[None]:
+    """PEFT imports bitsandbytes whenever it is installed: `import peft` does (peft/helpers.py, for
+    an analysis helper ftexp does not use), and so does every LoRA layer it creates (to offer the
+    k-bit layer types). Importing it costs ~0.75 s on 2 CPU cores (it compiles kernels with
+    torch.compile, which loads torch._inductor), paid by every adapter run. A model quantized by
+    bitsandbytes has imported it already; if nothing has, nothing PEFT builds here needs it. So
+    while PEFT imports or wraps in that case, `import bitsandbytes` fails as if it were absent
+    (PEFT's documented fallback); afterwards it imports again, and PEFT's and transformers'
+    cached answers to "is it installed?" stay or become true for a quantized run later in the
+    same process (a sweep over quant=none,4bit)."""
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        yield
+        return
+    from transformers.utils import import_utils as transformers_imports
+
+    transformers_imports.is_bitsandbytes_available()  # cached with the true answer first
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+        if "peft" in sys.modules:
+            from peft import import_utils as peft_imports
+
+            peft_imports.is_bnb_available.cache_clear()
+            peft_imports.is_bnb_4bit_available.cache_clear()
+
+
+def import_peft() -> Any:
+    """`import peft`, without bitsandbytes unless something has loaded it (see above)."""
+    with _without_bitsandbytes():
+        import peft
+    return peft
+
+
 def _peft_class(method: str, params: dict[str, Any]) -> tuple[type, dict[str, Any]]:
-    import peft
+    peft = import_peft()
 
     if method == "peft":  # escape hatch: any PEFT config class by dotted path
         target = params.pop("_target_", None)
@@ -64,6 +105,7 @@ def peft_config(method: str, params: dict[str, Any], task_type: str | None = Non
 def check_adapter_fits(method: str, model_type: str) -> None:
     """Refuse, before any weights load, a method the architecture cannot take."""
     if method == "llama_adapter":
+        import_peft()
         from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
 
         if model_type not in TRANSFORMERS_MODEL_CONFIG:
@@ -121,12 +163,12 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
         freeze_all_but(backbone, params.get("last_n_layers") or 0,
                        list(params.get("trainable_patterns") or []))
         return backbone
-    import peft
-
+    peft = import_peft()
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
     config = peft_config(method, params, task_type)
     _train_new_token_rows(backbone, config)  # model.add_special_tokens
-    wrapped = peft.get_peft_model(backbone, config)
+    with _without_bitsandbytes():
+        wrapped = peft.get_peft_model(backbone, config)
     _load_expected_state(backbone, wrapped)  # model.init_from_adapter=continue
     return wrapped
 

@@ -179,6 +179,29 @@ class FinetuneTask(L.LightningModule):
             # AdaLoRA re-budgets ranks from the gradients, after the step and before zero_grad.
             self.backbone.base_model.update_and_allocate(self.global_step)
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, by the total norm NonFiniteGuard measured a moment ago when there
+        is one: clip_grad_norm_ is exactly get_total_norm then clip_grads_with_norm_, so the
+        result is the same bit for bit, less one pass over the gradients."""
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+        from ftexp.callbacks.nonfinite import NonFiniteGuard
+
+        plugin = self.trainer.precision_plugin
+        by_norm = gradient_clip_algorithm in (None, "norm") and bool(gradient_clip_val)
+        # Plugins that clip their own way (FSDP, DeepSpeed) keep it; the guard measures nothing
+        # under fp16's scaler.
+        plain = (type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+                 and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients))
+        guards = [c for c in self.trainer.callbacks if isinstance(c, NonFiniteGuard)]
+        norm = guards[0].checked_norm(optimizer) if guards and by_norm and plain else None
+        if norm is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        torch.nn.utils.clip_grads_with_norm_(plugin.main_params(optimizer), gradient_clip_val, norm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         o, s = self.hparams.optimizer, self.hparams.scheduler
         if self.learning_rate is None:
