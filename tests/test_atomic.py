@@ -137,16 +137,37 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     from ftexp.runs import checkpoints
     from ftexp.runs.errors import FtexpError
 
-    def half_then_full(self, checkpoint, path, storage_options=None):
+    import torch
+
+    def half_then_full(checkpoint, path, *args, **kwargs):
         Path(path).write_bytes(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"the previous checkpoint")
-    monkeypatch.setattr(checkpoints.TorchCheckpointIO, "save_checkpoint", half_then_full)
+    monkeypatch.setattr(torch, "save", half_then_full)
     with pytest.raises(FtexpError, match="no space left on the device .* previous checkpoint is intact"):
         checkpoints.AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
     assert target.read_bytes() == b"the previous checkpoint"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_checkpoint_goes_to_its_file_without_a_copy_in_memory(tmp_path: Path):
+    """Lightning's TorchCheckpointIO serialises into a BytesIO first: +1 checkpoint at the peak."""
+    import tracemalloc
+
+    import torch
+
+    from ftexp.runs import checkpoints
+
+    weights = {"w": torch.randn(4_000_000)}  # 16 MB
+    tracemalloc.start()
+    checkpoints.AtomicCheckpointIO().save_checkpoint({"state_dict": weights}, tmp_path / "best.ckpt")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held while saving a 16 MB checkpoint"
+    saved = torch.load(tmp_path / "best.ckpt", weights_only=True)["state_dict"]["w"]
+    assert torch.equal(saved, weights["w"])
     assert _leftovers(tmp_path) == []
 
 

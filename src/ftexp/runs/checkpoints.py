@@ -1,7 +1,9 @@
 """Checkpoints that survive crashes and load anywhere.
 
 - Writes go to a temporary name and are renamed, so a crash mid-write leaves the previous
-  checkpoint intact instead of a truncated one; a full disk is reported in one line.
+  checkpoint intact instead of a truncated one; a full disk is reported in one line. They go
+  straight to that file: Lightning's own atomic write serialises the whole checkpoint into memory
+  first, a second copy of the weights (and optimizer state) at the run's memory peak.
 - `resume_checkpoint` picks the newest readable full-state checkpoint of a run directory.
 - Sharded saves (FSDP `state_dict: sharded`, DeepSpeed ZeRO) are folders with one file per rank;
   predict / generate / export and the test pass read one file, so a run consolidates its
@@ -31,12 +33,17 @@ PREVIOUS = "last-previous.ckpt"  # the generation before: used if last.ckpt is u
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        import torch
+
+        if storage_options is not None:  # as Lightning's TorchCheckpointIO says
+            raise TypeError("Trainer.save_checkpoint(..., storage_options=...) is not supported by "
+                            "ftexp's checkpoint writer.")
         path = Path(path)
         try:
             # One fixed temporary name (.<name>.tmp): a save cut short by a kill is overwritten
             # by the next one instead of leaving gigabytes of orphans.
             with atomic.atomic_path(path, unique=False) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
+                torch.save(checkpoint, tmp)
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise FtexpError(f"no space left on the device while writing {path}; the previous "
