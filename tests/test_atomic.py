@@ -134,10 +134,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import errno
 
+    import torch
+
     from ftexp.runs import checkpoints
     from ftexp.runs.errors import FtexpError
-
-    import torch
 
     def half_then_full(checkpoint, path, *args, **kwargs):
         Path(path).write_bytes(b"half a checkpoint")

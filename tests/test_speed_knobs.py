@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -140,8 +141,6 @@ def _norm_passes_per_step(tmp_path, monkeypatch, *extra: str) -> tuple[int, list
                                         "callbacks.checkpoint=false", "logger=csv",
                                         "trainer.log_every_n_steps=1", *extra), output_dir=tmp_path / "run")
     metrics = train(cfg)
-    import pandas as pd
-
     losses = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["train/loss_step"].dropna().tolist()
     return len(calls) / metrics["global_steps"], losses
 

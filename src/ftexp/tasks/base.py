@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 
@@ -18,6 +19,7 @@ from ftexp.builders.optim import allow_clipping_without_scaler, build_optimizer,
 from ftexp.builders.quant import prepare_for_kbit_training, quantization_config
 from ftexp.builders.schedulers import build_scheduler
 from ftexp.builders.strategy import plain_parameter_name
+from ftexp.callbacks.nonfinite import NonFiniteGuard
 from ftexp.config.adapter import ADAPTERS
 
 log = logging.getLogger(__name__)
@@ -185,10 +187,6 @@ class FinetuneTask(L.LightningModule):
         """Lightning's clipping, by the total norm NonFiniteGuard measured a moment ago when there
         is one: clip_grad_norm_ is exactly get_total_norm then clip_grads_with_norm_, so the
         result is the same bit for bit, less one pass over the gradients."""
-        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-
-        from ftexp.callbacks.nonfinite import NonFiniteGuard
-
         plugin = self.trainer.precision_plugin
         by_norm = gradient_clip_algorithm in (None, "norm") and bool(gradient_clip_val)
         # Plugins that clip their own way (FSDP, DeepSpeed) keep it; the guard measures nothing
