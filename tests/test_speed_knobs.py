@@ -157,3 +157,47 @@ def test_clipping_reuses_the_guards_norm_and_trains_as_clip_grad_norm_does(tmp_p
                                                          "trainer.gradient_clip_val=0.5")
     assert passes_before == 2
     assert losses == losses_before and len(losses) >= 4
+
+
+# -- gradients freed after the optimizer step -----------------------------------------------------
+
+
+def _grads_held_at_batch_start(tmp_path, monkeypatch, *extra: str) -> tuple[list[bool], list[float]]:
+    """For each training batch of a short in-process run, whether any weight still held a
+    gradient when the batch started (before its forward), and the run's training losses."""
+    from conftest import compose_config, sentiment_rows, tiny_overrides
+    from ftexp.tasks.base import FinetuneTask
+    from ftexp.train import train
+
+    tmp_path.mkdir(parents=True)
+    data = tmp_path / "toy.csv"
+    sentiment_rows(96, seed=2).to_csv(data, index=False)
+    held = []
+    monkeypatch.setattr(FinetuneTask, "on_train_batch_start", lambda self, batch, batch_idx: held.append(
+        any(p.grad is not None for p in self.parameters())), raising=False)
+    cfg = compose_config(tiny_overrides(data, "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+                                        "callbacks.checkpoint=false", "logger=csv",
+                                        "trainer.log_every_n_steps=1", *extra), output_dir=tmp_path / "run")
+    train(cfg)
+    losses = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["train/loss_step"].dropna().tolist()
+    return held, losses
+
+
+def test_gradients_are_freed_after_each_step_and_accumulation_still_sums(tmp_path, monkeypatch):
+    from lightning.pytorch import LightningModule
+
+    from ftexp.tasks.base import FinetuneTask
+
+    # No forward runs beside the last step's gradients (the memory peak the Trainer avoids).
+    held, losses = _grads_held_at_batch_start(tmp_path / "a", monkeypatch)
+    assert len(held) == 6 and not any(held)
+    # Accumulating over two batches, the second batch's forward still has the first's gradients.
+    held_acc, losses_acc = _grads_held_at_batch_start(tmp_path / "b", monkeypatch,
+                                                      "trainer.accumulate_grad_batches=2")
+    assert held_acc == [False, True] * 3
+    # Lightning's order (zero_grad inside the next closure): the same training, bit for bit.
+    monkeypatch.setattr(FinetuneTask, "optimizer_step", lambda self, *a: LightningModule.optimizer_step(self, *a))
+    held_before, losses_before = _grads_held_at_batch_start(tmp_path / "c", monkeypatch)
+    assert held_before == [False] + [True] * 5
+    assert losses == losses_before and len(losses) == 6
+    assert losses_acc != losses

@@ -175,11 +175,17 @@ class FinetuneTask(L.LightningModule):
             return adalora_orthogonal_penalty(self.backbone)
         return 0.0
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if ADAPTERS[self.hparams.adapter["method"]].budgets_ranks:
             # AdaLoRA re-budgets ranks from the gradients, after the step and before zero_grad.
             self.backbone.base_model.update_and_allocate(self.global_step)
+        # Lightning zeroes the gradients inside the next closure, after its forward pass, so the
+        # last step's gradients (one more copy of every trainable weight) would sit beside the
+        # next forward's activations at the step's memory peak. Freed here instead, as the
+        # Trainer does; Lightning's own zero_grad then finds nothing to clear.
+        optimizer.zero_grad(set_to_none=True)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
