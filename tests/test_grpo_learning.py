@@ -17,11 +17,19 @@ pytestmark = pytest.mark.slow
 
 MAXIMUM = 1.0  # token_share's best score: every word a number
 
+# GRPO's relatives on the same toy reach what it reaches (issue 28): RLOO's leave-one-out
+# baseline (unscaled), REINFORCE++'s batch baseline, GSPO's sequence-level ratio (with
+# num_iterations=2, where its ratio differs from GRPO's: on-policy the two are the same).
+VARIANTS = {"grpo": [], "rloo": ["task.advantage=rloo"], "reinforce_pp": ["task.advantage=reinforce_pp"],
+            "gspo": ["task.importance_sampling=sequence", "task.num_iterations=2"]}
 
-def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, monkeypatch, capsys, margin):
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(variant, tmp_path, monkeypatch, capsys,
+                                                                       margin):
     run = tmp_path / "run"
     code, err = run_in_process(["+experiment=tiny_grpo_toy", "trainer.enable_progress_bar=false",
-                                f"paths.output_dir={run}"], monkeypatch, capsys)
+                                f"paths.output_dir={run}", *VARIANTS[variant]], monkeypatch, capsys)
     assert code == 0, err[-2000:]
     history = pd.read_csv(run / "csv" / "metrics.csv")
     curve = history[["step", "val/reward"]].dropna()
@@ -41,8 +49,10 @@ def test_the_toy_experiment_closes_half_the_gap_to_the_maximum_reward(tmp_path, 
                     0.25, curve.to_string())
     train = history["train/reward"].dropna().tolist()
     # Sampled at temperature 1, the training rewards rose by 0.20 to 0.46 over 5 seeds
-    # (scripts/test_margins.py): noisier than the greedy validation points above, which carry the
-    # claim that it learns; this one says the sampling policy moved with them.
+    # (scripts/test_margins.py; RLOO, REINFORCE++ and GSPO 0.27-0.49 over 3 seeds, one under
+    # ATEN_CPU_CAPABILITY=avx2, every one at val/reward 1.0 by the end): noisier than the
+    # greedy validation points above, which carry the claim that it learns; this one says the
+    # sampling policy moved with them.
     rise = sum(train[-5:]) / 5 - sum(train[:5]) / 5
     margin.above("train/reward rise, mean of last 5 steps − first 5", rise, 0.1, train)
     metrics = json.loads((run / "metrics.json").read_text())

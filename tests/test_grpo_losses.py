@@ -18,6 +18,7 @@ from ftexp.tasks.grpo_losses import (
     GRPO_LOSS_TYPES,
     SCALE_REWARDS,
     STD_EPS,
+    compute_advantages,
     group_advantages,
     grpo_loss,
     masked_mean,
@@ -108,6 +109,52 @@ def test_group_of_one_has_no_signal():
     out = group_advantages(t([1.0, 2.0, 3.0]), group_size=1)
     assert out.advantages.tolist() == [0.0, 0.0, 0.0]
     assert out.num_zero_variance == 3
+
+
+# RLOO and REINFORCE++ on the same rewards. RLOO: r_i minus the mean of the two others in its
+# group, e.g. group 0: 1 - (2 + 3)/2 = -1.5, 2 - 2 = 0, 3 - 1.5 = 1.5; group 2: 0 - 0.5, 0 - 0.5,
+# 1 - 0. REINFORCE++: r_i minus the batch mean 22/9, over the batch's Bessel std.
+RLOO = [-1.5, 0.0, 1.5, 0.0, 0.0, 0.0, -0.5, -0.5, 1.0]
+
+
+def test_rloo_by_hand_is_unscaled_by_default():
+    out = compute_advantages(t(REWARDS), group_size=3, estimator="rloo")
+    assert out.advantages.tolist() == approx(RLOO)
+    assert out.zero_variance.tolist() == [False, True, False]
+    scaled = compute_advantages(t(REWARDS), 3, "rloo", scale="batch")
+    assert scaled.advantages.tolist() == approx([a / (statistics.stdev(REWARDS) + STD_EPS) for a in RLOO])
+
+
+def test_rloo_leaves_unscored_siblings_out_of_the_baseline():
+    # Group 0: (1, NaN, 3, 5): 1 - (3 + 5)/2 = -3, 3 - 3 = 0, 5 - 2 = 3. Group 1: one scored → 0.
+    nan = math.nan
+    out = compute_advantages(t([1.0, nan, 3.0, 5.0, nan, 2.0, nan, nan]), 4, "rloo")
+    assert out.advantages.tolist() == approx([-3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    assert out.zero_variance.tolist() == [False, True]
+
+
+def test_reinforce_pp_by_hand_learns_from_groups_of_equal_rewards():
+    mean, std = statistics.mean(REWARDS), statistics.stdev(REWARDS)
+    out = compute_advantages(t(REWARDS), group_size=3, estimator="reinforce_pp")
+    assert out.advantages.tolist() == approx([(r - mean) / (std + STD_EPS) for r in REWARDS])
+    assert out.advantages[3:6].tolist() == approx([(5 - mean) / (std + STD_EPS)] * 3)  # not zeroed
+    assert out.zero_variance.tolist() == [False, True, False]  # still reported
+    plain = compute_advantages(t(REWARDS), 3, "reinforce_pp", scale="none")
+    assert plain.advantages.tolist() == approx([r - mean for r in REWARDS])
+    single = compute_advantages(t([0.0, 1.0, math.nan, 3.0]), group_size=1, estimator="reinforce_pp")
+    m, sd = statistics.mean([0, 1, 3]), statistics.stdev([0, 1, 3])
+    assert single.advantages.tolist() == approx([-m / (sd + STD_EPS), (1 - m) / (sd + STD_EPS), 0.0,
+                                                 (3 - m) / (sd + STD_EPS)])
+
+
+def test_group_estimator_is_grpo_and_estimator_errors_are_one_line():
+    assert (compute_advantages(t(REWARDS), 3, "group").advantages.tolist()
+            == group_advantages(t(REWARDS), 3).advantages.tolist())
+    with pytest.raises(ConfigError, match=r"'advantage=rlo'.*Did you mean 'rloo'\?") as err:
+        compute_advantages(t(REWARDS), 3, "rlo")
+    one_line(err)
+    with pytest.raises(ConfigError, match="scale_rewards=group does not apply to advantage=reinforce_pp"):
+        compute_advantages(t(REWARDS), 3, "reinforce_pp", scale="group")
 
 
 def test_advantage_errors():
@@ -214,6 +261,47 @@ def test_each_aggregation_by_hand(loss_type, beta, eps_high):
     assert out.tokens.item() == 6
     for diagnostic in out[1:]:
         assert not diagnostic.requires_grad
+
+
+def gspo_by_hand(eps, eps_high):
+    """GSPO (eq. 7) with the per-sequence mean: s_i = exp(mean_t(pi - old)), one clipped term per
+    completion; the loss is -(1/G) sum_i min(s_i A_i, clip(s_i) A_i)."""
+    terms, low, high = [], 0, 0
+    for i, n in enumerate(LENGTHS):
+        s_i = math.exp(sum(PI[i][j] - OLD[i][j] for j in range(n)) / n)
+        clipped = min(max(s_i, 1 - eps), 1 + eps_high)
+        terms.append(-min(s_i * ADV[i], clipped * ADV[i]))
+        low += n * (s_i < 1 - eps and ADV[i] < 0)
+        high += n * (s_i > 1 + eps_high and ADV[i] > 0)
+    return sum(terms) / len(terms), low / sum(LENGTHS), high / sum(LENGTHS)
+
+
+@pytest.mark.parametrize("eps, eps_high", [(0.2, None), (0.05, 0.1), (3e-4, 4e-4)])
+def test_sequence_level_ratio_is_gspo_by_hand(eps, eps_high):
+    out = loss_of("grpo", eps=eps, eps_high=eps_high, importance_sampling="sequence")
+    loss, low, high = gspo_by_hand(eps, eps_high if eps_high is not None else eps)
+    assert out.loss.item() == pytest.approx(loss, rel=REL)
+    assert (out.clip_low.item(), out.clip_high.item()) == approx([low, high])
+    assert out.loss.item() != pytest.approx(loss_of("grpo", eps=eps, eps_high=eps_high).loss.item(), rel=1e-3)
+
+
+def test_sequence_level_gradient_by_hand():
+    # Unclipped (wide bounds): d/d pi_it of -(1/G) s_i A_i is -(1/G) A_i s_i / |o_i| for every real
+    # token of completion i; on-policy (s_i = 1) that is GRPO's gradient exactly.
+    policy = t(PI, grad=True)
+    grpo_loss(policy, t(OLD), None, t(ADV), torch.tensor(MASK, dtype=torch.bool), epsilon=0.99,
+              epsilon_high=50.0, beta=0.0, importance_sampling="sequence").loss.backward()
+    for i, n in enumerate(LENGTHS):
+        s_i = math.exp(sum(PI[i][j] - OLD[i][j] for j in range(n)) / n)
+        assert policy.grad[i, :n].tolist() == approx([-ADV[i] * s_i / (3 * n)] * n)
+        assert policy.grad[i, n:].abs().sum() == 0
+    on_policy = {}
+    for level in ("token", "sequence"):
+        policy = t(PI, grad=True)
+        grpo_loss(policy, None, None, t(ADV), torch.tensor(MASK, dtype=torch.bool), epsilon=0.2,
+                  beta=0.0, importance_sampling=level).loss.backward()
+        on_policy[level] = policy.grad.nan_to_num(0.0).flatten().tolist()
+    assert on_policy["token"] == approx(on_policy["sequence"])
 
 
 def test_the_aggregations_differ_as_their_formulas_say():

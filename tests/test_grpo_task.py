@@ -14,7 +14,13 @@ import torch
 
 from conftest import assert_one_line, build_task, compose_config, run_in_process
 from ftexp.runs.errors import ConfigError
-from ftexp.tasks.grpo_losses import GRPO_LOSS_TYPES, group_advantages, grpo_loss
+from ftexp.tasks.grpo_losses import (
+    ADVANTAGES,
+    GRPO_LOSS_TYPES,
+    compute_advantages,
+    group_advantages,
+    grpo_loss,
+)
 
 # Completion length in characters, penalised: random tokens differ in length, so every group has
 # a spread of rewards (the default exact match would give a random-init model 0 everywhere).
@@ -112,6 +118,46 @@ def test_the_loss_is_grpo_loss_on_independent_log_probs(built, monkeypatch):
     no_eos = [i % 7 >= 5 for i in range(len(completions))]  # see _fixed_completions
     assert metrics["completions/clipped_ratio"] == pytest.approx(sum(no_eos) / len(no_eos))
     assert metrics["completions/mean_length"] == pytest.approx(lengths.mean().item())
+
+
+def test_rloo_reinforce_pp_and_gspo_are_what_the_task_trains_on(built, monkeypatch):
+    """task.advantage picks the baseline of the sampled groups' advantages, and
+    task.importance_sampling=sequence the loss's ratio (GSPO), both straight from grpo_losses."""
+    task, datamodule = built
+    group = task.hparams.task["num_generations"]
+    batch = datamodule.collate(list(datamodule.datasets["train"].rows[:3]))
+    completions = _fixed_completions(task, 3 * group)
+    monkeypatch.setattr(task, "generate", lambda ids, mask, sample: completions)
+    seen = {}
+    for estimator in ADVANTAGES:
+        monkeypatch.setitem(task.hparams.task, "advantage", estimator)
+        samples = task.sample(batch, group)
+        seen[estimator] = samples.advantages.advantages
+        expected = compute_advantages(samples.rewards, group, estimator).advantages
+        torch.testing.assert_close(seen[estimator], expected)
+    assert not torch.allclose(seen["group"], seen["rloo"])
+    assert not torch.allclose(seen["rloo"], seen["reinforce_pp"])
+    logps = task.token_logps(task.network, samples)[0].detach()
+    old = logps + 0.3 * torch.randn(logps.shape, generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for level in ("token", "sequence"):
+        monkeypatch.setitem(task.hparams.task, "importance_sampling", level)
+        result, _, _ = task.loss(samples, old, None)
+        expected = grpo_loss(logps, old, None, samples.advantages.advantages.float(), samples.completion_mask,
+                             epsilon=0.2, beta=0.0, importance_sampling=level,
+                             max_completion_length=task.max_completion_length)
+        assert result.loss.item() == pytest.approx(expected.loss.item(), rel=1e-4, abs=1e-6), level
+        losses[level] = result.loss.item()
+    assert losses["token"] != pytest.approx(losses["sequence"], rel=1e-3)
+
+
+def test_reinforce_pp_takes_one_completion_per_prompt_and_refuses_group_scaling(tmp_path):
+    cfg = compose_config(_overrides("task.advantage=reinforce_pp", "task.num_generations=1"), tmp_path)
+    assert cfg.task.num_generations == 1 and cfg.task.scale_rewards is None
+    with pytest.raises(ConfigError) as err:
+        compose_config(_overrides("task.advantage=reinforce_pp", "task.scale_rewards=group"), tmp_path)
+    assert "task.scale_rewards=group does not apply to task.advantage=reinforce_pp" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_chunked_log_probs_equal_the_full_logits_path_with_their_gradients(built, monkeypatch):
@@ -352,6 +398,8 @@ def test_a_reward_function_that_raises_stops_with_its_name(built, monkeypatch):
     ("task.epsilon=1.5", "task.epsilon=1.5 must lie in (0, 1)"),
     ("task.num_iterations=0", "task.num_iterations=0 must be at least 1"),
     ("task.loss_type=ppo", "'task.loss_type=ppo' is not a valid choice"),
+    ("task.advantage=rlo", "'task.advantage=rlo' is not a valid choice. Did you mean 'rloo'?"),
+    ("task.importance_sampling=seq", "'task.importance_sampling=seq' is not a valid choice"),
     ("+task.rewards.bad.weight=2", "task.rewards.bad needs a _target_"),
     ("generation.temperature=0", "needs a temperature > 0"),
     ("strategy=fsdp", "task=grpo samples with transformers' generate"),

@@ -196,7 +196,8 @@ def test_gradients_are_freed_after_each_step_and_accumulation_still_sums(tmp_pat
                                                       "trainer.accumulate_grad_batches=2")
     assert held_acc == [False, True] * 3
     # Lightning's order (zero_grad inside the next closure): the same training, bit for bit.
-    monkeypatch.setattr(FinetuneTask, "optimizer_step", lambda self, *a: LightningModule.optimizer_step(self, *a))
+    monkeypatch.setattr(FinetuneTask, "optimizer_step",
+                        lambda self, *a: LightningModule.optimizer_step(self, *a))
     held_before, losses_before = _grads_held_at_batch_start(tmp_path / "c", monkeypatch)
     assert held_before == [False] + [True] * 5
     assert losses == losses_before and len(losses) == 6

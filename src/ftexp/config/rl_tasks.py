@@ -14,6 +14,13 @@ from ftexp.runs.errors import ConfigError
 # GRPO's `task.loss_type` and `task.scale_rewards` values (ftexp.tasks.grpo_losses).
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
+# `task.advantage`: the baseline a completion's reward is compared with — its group's mean (GRPO),
+# the mean of the other completions of its prompt (RLOO), or the batch's mean (REINFORCE++) — and
+# the scaling each uses when task.scale_rewards is null.
+ADVANTAGES = ("group", "rloo", "reinforce_pp")
+DEFAULT_SCALE = {"group": "group", "rloo": "none", "reinforce_pp": "batch"}
+# `task.importance_sampling`: the policy ratio per token (GRPO) or per completion (GSPO).
+IMPORTANCE_SAMPLING = ("token", "sequence")
 
 
 @dataclass
@@ -34,7 +41,15 @@ class GRPOTaskConfig(TaskConfig):
     # copy (a frozen copy of the starting weights).
     reference: str = "auto"
     loss_type: str = "grpo"  # grpo (per-sequence mean) | dr_grpo (/ G L) | dapo (token mean)
-    scale_rewards: str = "group"  # advantages / group std | / batch std | none (Dr. GRPO)
+    # The advantage's baseline: group (GRPO: the group's mean) | rloo (RLOO: the mean of the
+    # prompt's other completions) | reinforce_pp (REINFORCE++: the batch's mean).
+    advantage: str = "group"
+    # Centred rewards / the group's std | / the batch's std | none (Dr. GRPO); null: the
+    # advantage's own (group: group, rloo: none, reinforce_pp: batch).
+    scale_rewards: Optional[str] = None
+    # The policy ratio per token (GRPO) | per completion, exp of the mean token log-ratio (GSPO;
+    # its paper clips at epsilon=3e-4, epsilon_high=4e-4, with loss_type=grpo).
+    importance_sampling: str = "token"
     # Tokens sampled per completion (null: generation.max_new_tokens); dr_grpo divides by it.
     max_completion_length: Optional[int] = None
     # name → {_target_, weight, its own keys}: ftexp.tasks.rewards.build_reward builds each; a completion's
@@ -54,13 +69,22 @@ class GRPOTaskConfig(TaskConfig):
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         **TaskConfig.CHOICES, "loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
+        "advantage": ADVANTAGES, "importance_sampling": IMPORTANCE_SAMPLING,
         "reference": ("auto", "adapter", "copy"), "generation_backend": ("transformers", "vllm")}
 
     @staticmethod
     def check(task: DictConfig) -> None:
-        if task.num_generations < 2:
-            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2: "
-                              "advantages compare the completions of one prompt with each other.")
+        if task.num_generations < 2 and task.advantage != "reinforce_pp":
+            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2 with "
+                              f"task.advantage={task.advantage}: its advantages compare the completions "
+                              "of one prompt with each other (task.advantage=reinforce_pp compares "
+                              "with the batch and takes 1).")
+        if task.num_generations < 1:
+            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 1.")
+        if task.advantage == "reinforce_pp" and task.scale_rewards == "group":
+            raise ConfigError("task.scale_rewards=group does not apply to task.advantage=reinforce_pp, "
+                              "which centres and scales by the whole batch; use batch (its default, "
+                              "null) or none.")
         if task.num_iterations < 1:
             raise ConfigError(f"task.num_iterations={task.num_iterations} must be at least 1 "
                               "(optimizer steps per batch of samples).")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +43,7 @@ from ftexp.tasks.generation import generate_texts
 from ftexp.tasks.grpo_losses import (
     GroupAdvantages,
     GRPOLoss,
-    group_advantages,
+    compute_advantages,
     grpo_loss,
     masked_mean,
     token_entropy,
@@ -51,6 +52,8 @@ from ftexp.tasks.grpo_losses import (
 from ftexp.tasks.policy import PolicyTask
 from ftexp.tasks.rewards import Reward, build_reward
 from ftexp.tasks.vllm_sampler import VLLMSampler
+
+log = logging.getLogger(__name__)
 
 
 def build_rewards(nodes: dict[str, Any]) -> list[Reward]:
@@ -225,6 +228,10 @@ class GRPOTask(PolicyTask):
         task.tokenizer, task.rewards = tokenizer, rewards
         task.vllm_dir = run_dir / "vllm_model"
         task.max_prompt_length = cfg.data.max_prompt_length or cfg.data.max_length
+        if cfg.task.importance_sampling == "sequence" and cfg.task.loss_type != "grpo":
+            log.warning("task.importance_sampling=sequence with task.loss_type=%s weights each completion "
+                        "by its length; GSPO's per-sequence objective is task.loss_type=grpo.",
+                        cfg.task.loss_type)
         return RunParts(datamodule, task, callbacks)
 
     def on_fit_start(self) -> None:
@@ -282,7 +289,8 @@ class GRPOTask(PolicyTask):
         columns = {k: [v for v in values for _ in range(group_size)]
                    for k, values in batch["columns"].items()}
         total, per = score(self.rewards, prompts, texts, columns)
-        advantages = group_advantages(total, group_size, self.hparams.task["scale_rewards"])
+        t = self.hparams.task
+        advantages = compute_advantages(total, group_size, t["advantage"], t["scale_rewards"])
         return Samples(torch.cat([ids, completions], 1), torch.cat([mask, keep.to(mask.dtype)], 1),
                        keep, total, per, advantages)
 
@@ -348,7 +356,8 @@ class GRPOTask(PolicyTask):
         advantages = samples.advantages.advantages.to(policy.device, policy.dtype)
         result = grpo_loss(policy, old_logps, reference_logps, advantages, samples.completion_mask,
                            epsilon=t["epsilon"], epsilon_high=t["epsilon_high"], beta=t["beta"],
-                           loss_type=t["loss_type"], max_completion_length=self.max_completion_length)
+                           loss_type=t["loss_type"], max_completion_length=self.max_completion_length,
+                           importance_sampling=t["importance_sampling"])
         return result, policy, entropy
 
     # -- steps ------------------------------------------------------------------------------------

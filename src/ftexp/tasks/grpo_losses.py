@@ -1,6 +1,8 @@
-"""GRPO as pure functions of per-token log-probabilities: group-normalised advantages, the k3 KL
-estimator, the clipped policy-ratio loss with its three aggregations (grpo, dr_grpo, dapo), and
-the per-token helpers a task needs to get there (`token_logps`, `token_entropy`, `masked_mean`).
+"""GRPO and its relatives as pure functions of per-token log-probabilities: advantages against a
+group, leave-one-out (RLOO) or batch (REINFORCE++) baseline, the k3 KL estimator, the clipped
+policy-ratio loss per token (GRPO) or per sequence (GSPO) with its three aggregations (grpo,
+dr_grpo, dapo), and the per-token helpers a task needs to get there (`token_logps`,
+`token_entropy`, `masked_mean`).
 
 Shapes: B completions (n_prompts * group_size, group-contiguous: the completions of one prompt
 are adjacent), T completion positions (right-padded; `mask` marks the real tokens). Everything is
@@ -10,7 +12,9 @@ the benchmark against TRL share the same arithmetic.
 References: GRPO — Shao et al. 2024 (DeepSeekMath, arXiv:2402.03300), eqs. 3 and 4; Dr. GRPO —
 Liu et al. 2025 (arXiv:2503.20783); DAPO — Yu et al. 2025 (arXiv:2503.14476), clip-higher and
 the token-level loss; the k3 KL estimator — Schulman 2020, http://joschu.net/blog/kl-approx.html;
-batch-std scaling — Liu et al. 2025, "Lite PPO" (arXiv:2508.08221).
+batch-std scaling — Liu et al. 2025, "Lite PPO" (arXiv:2508.08221); RLOO — Ahmadian et al. 2024
+(arXiv:2402.14740), the leave-one-out baseline of Kool et al. 2019; REINFORCE++ — Hu 2025
+(arXiv:2501.03262), global batch normalisation; GSPO — Zheng et al. 2025 (arXiv:2507.18071), eq. 7.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import NamedTuple
 
 import torch
 
-from ftexp.config.rl_tasks import GRPO_LOSS_TYPES, SCALE_REWARDS  # noqa: F401  (re-exported)
+from ftexp.config.rl_tasks import (  # noqa: F401  (re-exported)
+    ADVANTAGES,
+    DEFAULT_SCALE,
+    GRPO_LOSS_TYPES,
+    IMPORTANCE_SAMPLING,
+    SCALE_REWARDS,
+)
 from ftexp.runs.errors import ConfigError, did_you_mean
 
 # Added to the standard deviation before dividing by it (TRL's constant): a group whose rewards
@@ -99,23 +109,42 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> GroupAdvantages:
-    """GRPO's outcome-supervised advantages (DeepSeekMath §4.1.2): each completion's reward minus
-    the mean reward of its group (the completions of the same prompt), then
+    """GRPO's advantages: `compute_advantages(rewards, group_size, "group", scale)`."""
+    return compute_advantages(rewards, group_size, "group", scale)
 
-    - scale="group": divided by the group's standard deviation + 1e-4 (the paper, and TRL's
-      default) — every group then has unit spread, whatever its prompt's difficulty;
-    - scale="batch": divided by the standard deviation of all rewards in the batch + 1e-4
-      (Lite PPO: a group mean, a batch std);
-    - scale="none": not divided (Dr. GRPO: dividing by the group std up-weights prompts that are
-      almost always solved or almost never, the question-level difficulty bias).
 
-    Standard deviations are Bessel-corrected (unbiased), as in TRL. `rewards` is (B,) with
-    B = n_groups * group_size in group-contiguous order. NaN marks an unscored completion (TRL's
-    "every reward function returned None"): left out of its group's mean and std, advantage 0.
-    A group whose scored rewards are all equal (std within 1e-8 of 0, or fewer than two scored)
-    gets advantage exactly 0 — it carries no learning signal — and is flagged in `zero_variance`.
+def compute_advantages(rewards: torch.Tensor, group_size: int, estimator: str = "group",
+                       scale: str | None = None) -> GroupAdvantages:
+    """Outcome advantages of B completions, B = n_groups * group_size in group-contiguous order
+    (the completions of one prompt adjacent): each reward r_i minus a baseline,
+
+    - estimator="group" (GRPO, DeepSeekMath §4.1.2): the mean of its group;
+    - estimator="rloo" (RLOO): the mean of the *other* completions of its prompt, which keeps the
+      baseline independent of r_i — with n scored rewards in the group, r_i - (S - r_i)/(n - 1) =
+      n/(n - 1) * (r_i - S/n);
+    - estimator="reinforce_pp" (REINFORCE++): the mean of the whole batch, so it needs no group
+      (group_size 1 works) and a group whose rewards are all equal still learns against the batch;
+
+    then scaled (`scale`, null: DEFAULT_SCALE of the estimator):
+
+    - "group": divided by the group's standard deviation + 1e-4 (the GRPO paper, TRL's default);
+    - "batch": divided by the standard deviation of all the batch's rewards + 1e-4 (Lite PPO with
+      the group baseline; REINFORCE++'s global normalisation with the batch baseline);
+    - "none": not divided (Dr. GRPO; RLOO as published and as TRL's RLOOTrainer by default).
+
+    Standard deviations are Bessel-corrected (unbiased), as in TRL. NaN marks an unscored
+    completion (TRL's "every reward function returned None"): left out of every mean and std,
+    advantage 0. With the group and leave-one-out baselines, a group whose scored rewards are all
+    equal (std within 1e-8 of 0, or fewer than two scored) gets advantage exactly 0 — it carries
+    no learning signal; `zero_variance` flags such groups for every estimator. REINFORCE++'s KL
+    term stays GRPO's (task.beta, k3 in the loss) rather than the paper's KL-shaped reward.
     """
+    _check_choice("advantage", estimator, ADVANTAGES)
+    scale = DEFAULT_SCALE[estimator] if scale is None else scale
     check_scale_rewards(scale)
+    if estimator == "reinforce_pp" and scale == "group":
+        raise ConfigError("scale_rewards=group does not apply to advantage=reinforce_pp (a batch "
+                          "baseline): use batch or none.")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ConfigError(f"'group_size={group_size}' must be an integer >= 1 (the completions sampled "
                           "per prompt).")
@@ -136,17 +165,27 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     group_var = deviations.pow(2).sum(-1) / (counts - 1).clamp(min=1)
     group_std = torch.where(counts > 1, group_var.sqrt(), torch.full_like(group_var, math.nan))
     zero_variance = (counts < 2) | torch.isclose(group_std, torch.zeros_like(group_std), atol=ZERO_STD_ATOL)
+    flat = rewards[~unscored]
 
-    advantages = deviations
+    if estimator == "group":
+        centred = deviations
+    elif estimator == "rloo":
+        centred = deviations * (counts / (counts - 1).clamp(min=1)).unsqueeze(-1)
+    else:  # reinforce_pp
+        batch_mean = flat.mean() if flat.numel() else rewards.new_zeros(())
+        centred = (safe - batch_mean).masked_fill(~scored, 0.0)
+
+    result = centred
     if scale == "group":
-        advantages = advantages / (group_std.nan_to_num(0.0) + STD_EPS).unsqueeze(-1)
+        result = centred / (group_std.nan_to_num(0.0) + STD_EPS).unsqueeze(-1)
     elif scale == "batch":
-        flat = rewards[~unscored]
         batch_std = flat.std() if flat.numel() > 1 else rewards.new_zeros(())
-        advantages = advantages / (batch_std + STD_EPS)
-    # Exactly 0, not (r - mean) / 1e-4 of rounding noise, for unscored and zero-variance rows.
-    advantages = advantages.masked_fill(zero_variance.unsqueeze(-1) | ~scored, 0.0)
-    return GroupAdvantages(advantages.reshape(-1), zero_variance, unscored, group_std)
+        result = centred / (batch_std + STD_EPS)
+    # Exactly 0, not (r - mean) / 1e-4 of rounding noise, for unscored rows and (with a baseline
+    # from the group) zero-variance groups.
+    drop = ~scored if estimator == "reinforce_pp" else zero_variance.unsqueeze(-1) | ~scored
+    result = result.masked_fill(drop, 0.0)
+    return GroupAdvantages(result.reshape(-1), zero_variance, unscored, group_std)
 
 
 def per_token_kl(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -193,7 +232,8 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def grpo_loss(policy_logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
               epsilon_high: float | None = None, beta: float, loss_type: str = "grpo",
-              max_completion_length: int | None = None, num_tokens: float | None = None) -> GRPOLoss:
+              max_completion_length: int | None = None, num_tokens: float | None = None,
+              importance_sampling: str = "token") -> GRPOLoss:
     """The GRPO objective (DeepSeekMath eq. 3), per token t of completion i, with the policy ratio
     r = exp(pi - old) and the completion's advantage A:
 
@@ -208,6 +248,13 @@ def grpo_loss(policy_logps: torch.Tensor, old_logps: torch.Tensor | None, ref_lo
     - "dapo":    sum_it l_it / sum_i |o_i|          — DAPO's token-level mean;
     - "dr_grpo": sum_it l_it / (G L)                — Dr. GRPO's constant normaliser.
 
+    importance_sampling="sequence" (GSPO, eq. 7) replaces each token's ratio by its completion's,
+    the geometric mean of the token ratios, s_i = exp((1/|o_i|) sum_t (pi_it - old_it)), clipped
+    the same way: a whole completion is in or out of the trust region. With loss_type="grpo" that
+    is GSPO's per-sequence objective; "dapo" and "dr_grpo" then weight each completion by its
+    length (TRL warns of the same). On-policy (r = 1) both levels give the same gradient for
+    "grpo"; they differ once `old_logps` do (num_iterations > 1).
+
     `old_logps` are the log-probs of the policy that sampled the completions. None means on-policy
     (the first of `num_iterations` updates): old = pi detached, so r = 1 with the gradient
     A * grad(pi) — the same as passing the sampled log-probs when nothing has changed. `old_logps`
@@ -221,6 +268,7 @@ def grpo_loss(policy_logps: torch.Tensor, old_logps: torch.Tensor | None, ref_lo
     Padding positions may hold anything (even -inf); they never reach the loss or its gradient.
     """
     check_grpo_loss_type(loss_type)
+    _check_choice("importance_sampling", importance_sampling, IMPORTANCE_SAMPLING)
     if not (isinstance(epsilon, int | float) and 0 < epsilon < 1):
         raise ConfigError(f"'epsilon={epsilon}' must lie in (0, 1): the policy ratio is clipped to "
                           "[1 - epsilon, 1 + epsilon_high].")
@@ -260,7 +308,12 @@ def grpo_loss(policy_logps: torch.Tensor, old_logps: torch.Tensor | None, ref_lo
     old = pi.detach() if old_logps is None else _wide(old_logps).detach().masked_fill(~keep, 0.0)
     adv = _wide(advantages).detach()
 
-    ratio = torch.exp(pi - old)
+    log_ratio = pi - old
+    if importance_sampling == "sequence":
+        lengths = weights.sum(-1, keepdim=True).clamp(min=1)
+        per_sequence = (log_ratio * weights).sum(-1, keepdim=True) / lengths
+        log_ratio = per_sequence.expand_as(pi)  # one ratio for every token of a completion
+    ratio = torch.exp(log_ratio)
     clipped = ratio.clamp(1 - epsilon, 1 + eps_high)
     # The pessimistic bound: where the clipped term is the smaller one, its gradient is 0 — the
     # update stops pushing a token whose probability already moved past the trust region.
