@@ -27,7 +27,7 @@ from ftexp.data.preference_batches import (
     encode_pairs,
     fit_lengths,
 )
-from ftexp.tasks.preference_losses import dpo_loss, sequence_logps
+from ftexp.tasks.preference_losses import dpo_loss, orpo_loss, sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,37 @@ def test_kto_examples_get_another_examples_completion_for_the_kl_estimate(unpair
 
 
 # -- the reference policy ------------------------------------------------------------------------------
+
+def test_orpo_nll_is_the_chosen_responses_or_with_nll_on_prompt_their_prompts_too(pairs_file, tmp_path,
+                                                                                  monkeypatch):
+    """The NLL term of task=orpo by hand from full logits: the token mean over the chosen
+    responses (the paper's), or over every chosen token but the first (TRL's ORPOTrainer); the
+    odds ratio on the responses' mean log-probs either way."""
+    task, datamodule, _ = build_task(preference_overrides(pairs_file, "orpo"), tmp_path)
+    datamodule.setup("fit")
+    batch = datamodule.collate(datamodule.datasets["train"].rows[:3])
+    task.eval()
+    with torch.no_grad():
+        logits = task.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        next_ids = batch["input_ids"][:, 1:, None]
+        token = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, next_ids)[..., 0]
+        response = (batch["labels"][:, 1:] != -100).double()
+        attended = batch["attention_mask"][:, 1:].double()
+        sums, counts = (token * response).sum(-1), response.sum(-1)
+        avg_c, avg_r = (sums / counts).chunk(2)
+        assert (attended - response)[:3].sum() > 0  # the prompts have tokens to add
+        got, nlls = {}, {}
+        for on_prompt, keep in ((False, response), (True, attended)):
+            nlls[on_prompt] = -(token[:3] * keep[:3]).sum() / keep[:3].sum()
+            expected = orpo_loss(avg_c, avg_r, nlls[on_prompt], beta=task.hparams.task["beta"]).losses.mean()
+            monkeypatch.setitem(task.hparams.task, "nll_on_prompt", on_prompt)
+            got[on_prompt] = task.loss_and_metrics(batch)[0].mean().item()
+            assert got[on_prompt] == pytest.approx(expected.item(), rel=1e-5), on_prompt
+        # The modes differ by exactly the difference of their NLLs (the odds ratio is shared).
+        difference = (nlls[True] - nlls[False]).item()
+        assert abs(difference) > 1e-3
+        assert got[True] - got[False] == pytest.approx(difference, rel=1e-3)
+
 
 def test_lora_dpo_keeps_one_copy_of_the_base_and_its_reference_is_the_base(pairs_file, tmp_path):
     from ftexp.builders.backbone import load_configured_backbone

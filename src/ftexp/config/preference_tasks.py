@@ -110,6 +110,10 @@ class SimPOTaskConfig(PreferenceTaskConfig):
 @dataclass
 class ORPOTaskConfig(PreferenceTaskConfig):
     """orpo: NLL on the chosen response + beta * the odds-ratio term; no reference."""
+    # The NLL term over the chosen response's tokens only (the paper's L_SFT, the NLL of the
+    # answer given the prompt) | true: over the prompt's tokens too, as TRL's ORPOTrainer does.
+    # The odds ratio compares the responses alone either way.
+    nll_on_prompt: bool = False
 
 
 @dataclass

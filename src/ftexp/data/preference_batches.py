@@ -204,6 +204,16 @@ def collate_pairs(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Te
     return {**batch, **_references(rows, REFERENCE_KEYS["pairs"])}
 
 
+def chosen_prompt_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Labels on the prompt tokens of a pairs batch's chosen rows (its first half), IGNORE
+    everywhere else: what TRL's ORPO adds to the chosen response in its NLL term."""
+    labels = batch["labels"]
+    prompt = (labels == IGNORE) & batch["attention_mask"].bool()
+    out = torch.where(prompt, batch["input_ids"], torch.full_like(labels, IGNORE))
+    out[len(out) // 2:] = IGNORE
+    return out
+
+
 def collate_unpaired(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """B examples → 2B sequences: rows [0, B) the examples, [B, 2B) the same prompts with their
     mismatched completions (KL estimate)."""

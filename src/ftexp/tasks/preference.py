@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftexp.data.preference_batches import REFERENCE_KEYS
+from ftexp.data.preference_batches import REFERENCE_KEYS, chosen_prompt_labels
 from ftexp.tasks import lm_loss
 from ftexp.tasks.base import RunParts
 from ftexp.tasks.per_example import Metrics, PerExampleTask
@@ -73,12 +73,19 @@ class PreferenceTask(PolicyTask, PerExampleTask):
     def _logps(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probs of each sequence's response tokens, and their counts: from the final
         hidden states in chunks (tasks/lm_loss.py), or from full logits where that path is off."""
+        return self._labelled_logps(network, batch, [batch["labels"]])[0]
+
+    def _labelled_logps(self, network: nn.Module, batch: dict[str, torch.Tensor],
+                        label_sets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(summed log-probs, counts) of each set of labels, all from one forward pass."""
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         path = self.loss_path
         if path is None or path.full_logits:
-            return sequence_logps(network(**inputs, use_cache=False).logits, batch["labels"])
+            logits = network(**inputs, use_cache=False).logits
+            return [sequence_logps(logits, labels) for labels in label_sets]
         hidden = lm_loss.final_hidden_states(network, **inputs)
-        return lm_loss.sequence_logps_from_hidden(hidden, batch["labels"], lm_loss.output_head(network), path)
+        head = lm_loss.output_head(network)
+        return [lm_loss.sequence_logps_from_hidden(hidden, labels, head, path) for labels in label_sets]
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -159,7 +166,9 @@ class PairedPreferenceTask(PreferenceTask):
     def loss_and_metrics(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         t = self.hparams.task
         name = t["name"]
-        logps, counts = self._logps(self.network, batch)
+        prompt_nll = name == "orpo" and t["nll_on_prompt"]
+        label_sets = [batch["labels"], *([chosen_prompt_labels(batch)] if prompt_nll else [])]
+        (logps, counts), *prompt = self._labelled_logps(self.network, batch, label_sets)
         chosen, rejected = logps.chunk(2)
         chosen_n, rejected_n = counts.chunk(2)
         avg_c, avg_r = chosen / chosen_n.clamp(min=1), rejected / rejected_n.clamp(min=1)
@@ -181,8 +190,10 @@ class PairedPreferenceTask(PreferenceTask):
             result = simpo_loss(avg_c, avg_r, beta=t["beta"], gamma=t["gamma"],
                                 label_smoothing=t["label_smoothing"])
         else:  # orpo: the NLL is the token mean over the batch's chosen responses, as in SFT
-            nll = -chosen.sum() / chosen_n.sum().clamp(min=1)
-            result = orpo_loss(avg_c, avg_r, nll, beta=t["beta"])
+            total, tokens = chosen.sum(), chosen_n.sum()
+            if prompt:  # task.nll_on_prompt: their prompts' tokens too (TRL's ORPOTrainer)
+                total, tokens = total + prompt[0][0].sum(), tokens + prompt[0][1].sum()
+            result = orpo_loss(avg_c, avg_r, -total / tokens.clamp(min=1), beta=t["beta"])
         c, r = result.chosen_rewards, result.rejected_rewards
         n = len(c)
         return result.losses, {

@@ -97,7 +97,10 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     log-ratios to the reference for the chosen (c) and rejected (r) answer:
 
     - "sigmoid": -(1 - eps) log sigma(beta z) - eps log sigma(-beta z). eps = 0 is DPO (Rafailov
-      et al. 2023, arXiv:2305.18290, eq. 7); eps > 0 is conservative DPO (cDPO, Mitchell 2023).
+      et al. 2023, arXiv:2305.18290, eq. 7); eps > 0 is conservative DPO (cDPO, Mitchell 2023), as
+      TRL 0.24 and TRL 1.16's CPOTrainer compute it. TRL 1.16's DPOTrainer ignores
+      label_smoothing for sigmoid (it documents it for robust / EXO only); ftexp applies it
+      rather than drop a setting the user gave.
     - "robust": [-(1 - eps) log sigma(beta z) + eps log sigma(-beta z)] / (1 - 2 eps), the unbiased
       estimate under label noise eps of robust DPO (Chowdhury et al. 2024, arXiv:2403.00409);
       equal to "sigmoid" at eps = 0.
@@ -173,8 +176,9 @@ def orpo_loss(policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps: 
         loss = NLL(chosen) + beta * -log sigma(log odds(a_c) - log odds(a_r))
 
     (TRL's `odds_ratio_loss`; beta is the paper's lambda). `chosen_nll` is per example (batch,)
-    or a scalar, broadcast. TRL's NLL is one token-mean over all chosen tokens of the batch
-    (prompt included): pass that scalar to match it. Rewards: beta * a, detached, as TRL logs.
+    or a scalar, broadcast. task=orpo passes one token mean over the batch's chosen responses
+    (the paper's L_SFT: the answer given the prompt); with task.nll_on_prompt=true over their
+    prompts' tokens too, which is TRL's ORPOTrainer's NLL. Rewards: beta * a, detached, as TRL logs.
     """
     check_beta(beta)
     chosen, rejected = _wide(policy_chosen_avg_logps), _wide(policy_rejected_avg_logps)
