@@ -275,3 +275,64 @@ def test_scale_learning_rate_refuses_unknown_rules():
 ])
 def test_use_fused_adamw(device, precision, clip, expected):
     assert use_fused_adamw(device, precision, clip) is expected
+
+
+# -- LoRA+ ------------------------------------------------------------------------------------------
+
+
+def _lora_network() -> nn.Module:
+    from ftexp.builders.adapter import import_peft
+
+    peft = import_peft()
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.proj(x)))
+
+    torch.manual_seed(0)
+    # head trains in full (modules_to_save): its weight stays with A, its bias (1-D) goes with B.
+    return peft.get_peft_model(Toy(), peft.LoraConfig(r=2, target_modules=["proj"], modules_to_save=["head"]))
+
+
+def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate():
+    network = _lora_network()
+    optimizer = build_optimizer(network, option("optimizer", "adamw", loraplus_lr_ratio=16.0), 1e-3)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(network.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert {id(named[n]) for n in trainable} == set(rate)  # every trainable parameter, once
+    for name in trainable:
+        expected = 16e-3 if "lora_B" in name or named[name].ndim == 1 else 1e-3
+        assert rate[id(named[name])] == pytest.approx(expected), name
+    assert any("lora_B" in n for n in trainable) and any("lora_A" in n for n in trainable)
+    lora_a = next(n for n in trainable if "lora_A" in n)
+    bias = next(n for n in trainable if n.endswith("bias"))
+    assert decay[id(named[lora_a])] == 0.01 and decay[id(named[bias])] == 0
+    plain = build_optimizer(network, option("optimizer", "adamw"), 1e-3)
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+def test_loraplus_keeps_its_ratio_through_the_schedule_and_is_refused_without_lora(tmp_path):
+    network = _lora_network()
+    optimizer = build_optimizer(network, option("optimizer", "adamw", loraplus_lr_ratio=4.0), 1e-3)
+    scheduler = build_scheduler(optimizer, option("scheduler", "linear", warmup_steps=2), 10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    rates = sorted({round(g["lr"] / optimizer.param_groups[0]["lr"], 9) for g in optimizer.param_groups
+                    if g["params"]})
+    assert rates == [1.0, 4.0]
+    for override, message in (("adapter=ia3", "adapter=ia3 does not have"),
+                              ("adapter=none", "adapter=none does not have")):
+        with pytest.raises(ConfigError) as err:
+            compose_config([override, "optimizer.loraplus_lr_ratio=16"], output_dir=tmp_path)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"optimizer.loraplus_lr_ratio=-1.0 must be a positive number"):
+        compose_config(["adapter=lora", "optimizer.loraplus_lr_ratio=-1"], output_dir=tmp_path)
+    cfg = compose_config(["adapter=lora", "optimizer.loraplus_lr_ratio=16"], output_dir=tmp_path)
+    assert cfg.optimizer.loraplus_lr_ratio == 16

@@ -21,7 +21,8 @@ from ftexp.config.scheduler import SchedulerConfig
 from ftexp.runs.errors import ConfigError
 
 # Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
-_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks")
+_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks", "loraplus_lr_ratio",
+               "loraplus_lr_embedding")
 # Arguments ftexp passes: the parameter groups and the resolved learning rate.
 _WIRED = ("params", "lr")
 
@@ -132,6 +133,8 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
                     fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer group's target over the trainable parameters of `model`; weight decay is
     per parameter group (see parameter_groups). `fused` only where the target takes it."""
+    if settings.get("loraplus_lr_ratio") is not None:
+        return _loraplus_optimizer(model, settings, learning_rate, fused)
     if settings.get("projection") is not None:
         _allow_projector_checkpoints(settings["_target_"].split(".")[0])
         groups = _low_rank_groups(model, settings)
@@ -147,6 +150,27 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
     if settings.get("blocks") is not None:
         return block_optimizer(model, optimizer, settings["blocks"], settings.get("weight_decay", 0.0))
     return optimizer
+
+
+def _loraplus_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: float,
+                        fused: bool) -> torch.optim.Optimizer:
+    """LoRA+ (Hayou et al. 2024, arXiv:2402.12354): PEFT's create_loraplus_optimizer groups the
+    parameters (A matrices and other weights at the learning rate, B matrices and 1-D parameters
+    at ratio x it, LoRA embeddings at loraplus_lr_embedding) and hands the groups to the
+    optimizer group's `_target_`, built as every other run's is."""
+    from ftexp.builders.adapter import import_peft
+
+    import_peft()
+    from peft.optimizers import create_loraplus_optimizer
+
+    def build(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+        return instantiate_node(_target_node(settings), "optimizer", _WIRED, params=groups, lr=lr,
+                                fused=True if fused else None, no_deprecation_warning=True)
+
+    return create_loraplus_optimizer(model, build, lr=learning_rate,
+                                     loraplus_lr_ratio=settings["loraplus_lr_ratio"],
+                                     loraplus_lr_embedding=settings["loraplus_lr_embedding"],
+                                     loraplus_weight_decay=settings.get("weight_decay", 0.0))
 
 
 # -- BAdam ---------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ ADAPTER_METHODS = tuple(ADAPTERS)
 # Methods of ftexp's own; every other one goes through PEFT.
 NON_PEFT_ADAPTERS = tuple(m for m, a in ADAPTERS.items() if a.peft_config is None and m != "peft")
 PROMPT_LEARNING_ADAPTERS = tuple(m for m, a in ADAPTERS.items() if a.prompt_learning)
+# Methods with LoRA's A and B matrices, whose learning rates LoRA+ (optimizer.loraplus_lr_ratio) splits.
+LORAPLUS_ADAPTERS = ("lora", "dora")
 
 
 def check_adapter(adapter: DictConfig) -> None:

@@ -96,6 +96,11 @@ class OptimizerConfig(GroupSchema):
     projection: Optional[GradientProjection] = None
     # BAdam (optimizer=badam): block-coordinate updates wrapping the `_target_` optimizer; null: off.
     blocks: Optional[BlockCoordinate] = None
+    # LoRA+ (adapter=lora / dora): the LoRA B matrices learn at this multiple of the learning rate
+    # (the paper's eta_B / eta_A; it suggests 16, with a learning rate about half of plain LoRA's),
+    # grouped by PEFT's create_loraplus_optimizer (which puts 1-D parameters with B); null: off.
+    loraplus_lr_ratio: Optional[float] = None
+    loraplus_lr_embedding: float = 1e-6  # LoRA+: the learning rate of LoRA embedding layers
 
     @staticmethod
     def check(opt: DictConfig) -> None:
@@ -111,6 +116,13 @@ class OptimizerConfig(GroupSchema):
         if opt.weight_decay < 0:
             raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be 0 or more.")
         OptimizerConfig._check_projection(opt)
+        ratio = opt.loraplus_lr_ratio
+        if ratio is not None and not (is_number(ratio) and ratio > 0):
+            raise ConfigError(f"optimizer.loraplus_lr_ratio={ratio} must be a positive number (LoRA+'s "
+                              "B-matrix learning rate over A's, e.g. 16), or null for plain LoRA.")
+        if not (is_number(opt.loraplus_lr_embedding) and opt.loraplus_lr_embedding > 0):
+            raise ConfigError(f"optimizer.loraplus_lr_embedding={opt.loraplus_lr_embedding} must be a "
+                              "positive number.")
         if opt.blocks is not None:
             _check_nested(opt.blocks, BlockCoordinate, "optimizer.blocks")
             if opt.blocks.switch_block_every < 1:

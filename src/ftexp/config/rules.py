@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.builders.init_from import check_init_from
-from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config.adapter import ADAPTERS, LORAPLUS_ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
 from ftexp.config.preference_tasks import reference_source
 from ftexp.runs.errors import ConfigError
 from ftexp.runs.objective import lower_is_better
@@ -237,6 +237,10 @@ def _check_optimizer(cfg: DictConfig) -> None:
         if strategy in ("fsdp", "deepspeed"):
             raise ConfigError(f"optimizer.projection (GaLore / APOLLO) needs each weight's whole gradient "
                               f"matrix, which strategy={strategy} shards; use strategy=ddp or one device.")
+    if o.loraplus_lr_ratio is not None and method not in LORAPLUS_ADAPTERS:
+        raise ConfigError(f"optimizer.loraplus_lr_ratio (LoRA+) sets the learning rate of LoRA's B "
+                          f"matrices, which adapter={method} does not have; use adapter=lora or dora, "
+                          "or optimizer.loraplus_lr_ratio=null.")
     if o.blocks is not None:
         if method != "none":
             raise ConfigError(f"optimizer.blocks (BAdam) chooses which layers train itself (full "
