@@ -125,23 +125,30 @@ def test_bf16_mixed_clips_with_a_fused_adamw():
 # -- clipping by the norm NonFiniteGuard measured ---------------------------------------------------
 
 
-def _norm_passes_per_step(tmp_path, monkeypatch, *extra: str) -> tuple[int, list[float]]:
-    """torch._foreach_norm calls (one per pass over the gradients) per optimizer step of a short
-    in-process run, and its training losses."""
+def _tiny_run(tmp_path, rows: int, *extra: str) -> tuple[dict, list[float]]:
+    """A short in-process run of the tiny BERT on `rows` toy rows, one epoch, no validation or
+    checkpoint: its metrics and its per-step training losses."""
     from conftest import compose_config, sentiment_rows, tiny_overrides
     from ftexp.train import train
 
     tmp_path.mkdir(parents=True)
     data = tmp_path / "toy.csv"
-    sentiment_rows(64, seed=2).to_csv(data, index=False)
-    calls = []
-    original = torch._foreach_norm
-    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    sentiment_rows(rows, seed=2).to_csv(data, index=False)
     cfg = compose_config(tiny_overrides(data, "trainer.max_epochs=1", "trainer.limit_val_batches=0",
                                         "callbacks.checkpoint=false", "logger=csv",
                                         "trainer.log_every_n_steps=1", *extra), output_dir=tmp_path / "run")
     metrics = train(cfg)
     losses = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["train/loss_step"].dropna().tolist()
+    return metrics, losses
+
+
+def _norm_passes_per_step(tmp_path, monkeypatch, *extra: str) -> tuple[int, list[float]]:
+    """torch._foreach_norm calls (one per pass over the gradients) per optimizer step of a short
+    in-process run, and its training losses."""
+    calls = []
+    original = torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    metrics, losses = _tiny_run(tmp_path, 64, *extra)
     return len(calls) / metrics["global_steps"], losses
 
 
@@ -165,21 +172,12 @@ def test_clipping_reuses_the_guards_norm_and_trains_as_clip_grad_norm_does(tmp_p
 def _grads_held_at_batch_start(tmp_path, monkeypatch, *extra: str) -> tuple[list[bool], list[float]]:
     """For each training batch of a short in-process run, whether any weight still held a
     gradient when the batch started (before its forward), and the run's training losses."""
-    from conftest import compose_config, sentiment_rows, tiny_overrides
     from ftexp.tasks.base import FinetuneTask
-    from ftexp.train import train
 
-    tmp_path.mkdir(parents=True)
-    data = tmp_path / "toy.csv"
-    sentiment_rows(96, seed=2).to_csv(data, index=False)
     held = []
     monkeypatch.setattr(FinetuneTask, "on_train_batch_start", lambda self, batch, batch_idx: held.append(
         any(p.grad is not None for p in self.parameters())), raising=False)
-    cfg = compose_config(tiny_overrides(data, "trainer.max_epochs=1", "trainer.limit_val_batches=0",
-                                        "callbacks.checkpoint=false", "logger=csv",
-                                        "trainer.log_every_n_steps=1", *extra), output_dir=tmp_path / "run")
-    train(cfg)
-    losses = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["train/loss_step"].dropna().tolist()
+    _, losses = _tiny_run(tmp_path, 96, *extra)
     return held, losses
 
 

@@ -139,7 +139,7 @@ def _check(cfg: DictConfig) -> None:
     _check_adapter_keys(cfg)
 
 
-def _compose_checked(combination: list[tuple[str, str, str]]):
+def _compose_checked(combination: list[tuple[str, str, str]]) -> DictConfig:
     """The config Hydra will compose for these overrides, or a one-line ConfigError.
 
     Composed as written first (what Hydra runs; one compose when all is well). If Hydra refuses,
