@@ -1,6 +1,7 @@
-"""Memory-saving optimizers (optimizer=galore, apollo, badam) on the tiny Llama, fully fine-tuned:
-each lowers the loss of a fixed batch, and keeps the optimizer state its method promises (the
-expected numbers computed here from the rank and the weight shapes), against AdamW's."""
+"""Optimizers that split the model by its structure (optimizer=galore, apollo, badam, muon,
+adam_mini) on the tiny Llama: each lowers the loss of a fixed batch, and keeps the optimizer state
+its method promises (the expected numbers computed here from the rank and the weight shapes),
+against AdamW's."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from torch import nn
 
 from conftest import compose_config, learning_seed
 from ftexp.builders.backbone import load_backbone
+from ftexp.builders.muon import MuonWithAdamW, muon_parameters
 from ftexp.builders.optim import build_optimizer, projected_weights, transformer_block_names
 from ftexp.runs.errors import ConfigError
 
 pytest.importorskip("galore_torch")
 pytest.importorskip("apollo_torch")
 pytest.importorskip("badam")
+pytest.importorskip("adam_mini")
 
 RANK = 8
 VOCAB = 1024
@@ -270,3 +273,107 @@ def test_rank_above_every_weight_is_refused_with_the_fix():
     settings = optimizer_settings("galore")  # rank 128 > the tiny model's 64-wide weights
     with pytest.raises(ConfigError, match="leaves no weight to project.*lower the rank"):
         build_optimizer(tiny_llama(), settings, learning_rate=1e-3)
+
+
+# -- Muon and Adam-mini ---------------------------------------------------------------------------
+
+# The tiny Llama per layer: q, o 64×64, k, v 32×64, gate, up 128×64, down 64×128.
+LAYER_MATRICES = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64
+
+
+def test_muon_orthogonalises_block_matrices_and_adamw_takes_the_rest(margin):
+    torch.manual_seed(learning_seed(0))
+    model = tiny_llama()
+    optimizer = build_optimizer(model, optimizer_settings("muon"), learning_rate=3e-3)
+    assert isinstance(optimizer, MuonWithAdamW)
+    muon_names = {n for n, _ in muon_parameters(model)}
+    # The 7 projections of both layers, nothing else: embeddings, LM head and norms go to AdamW.
+    assert len(muon_names) == 14 and all(".layers." in n and n.endswith("proj.weight") for n in muon_names)
+    by_rule = {rule: {id(p) for g in optimizer.param_groups if g["update_rule"] == rule for p in g["params"]}
+               for rule in ("muon", "adamw")}
+    named = dict(model.named_parameters())
+    assert by_rule["muon"] == {id(named[n]) for n in muon_names}
+    assert by_rule["adamw"] == {id(p) for n, p in named.items() if n not in muon_names}
+    first, last = train(model, optimizer)
+    margin.above("loss fall over the steps", first - last, 0.5, (first, last))
+    # Muon keeps one momentum buffer per matrix, AdamW two moments for everything else.
+    block = 2 * LAYER_MATRICES
+    rest = sum(p.numel() for p in model.parameters()) - block
+    assert state_numel(optimizer) == block + 2 * rest < adamw_state_numel(model)
+
+
+def test_muon_resumes_exactly_from_a_weights_only_checkpoint(tmp_path):
+    # A resumed run builds a fresh optimizer and loads the saved state, which replaces its groups
+    # and state: both parts must step on what was loaded (momentum buffers and AdamW's moments).
+    torch.manual_seed(0)
+    model = tiny_llama()
+    settings = optimizer_settings("muon")
+    optimizer = build_optimizer(model, settings, learning_rate=3e-3)
+    train(model, optimizer, steps=2)
+    torch.save(optimizer.state_dict(), tmp_path / "state.pt")
+    twin = copy.deepcopy(model)
+    resumed = build_optimizer(twin, settings, learning_rate=3e-3)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    train(model, optimizer, steps=3)
+    train(twin, resumed, steps=3)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_adam_mini_learns_with_one_second_moment_per_head_and_neuron(margin):
+    torch.manual_seed(learning_seed(0))
+    model = tiny_llama()
+    optimizer = build_optimizer(model, optimizer_settings("adam_mini"), learning_rate=3e-3)
+    first, last = train(model, optimizer)
+    margin.above("loss fall over the steps", first - last, 0.5, (first, last))
+    # First moments for every weight; second moments per layer: 4 query heads, 2 key heads (GQA),
+    # 32 value and 64 output-projection neurons, 128 + 128 + 64 MLP neurons; one per embedding
+    # and LM-head row (1,024 each); the norms' single ones are scalars (not counted here).
+    total = sum(p.numel() for p in model.parameters())
+    per_layer = 4 + 2 + 32 + 64 + 128 + 128 + 64
+    assert state_numel(optimizer) == total + 2 * per_layer + 2 * VOCAB
+    assert state_numel(optimizer) / adamw_state_numel(model) < 0.51
+
+
+def test_muon_and_adam_mini_train_a_whole_run_and_report_their_state(tmp_path):
+    # Through the training job (schedule, fused AdamW part, clipping, checkpoint): each run trains
+    # and reports its optimizer state, Muon's and Adam-mini's below AdamW's.
+    from conftest import sentiment_rows, tiny_overrides
+    from ftexp.train import train as train_job
+
+    data = tmp_path / "toy.csv"
+    sentiment_rows(64, seed=2).to_csv(data, index=False)
+    state = {}
+    for name in ("adamw", "muon", "adam_mini"):
+        cfg = compose_config(tiny_overrides(data, f"optimizer={name}", "trainer.max_epochs=1",
+                                            "adapter=none", "trainer.gradient_clip_val=1.0"),
+                             output_dir=tmp_path / name)
+        metrics = train_job(cfg)
+        assert metrics["global_steps"] > 0 and torch.isfinite(torch.tensor(metrics["val/loss"]))
+        state[name] = metrics["optimizer_state_mib"]
+    assert 0.5 * state["adamw"] < state["muon"] < state["adamw"]
+    assert 0.5 * state["adamw"] <= state["adam_mini"] < 0.55 * state["adamw"]
+
+
+def test_muon_without_block_matrices_to_update_is_refused_in_one_line():
+    model = tiny_llama().requires_grad_(False)
+    model.model.norm.weight.requires_grad_(True)  # what a vector-only adapter leaves trainable
+    with pytest.raises(ConfigError, match="found no trainable 2-D weight inside the transformer blocks"):
+        build_optimizer(model, optimizer_settings("muon"), learning_rate=1e-3)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer=muon", "adapter=prompt_tuning"], "optimizer=muon updates the matrices inside the"),
+    (["optimizer=muon", "strategy=fsdp"], "which strategy=fsdp shards"),
+    (["optimizer=muon", "optimizer.muon.adjust_lr_fn=keller"],
+     "'optimizer.muon.adjust_lr_fn=keller' is not a valid choice."),
+    (["optimizer=muon", "optimizer.muon.momentum=1.0"], "optimizer.muon.momentum=1.0 must be in [0, 1)"),
+    (["optimizer=muon", "optimizer.muon=null"], "needs optimizer.muon"),
+    (["optimizer=muon", "optimizer._target_=torch.optim.AdamW"], "optimizer.muon is read by optimizer=muon"),
+    (["optimizer=adam_mini", "adapter=lora"], "optimizer=adam_mini partitions the model's own weights"),
+    (["optimizer=adam_mini", "strategy=deepspeed_zero2"], "not strategy=deepspeed"),
+])
+def test_muon_and_adam_mini_misuse_is_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        compose_config(["model=tiny_llama", *overrides], resolve=False)
+    assert message in str(info.value) and "\n" not in str(info.value)

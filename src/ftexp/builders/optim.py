@@ -1,8 +1,9 @@
 """Optimizers over the trainable parameters (the `optimizer` group's `_target_` class), and the
-learning-rate defaults that go with them. Two memory-saving forms are wired here because they need
-the model's structure, not just its parameters: GaLore / APOLLO read a low-rank projection from
-the parameter group of the weights it applies to (`optimizer.projection`), and BAdam wraps the
-`_target_` optimizer in a block-coordinate one (`optimizer.blocks`)."""
+learning-rate defaults that go with them. Some optimizers need the model's structure, not just its
+parameters: GaLore / APOLLO read a low-rank projection from the parameter group of the weights it
+applies to (`optimizer.projection`), BAdam wraps the `_target_` optimizer in a block-coordinate
+one (`optimizer.blocks`), both here; Muon (builders/muon.py) and Adam-mini (builders/adam_mini.py)
+split the parameters by role and are dispatched to by their `_target_`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftexp.builders.adam_mini import ADAM_MINI_WIRED, adam_mini, is_adam_mini
+from ftexp.builders.muon import ADAMW_PART_KEYS, is_muon, muon_with_adamw, require_muon
+from ftexp.builders.param_groups import parameter_groups, skips_decay, transformer_block_names
 from ftexp.builders.targets import check_node, instantiate_node, parameters
 from ftexp.config.adapter import ADAPTERS
 from ftexp.config.optimizer import LOW_RANK_OPTIMIZER_PACKAGES
@@ -21,8 +25,8 @@ from ftexp.config.scheduler import SchedulerConfig
 from ftexp.runs.errors import ConfigError
 
 # Keys of the optimizer group that ftexp reads itself; every other key is the target's argument.
-_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks", "loraplus_lr_ratio",
-               "loraplus_lr_embedding")
+_FTEXP_KEYS = ("learning_rate", "weight_decay", "fused", "projection", "blocks", "muon",
+               "loraplus_lr_ratio", "loraplus_lr_embedding")
 # Arguments ftexp passes: the parameter groups and the resolved learning rate.
 _WIRED = ("params", "lr")
 
@@ -30,36 +34,6 @@ LR_SCALING_RULES = SchedulerConfig.CHOICES["learning_rate_scaling"]
 
 # Precisions that scale the loss (fp16's GradScaler); Lightning 2.x still accepts the legacy "16".
 _SCALED_PRECISIONS = frozenset({"16-mixed", "16"})
-
-
-def skips_decay(name: str, param: torch.Tensor) -> bool:
-    """Decaying biases and normalisation gains only shrinks what should stay free."""
-    return param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float,
-                     exclude: frozenset[int] = frozenset()) -> list[dict]:
-    """Trainable parameters by weight decay; `exclude`: ids of parameters grouped elsewhere."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad or id(param) in exclude:
-            continue
-        (no_decay if skips_decay(name, param) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def transformer_block_names(model: nn.Module) -> list[str]:
-    """Qualified names of the transformer blocks in `model` (model.layers.0, …): the ModuleList
-    as long as the architecture is deep (its config's num_hidden_layers)."""
-    depth = next((m.config.num_hidden_layers for m in model.modules()
-                  if isinstance(getattr(getattr(m, "config", None), "num_hidden_layers", None), int)), None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == depth:
-            return [f"{name}.{i}" if name else str(i) for i in range(depth)]
-    raise ConfigError("cannot find the transformer blocks of this model to split the optimizer by; "
-                      "name them: optimizer.projection.target_modules=[...] (GaLore / APOLLO) or "
-                      "optimizer.blocks.block_prefixes=[[...],...] (BAdam).")
 
 
 def projected_weights(model: nn.Module, projection: dict[str, Any]) -> list[tuple[str, nn.Parameter]]:
@@ -118,8 +92,18 @@ def _target_node(settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_optimizer_node(settings: dict[str, Any]) -> None:
     """Before the model loads: the target imports and takes the node's keys."""
-    target = check_node(_target_node(settings), "optimizer", wired=_WIRED)
-    if settings.get("fused") is True and "fused" not in parameters(target):
+    node = _target_node(settings)
+    if is_muon(settings):
+        require_muon()
+        node = {k: v for k, v in node.items() if k not in ADAMW_PART_KEYS}  # the AdamW part's
+    if is_adam_mini(settings):
+        if settings.get("fused") is True:
+            raise ConfigError("optimizer.fused=true: Adam-mini has no fused kernel; "
+                              "set optimizer.fused=auto.")
+        check_node(node, "optimizer", wired=ADAM_MINI_WIRED)
+        return
+    target = check_node(node, "optimizer", wired=_WIRED)
+    if settings.get("fused") is True and "fused" not in parameters(target) and not is_muon(settings):
         raise ConfigError(f"optimizer.fused=true: {settings['_target_']} has no fused kernel; "
                           "set optimizer.fused=auto.")
     if settings.get("projection") is not None:
@@ -135,6 +119,10 @@ def build_optimizer(model: nn.Module, settings: dict[str, Any], learning_rate: f
     per parameter group (see parameter_groups). `fused` only where the target takes it."""
     if settings.get("loraplus_lr_ratio") is not None:
         return _loraplus_optimizer(model, settings, learning_rate, fused)
+    if is_muon(settings):
+        return muon_with_adamw(model, settings, _target_node(settings), learning_rate, fused)
+    if is_adam_mini(settings):
+        return adam_mini(model, _target_node(settings), learning_rate, settings.get("weight_decay", 0.0))
     if settings.get("projection") is not None:
         _allow_projector_checkpoints(settings["_target_"].split(".")[0])
         groups = _low_rank_groups(model, settings)

@@ -23,7 +23,7 @@ from ftexp.runs.errors import ConfigError, did_you_mean
 # Optional packages a target may come from → the ftexp extra that installs it.
 EXTRAS = {"bitsandbytes": "quant", "wandb": "wandb", "tensorboard": "tensorboard",
           "tensorboardX": "tensorboard", "mlflow": "mlflow", "galore_torch": "galore",
-          "apollo_torch": "apollo", "badam": "badam"}
+          "apollo_torch": "apollo", "badam": "badam", "adam_mini": "adam_mini"}
 # Hydra's own keys in a `_target_` node.
 HYDRA_KEYS = ("_target_", "_args_", "_recursive_", "_convert_", "_partial_")
 

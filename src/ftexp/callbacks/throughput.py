@@ -1,5 +1,6 @@
 """Throughput and memory for every run: samples/s, non-padding tokens/s, seconds per training epoch
-(validation excluded, so epoch times compare across runs with different eval settings) and peak memory.
+(validation excluded, so epoch times compare across runs with different eval settings), peak memory
+and the optimizer's state size at the end of training.
 Samples are samples and tokens are real tokens with or without packing (data.packing=true puts
 several samples in a row and pads rows without an attention mask).
 
@@ -19,6 +20,15 @@ from typing import Any
 
 import lightning as L
 import torch
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors an optimizer keeps for its parameters: moments, momentum buffers, step
+    counters (objects such as GaLore's projectors are left out). BAdam keeps its state in the
+    optimizer it wraps."""
+    inner = getattr(optimizer, "base_optimizer", optimizer)
+    return sum(v.numel() * v.element_size() for state in inner.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
 
 
 def batch_samples(batch: Mapping[str, Any]) -> torch.Tensor | int:
@@ -50,6 +60,7 @@ class ThroughputMonitor(L.Callback):
         self.samples = 0
         self.epoch_seconds: list[float] = []
         self.peak_memory_bytes: int | None = None
+        self.optimizer_state_bytes: int | None = None
         self.peak_memory_kind = "cpu_max_rss"
         # Token counts stay on the device until an epoch closes: `.item()` every step would force a
         # host sync and slow the very training we are measuring.
@@ -113,6 +124,9 @@ class ThroughputMonitor(L.Callback):
         if self._epoch_open:
             self._close_epoch()
         self.peak_memory_bytes = self._peak_memory_bytes()
+        optimizers = getattr(trainer, "optimizers", None)  # none when the hooks are driven alone
+        if optimizers:
+            self.optimizer_state_bytes = optimizer_state_bytes(optimizers[0])
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, err: BaseException) -> None:
         if self._epoch_open:
@@ -149,4 +163,6 @@ class ThroughputMonitor(L.Callback):
         out["train_epochs_timed"] = len(self.epoch_seconds)
         out["peak_memory_gib"] = round(peak / 2**30, 3)
         out["peak_memory_kind"] = self.peak_memory_kind
+        if self.optimizer_state_bytes is not None:
+            out["optimizer_state_mib"] = round(self.optimizer_state_bytes / 2**20, 3)
         return out

@@ -1,5 +1,5 @@
 """The `optimizer` group: a `_target_` optimizer class and the blocks GaLore / APOLLO
-(gradient projection) and BAdam (block-coordinate updates) read."""
+(gradient projection), BAdam (block-coordinate updates) and Muon read."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from ftexp.runs.errors import ConfigError, did_you_mean
 
 # Packages whose optimizers read optimizer.projection from their parameter groups (GaLore,
 # APOLLO), with the projection keys each one needs beyond the common ones.
+MUON_TARGET = "torch.optim.Muon"  # optimizer=muon: Muon for block matrices, AdamW for the rest
+ADAM_MINI_TARGET = "adam_mini.Adam_mini"  # optimizer=adam_mini
 LOW_RANK_OPTIMIZER_PACKAGES: dict[str, tuple[str, ...]] = {
     "galore_torch": (), "apollo_torch": ("proj", "scale_type")}
 
@@ -58,6 +60,21 @@ class BlockCoordinate:
         "switch_mode": ("random", "ascending", "descending", "fixed")}
 
 
+@dataclass
+class MuonSettings:
+    """optimizer.muon (optimizer=muon): torch.optim.Muon's arguments for the 2-D weights inside
+    the transformer blocks; the rest trains with AdamW (optimizer.betas / eps)."""
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton–Schulz iterations orthogonalising each update
+    # match_rms_adamw: Moonshot's 0.2·sqrt(max(m, n)) scaling, the update's RMS matches AdamW's so
+    # one learning rate serves both parts; original: Keller Jordan's sqrt(max(1, m/n)), which
+    # wants a Muon-sized learning rate (~0.02).
+    adjust_lr_fn: str = "match_rms_adamw"
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"adjust_lr_fn": ("match_rms_adamw", "original")}
+
+
 def _check_nested(node: Any, schema: type, where: str) -> None:
     """Keys and allowed values of a nested optimizer node (the optimizer group takes its target's
     arguments, so its struct flag is off and a `+` override could add any key below it)."""
@@ -96,6 +113,8 @@ class OptimizerConfig(GroupSchema):
     projection: Optional[GradientProjection] = None
     # BAdam (optimizer=badam): block-coordinate updates wrapping the `_target_` optimizer; null: off.
     blocks: Optional[BlockCoordinate] = None
+    # Muon (optimizer=muon): its settings for the block matrices; null for every other optimizer.
+    muon: Optional[MuonSettings] = None
     # LoRA+ (adapter=lora / dora): the LoRA B matrices learn at this multiple of the learning rate
     # (the paper's eta_B / eta_A; it suggests 16, with a learning rate about half of plain LoRA's),
     # grouped by PEFT's create_loraplus_optimizer (which puts 1-D parameters with B); null: off.
@@ -116,6 +135,7 @@ class OptimizerConfig(GroupSchema):
         if opt.weight_decay < 0:
             raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be 0 or more.")
         OptimizerConfig._check_projection(opt)
+        OptimizerConfig._check_muon(opt)
         ratio = opt.loraplus_lr_ratio
         if ratio is not None and not (is_number(ratio) and ratio > 0):
             raise ConfigError(f"optimizer.loraplus_lr_ratio={ratio} must be a positive number (LoRA+'s "
@@ -131,6 +151,24 @@ class OptimizerConfig(GroupSchema):
             if opt.projection is not None:
                 raise ConfigError("optimizer.blocks (BAdam) and optimizer.projection (GaLore / APOLLO) "
                                   "cannot be combined; choose optimizer=badam, galore or apollo.")
+
+    @staticmethod
+    def _check_muon(opt: DictConfig) -> None:
+        """optimizer.muon and the Muon target go together."""
+        is_muon = str(opt._target_) == MUON_TARGET
+        if opt.muon is None:
+            if is_muon:
+                raise ConfigError(f"optimizer._target_={MUON_TARGET} needs optimizer.muon (its settings); "
+                                  "choose optimizer=muon, which sets it.")
+            return
+        if not is_muon:
+            raise ConfigError(f"optimizer.muon is read by optimizer=muon only, not {opt._target_}, which "
+                              "would ignore it; choose optimizer=muon, or set optimizer.muon=null.")
+        _check_nested(opt.muon, MuonSettings, "optimizer.muon")
+        if opt.muon.ns_steps < 1:
+            raise ConfigError(f"optimizer.muon.ns_steps={opt.muon.ns_steps} must be at least 1.")
+        if not 0.0 <= opt.muon.momentum < 1.0:
+            raise ConfigError(f"optimizer.muon.momentum={opt.muon.momentum} must be in [0, 1).")
 
     @staticmethod
     def _check_projection(opt: DictConfig) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftexp.builders.init_from import check_init_from
 from ftexp.config.adapter import ADAPTERS, LORAPLUS_ADAPTERS, NON_PEFT_ADAPTERS, PROMPT_LEARNING_ADAPTERS
+from ftexp.config.optimizer import ADAM_MINI_TARGET, MUON_TARGET
 from ftexp.config.preference_tasks import reference_source
 from ftexp.runs.errors import ConfigError
 from ftexp.runs.objective import lower_is_better
@@ -225,8 +226,9 @@ def _check_kernels(cfg: DictConfig) -> None:
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
-    """GaLore / APOLLO (optimizer.projection) and BAdam (optimizer.blocks) are full fine-tuning
-    methods: they change how the base weights' own updates are stored."""
+    """GaLore / APOLLO (optimizer.projection), BAdam (optimizer.blocks) and Adam-mini are full
+    fine-tuning methods: they change how the base weights' own updates are stored. Muon needs
+    trainable matrices in the blocks, whole on each device."""
     o, method, strategy = cfg.optimizer, cfg.adapter.method, cfg.strategy.name
     if o.projection is not None:
         if not ADAPTERS[method].trains_base_weights:
@@ -237,6 +239,23 @@ def _check_optimizer(cfg: DictConfig) -> None:
         if strategy in ("fsdp", "deepspeed"):
             raise ConfigError(f"optimizer.projection (GaLore / APOLLO) needs each weight's whole gradient "
                               f"matrix, which strategy={strategy} shards; use strategy=ddp or one device.")
+    target = str(o._target_)
+    if target == MUON_TARGET:
+        if method == "frozen" or method in PROMPT_LEARNING_ADAPTERS:
+            raise ConfigError(f"optimizer=muon updates the matrices inside the transformer blocks, which "
+                              f"adapter={method} does not train; use optimizer=adamw, or a weight adapter "
+                              "(lora, …) or full fine-tuning.")
+        if strategy in ("fsdp", "deepspeed"):
+            raise ConfigError(f"optimizer=muon orthogonalises each weight's whole update matrix, which "
+                              f"strategy={strategy} shards; use strategy=ddp or one device.")
+    if target == ADAM_MINI_TARGET:
+        if not ADAPTERS[method].trains_base_weights:
+            raise ConfigError(f"optimizer=adam_mini partitions the model's own weights by attention head "
+                              f"and neuron, which adapter={method} does not train (its state saving is "
+                              "for full fine-tuning); use adapter=none (or freeze), or optimizer=adamw.")
+        if strategy in ("fsdp", "deepspeed"):
+            raise ConfigError(f"optimizer=adam_mini is wired for one device or DDP here, not "
+                              f"strategy={strategy}; use strategy=ddp or one device.")
     if o.loraplus_lr_ratio is not None and method not in LORAPLUS_ADAPTERS:
         raise ConfigError(f"optimizer.loraplus_lr_ratio (LoRA+) sets the learning rate of LoRA's B "
                           f"matrices, which adapter={method} does not have; use adapter=lora or dora, "

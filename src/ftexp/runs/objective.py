@@ -18,9 +18,10 @@ MONITOR_MODES = ("max", "min")  # Lightning's words (task.monitor_mode, ModelChe
 # Metrics better when lower, by the last part of their name (val/loss → loss): what the tasks
 # report (loss, perplexity, mse, mae) …
 LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae")
-# … and what a run costs or gets wrong (peak_memory_gib, fit_seconds, trainable_params, error
-# rates). Every word is matched inside the name, so rmse and val/loss_epoch are lower-is-better too.
-COST_WORDS = ("memory", "seconds", "params", "error")
+# … and what a run costs or gets wrong (peak_memory_gib, optimizer_state_mib, fit_seconds,
+# trainable_params, error rates). Every word is matched inside the name, so rmse and
+# val/loss_epoch are lower-is-better too.
+COST_WORDS = ("memory", "seconds", "params", "error", "mib")
 
 # A pruned run: the metrics a job returns (= metrics.json) say `pruned: true`, and the step it was
 # pruned at; the report shows its state as `pruned`, Optuna records it PRUNED.
