@@ -19,7 +19,7 @@ from ftexp.tasks.classification import ClassificationTask
 from ftexp.train import task_settings
 
 # Methods a given architecture cannot serve, refused up front (tested below).
-NOT_FOR = {"tiny_bert": {"llama_adapter"}}
+NOT_FOR = {"tiny_bert": {"llama_adapter", "llama_pro"}}
 CASES = [(model, method) for model in ("tiny_bert", "tiny_llama")
          for method in ADAPTER_METHODS if method not in NOT_FOR.get(model, set())]
 
@@ -28,11 +28,13 @@ CASES = [(model, method) for model in ("tiny_bert", "tiny_llama")
 # IA3's scalings, OFT's rotations and AdaLoRA's budgeted ranks a larger one (at 1e-2 the tiny
 # BERT's loss fell only to 0.74-0.79 of its start, against a bar of 0.8).
 LEARNING_RATES = {"none": 3e-3, "freeze": 3e-3, "frozen": 3e-2, "ia3": 3e-2, "oft": 3e-2, "boft": 3e-2,
-                  "adalora": 3e-2}
+                  "adalora": 3e-2, "llama_pro": 3e-3}
 # Soft prompts and prefixes steer a random-init backbone slowly (and shift the features the head
 # learns from): more epochs, and only a fall of the loss is required of them.
 SOFT_PROMPTS = {"prompt_tuning", "prefix_tuning"}
 EPOCHS = {method: 40 for method in SOFT_PROMPTS}
+# Settings a method needs on the 2-layer models: LLaMA Pro inserts one block after each layer.
+EXTRA = {"llama_pro": ["adapter.num_expand_layers=2"]}
 
 
 def training_set_loss(task: ClassificationTask, datamodule: LabeledTextDataModule) -> float:
@@ -88,7 +90,7 @@ def train_and_check(model: str, method: str, tmp_path: Path, tokenizer, margin: 
 @pytest.mark.parametrize(("model", "method"), CASES, ids=[f"{m}-{a}" for m, a in CASES])
 def test_adapter_trains_only_what_it_should(model: str, method: str, tmp_path: Path, minilm_tokenizer,
                                             margin):
-    train_and_check(model, method, tmp_path, minilm_tokenizer, margin)
+    train_and_check(model, method, tmp_path, minilm_tokenizer, margin, *EXTRA.get(method, []))
 
 
 @pytest.mark.parametrize(("quant", "layer_type", "extra"), [

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftexp.builders.llama_pro import check_llama_pro_fits, expand_blocks, train_new_blocks_only
 from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS
 from ftexp.runs.errors import ConfigError, did_you_mean
 
@@ -119,6 +120,8 @@ def validate_adapter(adapter: dict[str, Any], model_type: str) -> None:
     """Everything about the adapter that can be checked without weights: method fits the
     architecture, PEFT keys exist."""
     method = adapter["method"]
+    if method == "llama_pro":
+        check_llama_pro_fits(model_type)
     if method not in NON_PEFT_ADAPTERS:
         check_adapter_fits(method, model_type)
         peft_config(method, {k: v for k, v in adapter.items() if k != "method"})
@@ -134,6 +137,14 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
     return stacks[0]
 
 
+def train_matching(backbone: nn.Module, patterns: list[str]) -> None:
+    """Also train the parameters whose name matches one of the regular expressions."""
+    compiled = [re.compile(p) for p in patterns]
+    for name, param in backbone.named_parameters():
+        if any(p.search(name) for p in compiled):
+            param.requires_grad_(True)
+
+
 def freeze_all_but(backbone: nn.Module, last_n_layers: int, patterns: list[str]) -> None:
     """Train only the last `last_n_layers` blocks and parameters whose name matches a pattern."""
     backbone.requires_grad_(False)
@@ -144,10 +155,7 @@ def freeze_all_but(backbone: nn.Module, last_n_layers: int, patterns: list[str])
                               f"model's {len(layers)} layers.")
         for layer in layers[-last_n_layers:]:
             layer.requires_grad_(True)
-    compiled = [re.compile(p) for p in patterns]
-    for name, param in backbone.named_parameters():
-        if any(p.search(name) for p in compiled):
-            param.requires_grad_(True)
+    train_matching(backbone, patterns)
 
 
 def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str | None = None) -> nn.Module:
@@ -162,6 +170,11 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
     if method == "freeze":
         freeze_all_but(backbone, params.get("last_n_layers") or 0,
                        list(params.get("trainable_patterns") or []))
+        return backbone
+    if method == "llama_pro":
+        check_llama_pro_fits(getattr(backbone.config, "model_type", ""))
+        train_new_blocks_only(backbone, expand_blocks(backbone, params["num_expand_layers"]))
+        train_matching(backbone, list(params.get("trainable_patterns") or []))
         return backbone
     peft = import_peft()
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))

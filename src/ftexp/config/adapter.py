@@ -38,8 +38,10 @@ class AdapterMethod:
 #   head only 1e-3: usual Adam rate for training a fresh linear probe on frozen features;
 #   LoRA family 2e-4: LoRA/QLoRA papers and the PEFT examples (1e-4 to 3e-4);
 #   IA3 3e-3: the (IA)^3 / T-Few paper;
-#   prompt learning 1e-2: prefix-tuning / prompt-tuning papers and the PEFT examples (1e-2 to 3e-2).
-_FULL, _HEAD, _LORA, _IA3, _PROMPT = 2e-5, 1e-3, 2e-4, 3e-3, 1e-2
+#   prompt learning 1e-2: prefix-tuning / prompt-tuning papers and the PEFT examples (1e-2 to 3e-2);
+#   LLaMA Pro 1e-4: LLaMA-Factory's llama_pro example (the new blocks start at the identity and
+#   train alone, nearer an adapter than a full fine-tune).
+_FULL, _HEAD, _LORA, _IA3, _PROMPT, _LLAMA_PRO = 2e-5, 1e-3, 2e-4, 3e-3, 1e-2, 1e-4
 # Prompt-learning methods need a task type; feature extraction is the headless one.
 _HEADLESS = {"task_type": "FEATURE_EXTRACTION"}
 
@@ -48,6 +50,8 @@ ADAPTERS: dict[str, AdapterMethod] = {
     "none": AdapterMethod(_FULL, trains_all_weights=True, trains_base_weights=True),  # full fine-tuning
     "frozen": AdapterMethod(_HEAD, trains_backbone=False),  # backbone frozen, head trained
     "freeze": AdapterMethod(_FULL, trains_base_weights=True),  # the last N layers / name patterns
+    # LLaMA Pro: identity copies of blocks inserted, only they train (builders/llama_pro.py).
+    "llama_pro": AdapterMethod(_LLAMA_PRO, trains_base_weights=True),
     "lora": AdapterMethod(_LORA, "LoraConfig"),
     "dora": AdapterMethod(_LORA, "LoraConfig", {"use_dora": True}),
     "adalora": AdapterMethod(_LORA, "AdaLoraConfig", budgets_ranks=True),
@@ -78,6 +82,11 @@ def check_adapter(adapter: DictConfig) -> None:
         raise ConfigError(f"'adapter.method={adapter.method}' is not a valid choice."
                           f"{did_you_mean(str(adapter.method), ADAPTER_METHODS)} "
                           f"Choices: {', '.join(ADAPTER_METHODS)}.")
+    if adapter.method == "llama_pro":
+        n = adapter.get("num_expand_layers")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            raise ConfigError(f"adapter.num_expand_layers={n} must be a positive whole number (the blocks "
+                              "LLaMA Pro inserts), e.g. adapter.num_expand_layers=8.")
     if adapter.method == "freeze" and not (adapter.get("last_n_layers") or adapter.get("trainable_patterns")):
         raise ConfigError("adapter=freeze trains nothing: set adapter.last_n_layers=N or "
                           "adapter.trainable_patterns=[regex,...].")
