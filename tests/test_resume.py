@@ -319,3 +319,13 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path, iterati
     assert metrics.pop("reference") == expected_metrics.pop("reference") == "none"  # beta = 0
     _assert_same_metrics(metrics, expected_metrics)
     _assert_same_weights(weights, expected_weights)
+
+
+def test_a_killed_lora_run_on_an_hqq_base_resumes_to_the_uninterrupted_result(data_csv, tmp_path):
+    """quant=hqq: the resumed run quantizes its base again (HQQ needs no data, so the codes are the
+    same) and continues the adapter from its checkpoint, bit for bit."""
+    pytest.importorskip("hqq")
+    args = [*_overrides(data_csv), "model=tiny_llama", "adapter=lora", "quant=hqq"]
+    (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
+    _assert_same_metrics(metrics, expected_metrics)
+    _assert_same_weights(weights, expected_weights)

@@ -91,6 +91,7 @@ QUANT = {"method": "none", "storage_dtype": "uint8", "compute_dtype": "bfloat16"
     ({"name": "deepspeed", "stage": 2}, {}, "cpu", 8, "strategy=deepspeed (ZeRO-2) needs CUDA GPUs"),
     ({"name": "fsdp"}, {"method": "8bit"}, "gpu", 8, "quant=8bit cannot be sharded"),
     ({"name": "deepspeed", "stage": 3}, {"method": "8bit"}, "gpu", 8, "quant=8bit cannot be sharded"),
+    ({"name": "fsdp"}, {"method": "hqq"}, "gpu", 8, "quant=hqq cannot be sharded by strategy=fsdp"),
     ({"name": "fsdp"}, {"method": "4bit"}, "gpu", 8, "set quant.storage_dtype=bfloat16"),
     ({"name": "ddp"}, {}, "cpu", "auto", "data.batch_size=auto searches on one device"),
 ])

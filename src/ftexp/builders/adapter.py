@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftexp.builders.hqq import has_hqq_layers, hqq_all_linear
 from ftexp.builders.llama_pro import check_llama_pro_fits, expand_blocks, train_new_blocks_only
 from ftexp.config.adapter import ADAPTERS, NON_PEFT_ADAPTERS
 from ftexp.runs.errors import ConfigError, did_you_mean
@@ -177,6 +178,8 @@ def apply_adapter(backbone: nn.Module, adapter: dict[str, Any], task_type: str |
         train_matching(backbone, list(params.get("trainable_patterns") or []))
         return backbone
     peft = import_peft()
+    if params.get("target_modules") == "all-linear" and has_hqq_layers(backbone):
+        params["target_modules"] = hqq_all_linear(backbone)
     check_adapter_fits(method, getattr(backbone.config, "model_type", ""))
     config = peft_config(method, params, task_type)
     _train_new_token_rows(backbone, config)  # model.add_special_tokens

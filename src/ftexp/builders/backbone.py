@@ -16,6 +16,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from ftexp.builders.hqq import HqqQuantization
 from ftexp.runs.errors import ConfigError
 from ftexp.runs.paths import resolve_model_path
 
@@ -326,9 +327,10 @@ def load_backbone(
     rope_scaling: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Pretrained weights from a Hub id / local path, or a random-init architecture from a config;
-    quantized on load when a bitsandbytes config is given. Headless (AutoModel) for pooled heads,
-    or with its LM head (AutoModelForCausalLM) when `causal_lm`. Weights load from safetensors
-    only, unless `allow_pickled_weights` (pickled *.bin files can run code when unpickled)."""
+    quantized on load when a bitsandbytes / EETQ config is given, right after it for HQQ.
+    Headless (AutoModel) for pooled heads, or with its LM head (AutoModelForCausalLM) when
+    `causal_lm`. Weights load from safetensors only, unless `allow_pickled_weights` (pickled
+    *.bin files can run code when unpickled)."""
     if random_init is None:
         check_weights_source(name_or_path, None)  # `random-init` names no weights to load
     torch_dtype = DTYPES[dtype]
@@ -355,6 +357,8 @@ def load_backbone(
             model = auto_class.from_config(config, dtype=torch_dtype, **extra)
         if quantization_config is None:
             return _drop_pooler(model)
+        if isinstance(quantization_config, HqqQuantization):
+            return quantization_config.quantize(_drop_pooler(model))
         # bitsandbytes quantizes while loading weights, so a random-init model goes through disk.
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
@@ -362,15 +366,17 @@ def load_backbone(
                                  quantization_config=quantization_config, causal_lm=causal_lm)
     if config is not None:
         extra["config"] = config  # carries model.rope_scaling
-    if quantization_config is not None:
+    after_load = quantization_config if isinstance(quantization_config, HqqQuantization) else None
+    if quantization_config is not None and after_load is None:
         extra["quantization_config"] = quantization_config
     if not allow_pickled_weights:
         check_weights_format(resolve_model_path(name_or_path), name_or_path)
         extra["use_safetensors"] = True
     # Only OSError means "not there" here; a ValueError from a bad setting should surface as is.
-    return _drop_pooler(_from_pretrained(auto_class, "model", name_or_path, not_found=(OSError,),
-                                         dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                         revision=revision, **extra))
+    model = _drop_pooler(_from_pretrained(auto_class, "model", name_or_path, not_found=(OSError,),
+                                          dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                          revision=revision, **extra))
+    return after_load.quantize(model) if after_load is not None else model
 
 
 def load_configured_tokenizer(model: Any) -> Any:

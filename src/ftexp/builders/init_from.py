@@ -186,13 +186,13 @@ def merged_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: s
     kept), else a head task's backbone."""
     from ftexp.builders.adapter import apply_adapter
     from ftexp.builders.backbone import DTYPES
-    from ftexp.builders.quant import quantization_config
+    from ftexp.builders.quant import dequantize, quantization_config
 
     adapter = hparams["adapter"]
     quant = hparams.get("quant") or {"method": "none"}
     base = load_starting_network(hparams["model"], quantization_config(quant), causal_lm=causal_lm)
     if quant["method"] != "none":
-        base = base.dequantize()  # bitsandbytes layers → plain Linear with the dequantized weights
+        base = dequantize(base)  # quantized layers → plain Linear with the dequantized weights
     base = base.to(DTYPES[dtype])
     model = apply_adapter(base, adapter, task_type="CAUSAL_LM" if causal_lm else None)
     prefix = _network_prefix(causal_lm)

@@ -1,4 +1,6 @@
-"""k-bit quantization of the backbone through bitsandbytes (8-bit LLM.int8, 4-bit NF4/FP4)."""
+"""k-bit quantization of the backbone: bitsandbytes (8-bit LLM.int8, 4-bit NF4/FP4) and EETQ
+(int8 weight-only, CUDA) while loading, through transformers' configs; HQQ after loading
+(builders/hqq.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftexp.builders.hqq import dequantize_hqq, has_hqq_layers, hqq_quantization
 from ftexp.config.quant import QuantConfig
 from ftexp.runs.errors import ConfigError
 
@@ -22,17 +25,35 @@ def require_bitsandbytes(method: str) -> None:
                           "run: pip install 'ftexp[quant]' (or pip install bitsandbytes).")
 
 
+def _eetq_config(skip: list[str] | None) -> Any:
+    if not torch.cuda.is_available():
+        raise ConfigError("quant=eetq runs EETQ's int8 weight-only CUDA kernels, and this machine has no "
+                          "CUDA device; use quant=hqq or quant=8bit on CPU.")
+    if importlib.util.find_spec("eetq") is None:
+        raise ConfigError("quant=eetq needs the package 'eetq', which is not installed; "
+                          "run: pip install 'ftexp[eetq]'.")
+    from transformers import EetqConfig
+
+    return EetqConfig(weights="int8", modules_to_not_convert=skip or ["lm_head"])
+
+
 def quantization_config(quant: dict[str, Any]) -> Any:
-    """The transformers BitsAndBytesConfig for the quant group, or None for `none`."""
+    """What the quant group quantizes with: a transformers config load_backbone passes to
+    from_pretrained (bitsandbytes, EETQ), an HqqQuantization it applies after loading, or None
+    for `none`."""
     method = quant["method"]
     if method == "none":
         return None
     if method not in METHODS:
         raise ValueError(f"unknown quant method {method!r}; expected one of {METHODS}")
+    if method == "hqq":
+        return hqq_quantization(quant, _DTYPES)
+    skip = list(quant.get("skip_modules") or []) or None
+    if method == "eetq":
+        return _eetq_config(skip)
     require_bitsandbytes(method)
     from transformers import BitsAndBytesConfig
 
-    skip = list(quant.get("skip_modules") or []) or None
     if method == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=quant["llm_int8_threshold"],
                                   llm_int8_skip_modules=skip)
@@ -62,3 +83,11 @@ def prepare_for_kbit_training(model: nn.Module, upcast_norms: bool) -> nn.Module
             if "norm" in type(module).__name__.lower():
                 module.float()
     return model
+
+
+def dequantize(model: nn.Module) -> nn.Module:
+    """The quantized model with plain Linear layers holding the dequantized weights, for export
+    and for merging an adapter (HQQ layers here; bitsandbytes / EETQ through transformers)."""
+    if has_hqq_layers(model):
+        return dequantize_hqq(model)
+    return model.dequantize()

@@ -45,6 +45,10 @@ def strategy_conflict(strategy: dict[str, Any], quant: dict[str, Any], accelerat
         return (f"quant=8bit cannot be sharded by strategy={label} (bitsandbytes int8 weights keep "
                 "per-tensor state); use quant=4bit with quant.storage_dtype equal to "
                 "quant.compute_dtype, or strategy=ddp.")
+    if sharded and quant["method"] in ("hqq", "eetq"):
+        return (f"quant={quant['method']} cannot be sharded by strategy={label} (its layers keep scales "
+                "outside the parameters FSDP / DeepSpeed shard); use strategy=ddp, or quant=4bit with "
+                "quant.storage_dtype equal to quant.compute_dtype.")
     if sharded and quant["method"] == "4bit" and quant["storage_dtype"] != quant["compute_dtype"]:
         return (f"quant=4bit under strategy={label} needs the packed weights stored in the compute "
                 f"dtype so they shard with the rest; set quant.storage_dtype={quant['compute_dtype']}.")
