@@ -416,6 +416,10 @@ def load_configured_backbone(model: dict[str, Any], quantization_config: Any = N
                          quantization_config=quantization_config, causal_lm=causal_lm,
                          allow_pickled_weights=bool(model.get("allow_pickled_weights", False)),
                          rope_scaling=model.get("rope_scaling"))
+    if model.get("shift_short_attention"):
+        from ftexp.builders.s2_attention import enable_s2_attention
+
+        enable_s2_attention(network, float(model["s2_group_size_ratio"]))
     if model.get("add_special_tokens"):
         from ftexp.builders.adapter import expect_trainable_tokens
 

@@ -79,6 +79,11 @@ class ModelConfig(GroupSchema):
     # Recompute activations in the backward pass instead of storing them (non-reentrant): less
     # memory for some more compute.
     gradient_checkpointing: bool = False
+    # LongLoRA's shifted sparse attention (S²-Attn) in training: 1 / s2_group_size_ratio groups per
+    # sequence, attention within each, half the heads shifted by half a group; evaluation and
+    # generation use full attention (builders/s2_attention.py). Llama-family decoders.
+    shift_short_attention: bool = False
+    s2_group_size_ratio: float = 0.25
     # A finished ftexp run directory (config.yaml + checkpoints/best.ckpt) whose trained network
     # this run starts from (SFT → DPO, LM → classifier): its base is rebuilt as that run built it
     # (itself from an init_from, if it had one) and its weights loaded. The model group must name
@@ -111,6 +116,15 @@ class ModelConfig(GroupSchema):
             raise ConfigError(f"model.loss_chunk_tokens={chunk} must be a positive number of tokens "
                               "(e.g. 1024), or null for the full-logits loss.")
         _check_rope_scaling(model.get("rope_scaling"))
+        ratio = model.get("s2_group_size_ratio")
+        if not (is_number(ratio) and 0 < ratio <= 1):
+            raise ConfigError(f"model.s2_group_size_ratio={ratio} must be in (0, 1]: the share of a sequence "
+                              "one S²-Attn group holds (LongLoRA: 0.25).")
+        attention = model.get("attn_implementation")
+        if model.get("shift_short_attention") and attention not in (None, "auto", "sdpa"):
+            raise ConfigError(f"model.shift_short_attention=true is its own attention implementation (full "
+                              f"attention through sdpa outside training), so model.attn_implementation="
+                              f"{attention} cannot apply; set model.attn_implementation=auto.")
         tokens = list(model.get("add_special_tokens") or [])
         if any(not isinstance(t, str) or not t.strip() for t in tokens) or len(set(tokens)) != len(tokens):
             raise ConfigError(f"model.add_special_tokens={tokens} must be distinct, non-empty strings, "

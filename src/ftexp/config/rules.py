@@ -93,6 +93,9 @@ def _check_data_for_task(cfg: DictConfig, spec: TaskSpec) -> None:
     if data.packing and not spec.packing:
         raise ConfigError(f"data.packing=true applies to task={_tasks_that('packing')}, not "
                           f"task={spec.name}; remove the override.")
+    if data.packing and cfg.model.shift_short_attention:
+        raise ConfigError("data.packing=true with model.shift_short_attention=true: S²-Attn's groups would "
+                          "cut across the packed samples' boundaries; set data.packing=false.")
     if data.packing and cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
         raise ConfigError(f"data.packing=true with adapter={cfg.adapter.method}: its virtual "
                           "tokens cannot be shared by packed samples; set data.packing=false "
@@ -300,6 +303,10 @@ def check_model_fit(cfg: DictConfig, model_type: str) -> None:
         from ftexp.builders.backbone import check_rope_scaling_fits
 
         check_rope_scaling_fits(model_type)
+    if cfg.model.get("shift_short_attention"):
+        from ftexp.builders.s2_attention import check_s2_fits
+
+        check_s2_fits(model_type)
     if cfg.data.packing:
         from ftexp.data.packing import check_packing_supported
 
