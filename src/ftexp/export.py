@@ -1,9 +1,13 @@
 """Export a trained causal-LM run as a plain Hugging Face model directory:
 
-    python -m ftexp.export <run dir> [-o DIR] [--dtype bfloat16|float32]
+    python -m ftexp.export <run dir> [-o DIR] [--dtype bfloat16|float32] [--adapter-only] [--base DIR]
 
-The adapter is merged into the base weights. A base trained in 8-bit / 4-bit is dequantized
-first, so the merged weights are the ones the adapter was trained against. The directory holds
+The adapter is merged into the base weights. A base trained in 8-bit / 4-bit / HQQ is dequantized
+first, so the merged weights are the ones the adapter was trained against. A base that was saved
+quantized (GPTQ, AWQ, …: its checkpoint carries a quantization_config) cannot take a merge: the
+adapter merges into the unquantized model named by `--base` / model.export_base, or is written
+alone (as with `--adapter-only`: PEFT's adapter_config.json + adapter_model.safetensors, loaded
+with peft's AutoPeftModelForCausalLM). The directory holds
 safetensors weights, the config, the tokenizer, a generation config and a model card with the
 training config and metrics; `AutoModelForCausalLM.from_pretrained(DIR)` loads it. A reward
 model (task=reward on a decoder LLM) exports as `AutoModelForSequenceClassification` with
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,11 +82,37 @@ def _model_card(cfg_text: str, metrics: dict[str, Any], hparams: dict[str, Any])
             f"## Training config\n\n```yaml\n{cfg_text}```\n")
 
 
-def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
+def _export_plan(hparams: dict[str, Any], adapter_only: bool,
+                 base: str | None) -> tuple[bool, str | None, str]:
+    """(adapter alone?, base to merge into, why), from the run's model and the user's choice."""
+    from ftexp.builders.backbone import checkpoint_quantization
+    from ftexp.config.adapter import ADAPTERS
+
+    m, method = hparams["model"], hparams["adapter"]["method"]
+    base = base or m.get("export_base")
+    if (adapter_only or base) and ADAPTERS[method].peft_config is None and method != "peft":
+        raise FtexpError(f"adapter={method} trains the model's own weights, so there is no separate adapter "
+                         "to write or merge elsewhere; export without --adapter-only / --base.")
+    saved_as = None if m.get("random_init") else checkpoint_quantization(
+        m["name_or_path"], trust_remote_code=m["trust_remote_code"], revision=m.get("revision"))
+    if base and checkpoint_quantization(base, trust_remote_code=m["trust_remote_code"]):
+        raise FtexpError(f"--base / model.export_base={base} is itself quantized; name the unquantized "
+                         "model the run's base was made from.")
+    if adapter_only:
+        return True, None, "as asked"
+    if saved_as and not base:
+        return True, None, (f"the base {m['name_or_path']} is saved {saved_as}-quantized and an adapter "
+                            "cannot merge into quantized weights; to merge, name its unquantized model with "
+                            "--base (or model.export_base)")
+    return False, base, ""
+
+
+def export_run(run: Path, output: Path, dtype: str = "bfloat16", adapter_only: bool = False,
+               base: str | None = None) -> Path:
     from transformers import GenerationConfig
 
     from ftexp.builders.backbone import load_tokenizer
-    from ftexp.builders.init_from import merged_network
+    from ftexp.builders.init_from import merged_network, trained_network
     from ftexp.data.causal_lm import decoder_tokenizer, ensure_eos
     from ftexp.predict import load_checkpoint
 
@@ -104,7 +135,17 @@ def export_run(run: Path, output: Path, dtype: str = "bfloat16") -> Path:
                          "weights; export supports weight adapters (lora, dora, ia3, …) and full "
                          "fine-tuning.")
     spec = get_task(task)
-    if spec.language_model:
+    adapter_only, merge_into, why = _export_plan(hparams, adapter_only, base)
+    if (adapter_only or merge_into) and not spec.language_model:
+        raise FtexpError(f"'{run}' is a task={task} run; --adapter-only and --base export language models.")
+    if adapter_only:
+        model = trained_network(hparams, saved["state_dict"], dtype, merge=False)
+        print(f"ftexp.export: writing the adapter alone ({why}).", file=sys.stderr)
+    elif merge_into:
+        unquantized = {**hparams, "model": {**hparams["model"], "name_or_path": merge_into,
+                                            "random_init": None, "init_from": None}}
+        model = merged_network(unquantized, saved["state_dict"], dtype)
+    elif spec.language_model:
         model = merged_network(hparams, saved["state_dict"], dtype)
     else:  # a reward model: its merged transformer and its scalar head, as a sequence classifier
         model = _sequence_scorer(hparams, saved["state_dict"], dtype, run)
@@ -146,12 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, help="a causal_lm / pretrain run directory")
     parser.add_argument("-o", "--output", type=Path, help="model directory (default: <run dir>/export)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default="bfloat16")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="write the PEFT adapter alone (adapter_config.json + adapter_model.safetensors)")
+    parser.add_argument("--base", help="merge into this unquantized model instead of the run's base "
+                                       "(for a base saved GPTQ / AWQ-quantized); default model.export_base")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     with reported_as_one_line(args.debug):
         quiet_third_party()
-        out = export_run(args.run_dir, args.output or args.run_dir / "export", args.dtype)
-        kind = ("AutoModelForCausalLM" if (out / "generation_config.json").is_file()
+        out = export_run(args.run_dir, args.output or args.run_dir / "export", args.dtype,
+                         adapter_only=args.adapter_only, base=args.base)
+        kind = ("peft.AutoPeftModelForCausalLM" if (out / "adapter_config.json").is_file()
+                else "AutoModelForCausalLM" if (out / "generation_config.json").is_file()
                 else "AutoModelForSequenceClassification")
         print(f"exported to {out} (load with {kind}.from_pretrained)")
 

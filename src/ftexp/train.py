@@ -197,15 +197,18 @@ class Recipe:
 
     def _setup_model_type(self) -> str:
         """The architecture, read from its config (no weights), and the checks that need it."""
-        from ftexp.builders.backbone import model_type_of
+        from ftexp.builders.backbone import checkpoint_quantization, model_type_of
         from ftexp.builders.init_from import inherit_settings
-        from ftexp.config.rules import check_model_fit
+        from ftexp.config.rules import check_model_fit, check_prequantized
 
         m = self.cfg.model
         inherit_settings(m)  # model.init_from: its absolute path, the earlier run's tokenizer
         model_type = model_type_of(m.name_or_path, _plain(m.random_init) if m.random_init else None,
                                    trust_remote_code=m.trust_remote_code, revision=m.revision)
         check_model_fit(self.cfg, model_type)
+        check_prequantized(self.cfg, checkpoint_quantization(
+            m.name_or_path, _plain(m.random_init) if m.random_init else None,
+            trust_remote_code=m.trust_remote_code, revision=m.revision))
         return model_type
 
     def _setup_tokenizer(self) -> Any:

@@ -241,6 +241,21 @@ def model_type_of(name_or_path: str, random_init: dict[str, Any] | None = None, 
                             revision=revision).model_type
 
 
+def checkpoint_quantization(name_or_path: str, random_init: dict[str, Any] | None = None, *,
+                            trust_remote_code: bool = False, revision: str | None = None) -> str | None:
+    """The quantization a checkpoint was saved in (gptq, awq, aqlm, bitsandbytes, …: its config's
+    quantization_config.quant_method), or None for ordinary weights and random-init models."""
+    if random_init is not None:
+        return None
+    config = _from_pretrained(AutoConfig, "model", name_or_path, trust_remote_code=trust_remote_code,
+                              revision=revision)
+    found = getattr(config, "quantization_config", None)
+    if found is None:
+        return None
+    method = found.get("quant_method") if isinstance(found, dict) else getattr(found, "quant_method", None)
+    return str(getattr(method, "value", method) or "unknown")
+
+
 def _drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
     # BERT-style models carry a CLS pooler (dense + tanh) that our heads never use; left in, it
     # is dead weight and an "unused parameters" error under DDP. Their forward skips a None pooler.

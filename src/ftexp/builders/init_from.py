@@ -184,6 +184,13 @@ def merged_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: s
     trained in 8-bit / 4-bit is dequantized first, so the merged weights are the ones the adapter
     was trained against. `causal_lm`: the run's task trains a language model (the LM head is
     kept), else a head task's backbone."""
+    return trained_network(hparams, state_dict, dtype, causal_lm, merge=True)
+
+
+def trained_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: str,
+                    causal_lm: bool = True, merge: bool = True):
+    """merged_network, or with `merge=False` the PEFT model itself (its base as trained, a
+    quantized one included, for writing the adapter alone)."""
     from ftexp.builders.adapter import apply_adapter
     from ftexp.builders.backbone import DTYPES
     from ftexp.builders.quant import dequantize, quantization_config
@@ -191,9 +198,10 @@ def merged_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: s
     adapter = hparams["adapter"]
     quant = hparams.get("quant") or {"method": "none"}
     base = load_starting_network(hparams["model"], quantization_config(quant), causal_lm=causal_lm)
-    if quant["method"] != "none":
+    if merge and quant["method"] != "none":
         base = dequantize(base)  # quantized layers → plain Linear with the dequantized weights
-    base = base.to(DTYPES[dtype])
+    if merge or quant["method"] == "none" and getattr(base, "hf_quantizer", None) is None:
+        base = base.to(DTYPES[dtype])
     model = apply_adapter(base, adapter, task_type="CAUSAL_LM" if causal_lm else None)
     prefix = _network_prefix(causal_lm)
     weights = {k.removeprefix(prefix): v.to(DTYPES[dtype]) if v.is_floating_point() else v
@@ -205,7 +213,7 @@ def merged_network(hparams: dict[str, Any], state_dict: dict[str, Any], dtype: s
     if trainable & set(result.missing_keys) or result.unexpected_keys:
         raise FtexpError(f"the checkpoint does not match the rebuilt model (unexpected "
                          f"{result.unexpected_keys[:3]}); was the base model changed since training?")
-    if hasattr(model, "merge_and_unload"):
+    if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model.requires_grad_(False).eval()
 

@@ -94,6 +94,9 @@ class ModelConfig(GroupSchema):
     # adapter, if any, starts fresh on top) | continue (its weights are loaded into this run's
     # adapter and keep training; adapter must then be the same method and keys as that run's).
     init_from_adapter: str = "merge"
+    # The unquantized model an adapter trained on a base saved quantized (GPTQ, AWQ, …) merges into
+    # at export (ftexp.export --base overrides it); null: such a run exports its adapter alone.
+    export_base: Optional[str] = None
     # Causal-LM tasks: compute the token loss from the final hidden states this many tokens at a
     # time (tasks/lm_loss.py), so the (batch, seq, vocab) logits never exist; null = full logits.
     # Same loss and gradients; architectures not known to lm_loss.HEADS keep the full logits.

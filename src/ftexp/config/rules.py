@@ -274,6 +274,33 @@ def _check_optimizer(cfg: DictConfig) -> None:
                               "follow; use strategy=auto with trainer.devices=1.")
 
 
+# Checkpoints saved quantized whose kernels ftexp trains on CUDA only (transformers' integrations).
+CUDA_ONLY_CHECKPOINT_QUANTIZATION = ("gptq", "awq", "aqlm", "eetq", "fp8", "hqq")
+
+
+def check_prequantized(cfg: DictConfig, saved_as: str | None) -> None:
+    """A base saved quantized (model.name_or_path's config has a quantization_config): an adapter
+    trains on top as loaded; it cannot be quantized again, nor its own weights trained."""
+    if saved_as is None:
+        return
+    name, method = cfg.model.name_or_path, cfg.adapter.method
+    if cfg.quant.method != "none":
+        raise ConfigError(f"model.name_or_path={name} is already quantized ({saved_as}); quant="
+                          f"{cfg.quant.method} would quantize it a second time. Set quant=none: it trains "
+                          "as saved.")
+    if ADAPTERS[method].trains_base_weights:
+        raise ConfigError(f"model.name_or_path={name} is saved quantized ({saved_as}), whose weights cannot "
+                          f"train, but adapter={method} trains them; use adapter=lora (or another PEFT "
+                          "adapter).")
+    import torch
+
+    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if saved_as in CUDA_ONLY_CHECKPOINT_QUANTIZATION and not cuda:
+        raise ConfigError(f"model.name_or_path={name} is saved {saved_as}-quantized, which ftexp trains "
+                          "through transformers' CUDA kernels only, and this run has no CUDA device; train "
+                          "on a GPU, or start from the unquantized model.")
+
+
 def _check_added_tokens(cfg: DictConfig) -> None:
     """model.add_special_tokens: the new tokens' embedding rows start untrained, so something must
     train them: full fine-tuning, or a PEFT weight adapter (which trains those rows too)."""

@@ -118,7 +118,8 @@ class FinetuneTask(L.LightningModule):
                 backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
-        if quant["method"] != "none":
+        saved_quantized = getattr(backbone, "hf_quantizer", None) is not None  # a GPTQ / AWQ … checkpoint
+        if quant["method"] != "none" or saved_quantized:
             backbone = prepare_for_kbit_training(backbone, quant.get("upcast_norms", True))
         if ADAPTERS[a["method"]].budgets_ranks and self._trainer is not None:
             a = {**a, "total_step": int(self.trainer.estimated_stepping_batches)}
