@@ -8,7 +8,9 @@
 #   2. quant_memory benchmarks/gpu_quant_memory.py: peak memory of bf16 / 8-bit / 4-bit LoRA bases
 #   3. strategies   benchmarks/gpu_strategies.py: LoRA / QLoRA under auto, FSDP, ZeRO-2 (loss falls,
 #                   export loads)
-#   4. bloom_fsdp   conf/experiment/bloom3b_full_fsdp_classification.yaml shortened: random-init BLOOM
+#   4. quant_bases  benchmarks/gpu_quant_bases.py: LoRA on quant=hqq, quant=eetq and (with --gptq DIR)
+#                   a base saved GPTQ-quantized: loss falls, peak memory, weight bytes vs bf16
+#   5. bloom_fsdp   conf/experiment/bloom3b_full_fsdp_classification.yaml shortened: random-init BLOOM
 #                   of BLOOM-3B's width and vocabulary (4 of its 30 layers), full fine-tuning under
 #                   FSDP, 10 steps
 #
@@ -28,6 +30,7 @@ T_THROUGHPUT=${T_THROUGHPUT:-210}
 T_QUANT=${T_QUANT:-75}
 T_STRATEGIES=${T_STRATEGIES:-105}
 T_BLOOM=${T_BLOOM:-75}
+T_QUANT_BASES=${T_QUANT_BASES:-60}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 for folder in benchmarks/wheels benchmarks/wheels-quant; do
@@ -65,6 +68,7 @@ part throughput "$T_THROUGHPUT" "$PY" benchmarks/gpu_throughput.py --warmup 5 --
 part quant_memory "$T_QUANT" "$PY" benchmarks/gpu_quant_memory.py --hidden 2048 --layers 8 --steps 20
 part strategies "$T_STRATEGIES" "$PY" benchmarks/gpu_strategies.py --layers 4 --hidden 512 --samples 96 \
   --strategies auto fsdp deepspeed_zero2 --out "$OUT_DIR/strategies"
+part quant_bases "$T_QUANT_BASES" "$PY" benchmarks/gpu_quant_bases.py --hidden 1024 --layers 4 --steps 20
 # model=tiny_bloom resized: the experiment's hub model cannot be fetched, and Hydra cannot merge a
 # random_init dict into bloom_3b's null one.
 part bloom_fsdp "$T_BLOOM" "$PY" -m ftexp +experiment=bloom3b_full_fsdp_classification \
@@ -101,7 +105,7 @@ def headline(name):
         m = json.loads((out / "bloom_fsdp" / "metrics.json").read_text())
         keep = ("val/loss", "val/accuracy", "peak_memory_gib", "fit_seconds")
         return [", ".join(f"{k}={m[k]:.4g}" for k in keep if isinstance(m.get(k), (int, float)))]
-    return last_lines(name, 8 if name in ("quant_memory", "strategies") else 1)
+    return last_lines(name, 8 if name in ("quant_memory", "strategies") else 6 if name == "quant_bases" else 1)
 
 
 gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "?"

