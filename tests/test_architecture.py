@@ -18,7 +18,8 @@ PACKAGE = ROOT / "src" / "ftexp"
 ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 # The commands users run (`python -m ftexp.<command>`, `python -m ftexp` for cli) — the only
 # modules at the top level; everything else lives in a package.
-COMMANDS = {"__init__", "__main__", "cli", "train", "predict", "generate", "export", "report", "evaluate"}
+COMMANDS = {"__init__", "__main__", "cli", "train", "predict", "generate", "export", "report", "evaluate",
+            "serve"}
 MAX_MODULE_LINES = 500
 
 

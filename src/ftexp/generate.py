@@ -46,6 +46,9 @@ class RunGenerator:
         self.encoder = LanguageModelingEncoder(self.tokenizer, self.formatter, train_on_prompt=False)
         self.main_column = data.text_columns[0]
         self.uses_template = spec.needs_prompts and data.prompt_template is not None
+        # Conversations in training (data.messages_column, or chat-form preference prompts): a
+        # served chat goes through the tokenizer's chat template as they did.
+        self.trained_on_chat = spec.needs_prompts and data.messages_column is not None
         self.settings = {**task.hparams.generation, **(overrides or {})}
         # Runs that read a prompt column (preference tasks, GRPO; their checkpoint says how prompts
         # were given): a prompt is rendered as in training — as a user message through the chat
@@ -58,6 +61,7 @@ class RunGenerator:
 
             self.preference = PreferenceEncoder(self.tokenizer, data.prompt_template)
             self.chat = prompts == "chat"
+            self.trained_on_chat = self.chat
             self.main_column = data.preference.prompt_column
 
     def prompt_text(self, row: dict[str, Any], raw: bool = False) -> str:

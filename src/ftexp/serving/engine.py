@@ -1,0 +1,261 @@
+"""The served model: a finished run (rebuilt as `ftexp.generate` rebuilds it) or an exported model
+directory, its prompts built as training built them, and generation — batched for requests that
+arrive together, streamed token by token for one that asks."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftexp.runs.errors import FtexpError
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve as asked (answered 400 with this message)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # stop (EOS or a stop string) | length (max_tokens reached)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _truncate(text: str, stops: list[str]) -> tuple[str, bool]:
+    """`text` cut before the first stop string, and whether one was found."""
+    cuts = [text.index(s) for s in stops if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+class Engine:
+    """A causal LM with its tokenizer, default generation settings and prompt building."""
+
+    def __init__(self, model: Any, tokenizer: Any, defaults: dict[str, Any], name: str,
+                 chat_ids: Any, completion_ids: Any):
+        self.model, self.tokenizer, self.defaults, self.name = model.eval(), tokenizer, defaults, name
+        self._chat_ids, self._completion_ids = chat_ids, completion_ids
+        config = model.config
+        self.context_length = int(getattr(config, "max_position_embeddings", None)
+                                  or getattr(config, "n_positions", None) or tokenizer.model_max_length)
+        self.lock = threading.Lock()  # one generation at a time on the model
+
+    @classmethod
+    def from_path(cls, path: Path, name: str | None = None) -> Engine:
+        """A run directory (config.yaml + checkpoints/best.ckpt) or an exported model directory."""
+        from ftexp.runs import run_dir
+
+        name = name or path.resolve().name
+        if (path / run_dir.CONFIG_FILE).is_file():
+            return cls._from_run(path, name)
+        if (path / "config.json").is_file():
+            return cls._from_export(path, name)
+        raise FtexpError(f"'{path}' is neither an ftexp run directory (config.yaml) nor a model directory "
+                         "(config.json); pass a finished run or the output of ftexp.export.")
+
+    @classmethod
+    def _from_run(cls, path: Path, name: str) -> Engine:
+        from ftexp.generate import RunGenerator
+
+        generator = RunGenerator(path)
+
+        def chat_ids(messages: list[dict[str, str]]) -> list[int]:
+            if generator.trained_on_chat or not generator.uses_template:
+                return _chat_template_ids(generator.tokenizer, messages)
+            users = [m for m in messages if m["role"] == "user"]
+            if len(messages) != 1 or not users:
+                raise RequestError("this run was trained on single instructions through its prompt template "
+                                   "(data.prompt_template): send one user message", "messages")
+            return generator.prompt_ids({generator.main_column: users[0]["content"]})
+
+        return cls(generator.model, generator.tokenizer, dict(generator.settings), name, chat_ids,
+                   lambda text: generator.prompt_ids({generator.main_column: text}, raw=True))
+
+    @classmethod
+    def _from_export(cls, path: Path, name: str) -> Engine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        defaults: dict[str, Any] = {"max_new_tokens": 256}
+        if (path / "generation_config.json").is_file():
+            saved = GenerationConfig.from_pretrained(path)
+            keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
+            defaults.update({k: getattr(saved, k) for k in keys if getattr(saved, k, None) is not None})
+        return cls(model, tokenizer, defaults, name, lambda m: _chat_template_ids(tokenizer, m),
+                   lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- requests -> settings and prompts ------------------------------------------------------
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self._chat_ids(messages)
+
+    def completion_ids(self, prompt: str) -> list[int]:
+        return self._completion_ids(prompt)
+
+    def settings(self, max_tokens: int | None, temperature: float | None, top_p: float | None,
+                 prompt_tokens: int) -> dict[str, Any]:
+        """GenerationConfig keys: the model's defaults, with what the request sets (temperature 0:
+        greedy) and its token budget checked against the context length."""
+        settings = dict(self.defaults)
+        if max_tokens is not None:
+            settings["max_new_tokens"] = max_tokens
+        if temperature is not None:
+            settings["do_sample"] = temperature > 0
+            if temperature > 0:
+                settings["temperature"] = temperature
+        if top_p is not None and settings.get("do_sample"):
+            settings["top_p"] = top_p
+        budget = int(settings.get("max_new_tokens") or 256)
+        if prompt_tokens + budget > self.context_length:
+            raise RequestError(f"this model's context length is {self.context_length} tokens; the prompt has "
+                               f"{prompt_tokens} and max_tokens asks for {budget} more "
+                               f"({prompt_tokens + budget} in all)", "max_tokens")
+        return settings
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def _config(self, settings: dict[str, Any], stops: list[str]) -> Any:
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(**settings, eos_token_id=self.tokenizer.eos_token_id,
+                                  pad_token_id=self.tokenizer.pad_token_id, stop_strings=stops or None)
+        if not config.do_sample:  # greedy: no sampling knobs, so transformers does not warn
+            config.temperature, config.top_p, config.top_k = None, None, None
+        return config
+
+    def generate(self, prompts: list[list[int]], settings: dict[str, Any], stops: list[str],
+                 seed: int | None = None) -> list[Completion]:
+        """One batch: prompts left-padded so every row ends where generation starts."""
+        config = self._config(settings, stops)
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        with self.lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                      tokenizer=self.tokenizer)
+        results = []
+        for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
+            eos = row.index(self.tokenizer.eos_token_id) if self.tokenizer.eos_token_id in row else None
+            tokens = row if eos is None else row[:eos]
+            text, stopped = _truncate(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)
+            finished = eos is not None or stopped or len(tokens) < config.max_new_tokens
+            results.append(Completion(text, "stop" if finished else "length", len(prompt),
+                                      len(tokens) + (eos is not None)))
+        return results
+
+    def stream(self, prompt: list[int], settings: dict[str, Any], stops: list[str],
+               seed: int | None = None) -> Iterator[str]:
+        """The new text of one prompt, piece by piece as tokens are decoded (transformers'
+        TextIteratorStreamer), cut at the first stop string."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        config = self._config(settings, stops)
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([prompt], device=device)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.lock, torch.inference_mode():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                        generation_config=config, tokenizer=self.tokenizer)
+            except BaseException as err:  # surfaced to the reader below, never a dead thread
+                failure.append(err)
+                streamer.end()
+
+        threading.Thread(target=run, daemon=True).start()
+        sent, stopped = "", False
+        for piece in streamer:
+            text, stopped = _truncate(sent + piece, stops)
+            if len(text) > len(sent):
+                yield text[len(sent):]
+            sent = text
+            if stopped:
+                break
+        if stopped:  # the rest of what the model still writes is not sent; let it finish
+            for _ in streamer:
+                pass
+        if failure:
+            raise failure[0]
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    settings: dict[str, Any]
+    stops: list[str]
+    seed: int | None
+    future: Future = field(default_factory=Future)
+
+    def key(self) -> tuple:
+        return (tuple(sorted((k, str(v)) for k, v in self.settings.items())), tuple(self.stops), self.seed)
+
+
+class Batcher:
+    """Requests that arrive together (within `window_s` of the first) with the same settings go
+    through the model as one batch, up to `max_batch` rows: one worker thread owns generation."""
+
+    def __init__(self, engine: Engine, max_batch: int = 8, window_s: float = 0.01):
+        self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        threading.Thread(target=self._work, daemon=True, name="ftexp-batcher").start()
+
+    def submit(self, prompt: list[int], settings: dict[str, Any], stops: list[str],
+               seed: int | None) -> Future:
+        job = _Job(prompt, settings, stops, seed)
+        self.jobs.put(job)
+        return job.future
+
+    def _work(self) -> None:
+        while True:
+            waiting = [self.jobs.get()]
+            deadline = time.monotonic() + self.window_s
+            while len(waiting) < 4 * self.max_batch:
+                try:
+                    waiting.append(self.jobs.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            groups: dict[tuple, list[_Job]] = {}
+            for job in waiting:
+                groups.setdefault(job.key(), []).append(job)
+            for jobs in groups.values():
+                for start in range(0, len(jobs), self.max_batch):
+                    batch = jobs[start:start + self.max_batch]
+                    try:
+                        results = self.engine.generate([j.prompt for j in batch], batch[0].settings,
+                                                       batch[0].stops, batch[0].seed)
+                    except BaseException as err:  # the requests fail, the worker lives on
+                        for job in batch:
+                            job.future.set_exception(err)
+                        continue
+                    for job, result in zip(batch, results, strict=True):
+                        job.future.set_result(result)
+
+
+def _chat_template_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise RequestError("this model's tokenizer has no chat template; use /v1/completions with a prompt, "
+                           "or train with model.chat_template set", "messages")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)

@@ -1,0 +1,166 @@
+"""python -m ftexp.serve: the OpenAI-compatible server over a tiny trained run, driven by the
+official `openai` client against a server started here on a free loopback port. Greedy chat and
+completions equal ftexp.generate, streaming yields the same text, requests that arrive together
+are batched, and every bad request is an OpenAI-shaped 4xx after which the server still serves."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+KEY = "test-key"
+QUESTION = "What colour is the plum?"
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> Path:
+    from ftexp.train import train
+
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "facts.jsonl"
+    rows = (f'{{"instruction": "What colour is the {t}?", "input": "", "output": "The {t} is {c}."}}\n'
+            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12)
+    data.write_text("".join(rows))
+    train(compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "data.split_column=null",
+                          "model=tiny_llama", "adapter=lora", "optimizer.learning_rate=1e-2", "trainer=smoke",
+                          "trainer.max_steps=8", "trainer.precision=32", "trainer.enable_progress_bar=false"],
+                         output_dir=root / "run"))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def server(sft_run: Path):
+    from ftexp.serving.app import create_app
+    from ftexp.serving.engine import Engine
+
+    engine = Engine.from_path(sft_run, "tiny")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(engine, api_key=KEY, max_tokens_limit=64)
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    yield f"http://127.0.0.1:{port}/v1", engine
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0)
+
+
+def generated(run: Path, row: dict, raw: bool = False) -> str:
+    from ftexp.generate import RunGenerator
+
+    generator = RunGenerator(run, {"max_new_tokens": 12, "do_sample": False})
+    return generator.generate([{generator.main_column: row}] if isinstance(row, str) else [row], raw)[0]
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list()] == ["tiny"]
+
+
+def test_a_greedy_chat_completion_equals_ftexp_generate(client, sft_run):
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                           temperature=0, max_tokens=12)
+    assert reply.choices[0].message.content.strip() == generated(sft_run, QUESTION)
+    assert reply.usage.completion_tokens >= 1 and reply.usage.prompt_tokens > 5
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streaming_yields_the_same_text(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model="tiny", messages=messages, temperature=0, max_tokens=12, stream=True)]
+    assert len([p for p in pieces if p]) > 1  # several events, not one
+    assert "".join(pieces) == whole.choices[0].message.content
+
+
+def test_completions_take_the_prompt_as_is(client, sft_run):
+    prompt = "The sky is"
+    reply = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=12)
+    assert reply.choices[0].text.strip() == generated(sft_run, prompt, raw=True)
+
+
+def test_a_stop_string_ends_the_text_before_it(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12)
+    text = whole.choices[0].message.content
+    stop = text.strip()[len(text.strip()) // 2:][:2]
+    cut = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12,
+                                         stop=stop)
+    assert cut.choices[0].message.content == text[:text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_requests_that_arrive_together_are_generated_as_one_batch(client, server, monkeypatch):
+    engine = server[1]
+    batches = []
+    original = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda prompts, *a, **k: batches.append(len(prompts)) or
+                        original(prompts, *a, **k))
+    questions = [f"What colour is the {thing}?" for thing in ("plum", "sky", "grass", "plum")]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda q: client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": q}], temperature=0, max_tokens=8), questions))
+    assert sum(batches) == 4 and max(batches) > 1  # fewer model calls than requests
+    assert replies[0].choices[0].message.content == replies[3].choices[0].message.content
+
+
+def test_a_wrong_key_is_401(server):
+    wrong = openai.OpenAI(base_url=server[0], api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"model": "other"}, openai.NotFoundError, "the model 'other' does not exist; this server serves 'tiny'"),
+    ({"max_tokens": 65}, openai.BadRequestError, "max_tokens=65 is over this server's limit of 64"),
+    ({"extra_body": {"frobnicate": 1}}, openai.BadRequestError,
+     "unrecognized request argument supplied: frobnicate"),
+    ({"temperature": 3}, openai.BadRequestError, "temperature"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+     openai.BadRequestError, "send one user message"),
+])
+def test_bad_requests_are_openai_shaped_4xx_and_the_server_lives_on(client, kwargs, error, message):
+    request = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4,
+               **kwargs}
+    with pytest.raises(error) as info:
+        client.chat.completions.create(**request)
+    assert message in info.value.body["message"] and info.value.body["type"]
+    assert client.models.list().data  # still serving
+
+
+def test_a_prompt_over_the_context_is_refused_with_the_numbers(client, server):
+    engine = server[1]
+    long = " ".join(["plum"] * (engine.context_length - 10))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny", prompt=long, max_tokens=60)
+    assert f"context length is {engine.context_length} tokens" in info.value.body["message"]
+
+
+def test_malformed_json_is_a_400_not_a_500(server):
+    import httpx
+
+    response = httpx.post(f"{server[0]}/chat/completions", content=b"{not json",
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the request body is not valid JSON"
