@@ -321,6 +321,7 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path, iterati
     _assert_same_weights(weights, expected_weights)
 
 
+@pytest.mark.slow
 def test_a_killed_lora_run_on_an_hqq_base_resumes_to_the_uninterrupted_result(data_csv, tmp_path):
     """quant=hqq: the resumed run quantizes its base again (HQQ needs no data, so the codes are the
     same) and continues the adapter from its checkpoint, bit for bit."""

@@ -164,3 +164,57 @@ def test_malformed_json_is_a_400_not_a_500(server):
                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "the request body is not valid JSON"
+
+
+def _serve_in_thread(source: Path, name: str):
+    """(base URL, stop) of a server over `source` on a free loopback port, without a key."""
+    from ftexp.serving.app import create_app
+    from ftexp.serving.engine import Engine
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(Engine.from_path(source, name))
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=instance.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/v1", instance
+
+
+@pytest.mark.parametrize("kind", ["classification", "reward"])
+def test_classifier_and_reward_runs_serve_what_ftexp_predict_writes(kind, tmp_path: Path):
+    import httpx
+    import pandas as pd
+
+    from conftest import colour_preferences, preference_overrides, sentiment_rows, tiny_overrides
+    from ftexp.predict import predict_file
+    from ftexp.train import train
+
+    if kind == "classification":
+        data = tmp_path / "toy.csv"
+        sentiment_rows(64, seed=2).to_csv(data, index=False)
+        overrides = tiny_overrides(data, "trainer.max_epochs=1")
+        rows = [{"text": t} for t in pd.read_csv(data)["text"][:5]]
+    else:
+        data = colour_preferences(tmp_path / "pairs.jsonl")
+        overrides = preference_overrides(data, "reward", "trainer=smoke")
+        responses = ("purple", "green", "it is purple")
+        rows = [{"prompt": "What colour is a plum?", "response": r} for r in responses]
+    train(compose_config(overrides, output_dir=tmp_path / "run"))
+    pd.DataFrame(rows).to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    expected = predict_file(tmp_path / "run", tmp_path / "rows.jsonl", tmp_path / "predicted.jsonl")
+    url, instance = _serve_in_thread(tmp_path / "run", "scorer")
+    try:
+        route = "predict" if kind == "classification" else "score"
+        answer = httpx.post(f"{url}/{route}", json={"model": "scorer", "rows": rows}, timeout=60).json()
+        columns = [c for c in expected.columns if c not in rows[0]]
+        got = pd.DataFrame(answer["data"])[columns]
+        pd.testing.assert_frame_equal(got, expected[columns], check_exact=False, rtol=1e-5)
+        missing = httpx.post(f"{url}/predict", json={"model": "scorer", "rows": [{"other": "x"}]}, timeout=60)
+        needed = "text" if kind == "classification" else "prompt"
+        assert missing.status_code == 400 and needed in missing.json()["error"]["message"], missing.json()
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+    finally:
+        instance.should_exit = True

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ftexp.serving.engine import Batcher, Completion, Engine, RequestError
-from ftexp.serving.schemas import ChatRequest, CompletionRequest, error_body
+from ftexp.serving.predictor import Predictor
+from ftexp.serving.schemas import ChatRequest, CompletionRequest, PredictRequest, error_body
 
 
 class APIError(Exception):
@@ -29,11 +30,12 @@ class APIError(Exception):
         self.status, self.body = status, error_body(message, kind, param, code)
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 4096,
+def create_app(engine: Engine | Predictor, api_key: str | None = None, max_tokens_limit: int = 4096,
                max_batch: int = 8) -> FastAPI:
-    """The app; `api_key`: every request must carry `Authorization: Bearer <key>`."""
+    """The app; `api_key`: every request must carry `Authorization: Bearer <key>`. A language
+    model gets the completion routes, a classifier / regressor / reward run /v1/predict (also
+    /v1/score)."""
     app = FastAPI(title=f"ftexp serve: {engine.name}", docs_url=None, redoc_url=None)
-    batcher = Batcher(engine, max_batch=max_batch)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:
@@ -68,10 +70,32 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
                                                code="invalid_api_key"), status_code=401)
         return await call_next(request)
 
-    def check(body: ChatRequest | CompletionRequest, prompt: list[int]) -> dict[str, Any]:
-        if body.model != engine.name:
-            raise APIError(404, f"the model '{body.model}' does not exist; this server serves "
+    def check_model(name: str) -> None:
+        if name != engine.name:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves "
                                 f"'{engine.name}'", "not_found_error", "model", "model_not_found")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
+                                            "owned_by": "ftexp"}]}
+
+    if isinstance(engine, Predictor):
+        async def predict(body: PredictRequest) -> dict[str, Any]:
+            check_model(body.model)
+            try:
+                rows = await asyncio.to_thread(engine.predict, body.rows)
+            except RequestError as err:
+                raise APIError(400, str(err), param=err.param) from err
+            return {"object": "list", "model": engine.name, "task": engine.kind, "data": rows}
+
+        app.post("/v1/predict")(predict)
+        app.post("/v1/score")(predict)  # a reward run's scores, by the name scoring APIs use
+        return app
+    batcher = Batcher(engine, max_batch=max_batch)
+
+    def check(body: ChatRequest | CompletionRequest, prompt: list[int]) -> dict[str, Any]:
+        check_model(body.model)
         if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
             raise APIError(400, f"max_tokens={body.max_tokens} is over this server's limit of "
                                 f"{max_tokens_limit}", param="max_tokens")
@@ -105,11 +129,6 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
                  "total_tokens": result.prompt_tokens + result.completion_tokens}
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": engine.name, "choices": [choice], "usage": usage}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
-                                            "owned_by": "ftexp"}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest) -> Any:

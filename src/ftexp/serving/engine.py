@@ -53,12 +53,21 @@ class Engine:
         self.lock = threading.Lock()  # one generation at a time on the model
 
     @classmethod
-    def from_path(cls, path: Path, name: str | None = None) -> Engine:
-        """A run directory (config.yaml + checkpoints/best.ckpt) or an exported model directory."""
+    def from_path(cls, path: Path, name: str | None = None) -> Any:
+        """A run directory (config.yaml + checkpoints/best.ckpt) or an exported model directory:
+        an Engine for language models, a Predictor for classifier, regressor and reward runs."""
+        from omegaconf import OmegaConf
+
         from ftexp.runs import run_dir
+        from ftexp.tasks.registry import get_task
 
         name = name or path.resolve().name
         if (path / run_dir.CONFIG_FILE).is_file():
+            task = (OmegaConf.load(path / run_dir.CONFIG_FILE).get("task") or {}).get("name")
+            if task is not None and get_task(task).predicts:
+                from ftexp.serving.predictor import Predictor
+
+                return Predictor(path, name)
             return cls._from_run(path, name)
         if (path / "config.json").is_file():
             return cls._from_export(path, name)

@@ -40,6 +40,14 @@ class CompletionRequest(_Request):
     prompt: str
 
 
+class PredictRequest(BaseModel):
+    """Rows for a classifier, regressor or reward run: each a mapping of the run's columns."""
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    rows: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
+
+
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
