@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -73,6 +74,14 @@ def colour_preferences(path: Path, paired: bool = True, seed: int = 0) -> Path:
                     rows += [{"prompt": prompt, "completion": colour, "label": True, "split": split},
                              {"prompt": prompt, "completion": wrong, "label": False, "split": split}]
     pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+def colour_facts(path: Path, repeats: int = 12) -> Path:
+    """A tiny SFT file (Alpaca columns, no split column): colour questions and their answers."""
+    things = [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * repeats
+    path.write_text("".join(json.dumps({"instruction": f"What colour is the {t}?", "input": "",
+                                        "output": f"The {t} is {c}."}) + "\n" for t, c in things))
     return path
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, learning_seed
+from conftest import colour_facts, compose_config, learning_seed
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.hqq import HqqQuantization, has_hqq_layers, is_hqq_layer
 from ftexp.builders.quant import dequantize, quantization_config
@@ -109,9 +109,7 @@ def test_a_run_on_an_hqq_base_exports_dequantized_and_merged(tmp_path: Path):
     from ftexp.predict import load_trained
     from ftexp.train import train
 
-    data = tmp_path / "facts.jsonl"
-    data.write_text("".join(f'{{"instruction": "What colour is the {t}?", "input": "", "output": "{c}."}}\n'
-                            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12))
+    data = colour_facts(tmp_path / "facts.jsonl")
     cfg = compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "data.split_column=null",
                           "model=tiny_llama", "adapter=lora", "quant=hqq", "quant.compute_dtype=float32",
                           "trainer=smoke", "trainer.precision=32", "trainer.enable_progress_bar=false"],

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import colour_facts, compose_config
 from ftexp.builders.adapter import apply_adapter, validate_adapter
 from ftexp.builders.backbone import load_backbone
 from ftexp.runs.errors import ConfigError
@@ -95,9 +95,7 @@ def test_a_run_exports_the_expanded_model(tmp_path: Path):
     from ftexp.predict import load_trained
     from ftexp.train import train
 
-    data = tmp_path / "facts.jsonl"
-    data.write_text("".join(f'{{"instruction": "What colour is the {t}?", "input": "", "output": "{c}."}}\n'
-                            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12))
+    data = colour_facts(tmp_path / "facts.jsonl")
     cfg = compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "model=tiny_llama",
                           "data.split_column=null", "adapter=llama_pro", "adapter.num_expand_layers=1",
                           "trainer=smoke",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import colour_facts, compose_config
 from ftexp.builders.backbone import checkpoint_quantization, load_backbone
 from ftexp.config.rules import check_prequantized
 from ftexp.runs.errors import ConfigError, FtexpError
@@ -86,9 +86,7 @@ def lora_run(tmp_path_factory) -> Path:
     from ftexp.train import train
 
     root = tmp_path_factory.mktemp("lora")
-    data = root / "facts.jsonl"
-    data.write_text("".join(f'{{"instruction": "What colour is the {t}?", "input": "", "output": "{c}."}}\n'
-                            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12))
+    data = colour_facts(root / "facts.jsonl")
     train(compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "data.split_column=null",
                           "model=tiny_llama", "adapter=lora", "optimizer.learning_rate=1e-2", "trainer=smoke",
                           "trainer.precision=32", "trainer.enable_progress_bar=false"],

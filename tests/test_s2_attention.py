@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import colour_facts, compose_config
 from ftexp.builders.backbone import load_backbone
 from ftexp.builders.s2_attention import enable_s2_attention, s2_attention
 from ftexp.runs.errors import ConfigError
@@ -117,9 +117,7 @@ def test_a_run_with_s2_attention_trains_and_exports_an_ordinary_model(tmp_path: 
     from ftexp.export import export_run
     from ftexp.train import train
 
-    data = tmp_path / "facts.jsonl"
-    data.write_text("".join(f'{{"instruction": "What colour is the {t}?", "input": "", "output": "{c}."}}\n'
-                            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12))
+    data = colour_facts(tmp_path / "facts.jsonl")
     cfg = compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "data.split_column=null",
                           "model=tiny_llama", "adapter=lora", "model.shift_short_attention=true",
                           "trainer=smoke", "trainer.precision=32", "trainer.enable_progress_bar=false"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config
+from conftest import colour_facts, compose_config
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -28,10 +28,7 @@ def sft_run(tmp_path_factory) -> Path:
     from ftexp.train import train
 
     root = tmp_path_factory.mktemp("serve")
-    data = root / "facts.jsonl"
-    rows = (f'{{"instruction": "What colour is the {t}?", "input": "", "output": "The {t} is {c}."}}\n'
-            for t, c in [("plum", "purple"), ("sky", "blue"), ("grass", "green")] * 12)
-    data.write_text("".join(rows))
+    data = colour_facts(root / "facts.jsonl")
     train(compose_config(["task=causal_lm", "data=code_alpaca", f"data.path={data}", "data.split_column=null",
                           "model=tiny_llama", "adapter=lora", "optimizer.learning_rate=1e-2", "trainer=smoke",
                           "trainer.max_steps=8", "trainer.precision=32", "trainer.enable_progress_bar=false"],

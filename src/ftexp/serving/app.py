@@ -18,9 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ftexp.serving.engine import Batcher, Completion, Engine, RequestError
+from ftexp.serving.engine import Batcher, Completion, Engine
 from ftexp.serving.predictor import Predictor
-from ftexp.serving.schemas import ChatRequest, CompletionRequest, PredictRequest, error_body
+from ftexp.serving.schemas import ChatRequest, CompletionRequest, PredictRequest, RequestError, error_body
 
 
 class APIError(Exception):

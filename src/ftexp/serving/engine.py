@@ -16,14 +16,7 @@ from typing import Any
 import torch
 
 from ftexp.runs.errors import FtexpError
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve as asked (answered 400 with this message)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+from ftexp.serving.schemas import RequestError
 
 
 @dataclass(frozen=True)

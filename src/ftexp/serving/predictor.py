@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ftexp.runs.errors import DataError, FtexpError
-from ftexp.serving.engine import RequestError
+from ftexp.serving.schemas import RequestError
 
 
 class Predictor:

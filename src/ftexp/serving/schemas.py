@@ -48,6 +48,14 @@ class PredictRequest(BaseModel):
     rows: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
 
 
+class RequestError(ValueError):
+    """A request the model cannot serve as asked (answered 400 with this message)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
