@@ -5,9 +5,6 @@ line), and exported as the adapter alone or merged into the unquantized model (-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -71,13 +68,12 @@ def test_what_cannot_train_on_a_saved_quantized_base_is_refused_in_one_line(save
 
 
 def test_the_job_refuses_it_before_any_weights_load(saved_gptq: Path, tmp_path: Path):
+    from ftexp.train import train
+
     if torch.cuda.is_available():
         pytest.skip("the CPU refusal")
-    command = [sys.executable, "-m", "ftexp", *saved_base(saved_gptq), f"hydra.run.dir={tmp_path / 'run'}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode != 0
-    assert "ftexp: error: model.name_or_path=" in done.stderr and "gptq-quantized" in done.stderr
+    with pytest.raises(ConfigError, match=r"^model.name_or_path=.* is saved gptq-quantized"):
+        train(compose_config(saved_base(saved_gptq), output_dir=tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
