@@ -149,3 +149,10 @@ def test_eetq_is_refused_without_cuda_in_one_line():
                                           r"this machine has no CUDA device; use quant=hqq or quant=8bit on "
                                           r"CPU\.$"):
         quantization_config({"method": "eetq", "skip_modules": None})
+
+
+def test_eetq_with_a_weight_adapter_is_refused_before_any_model_loads():
+    with pytest.raises(ConfigError) as info:
+        compose_config(["model=tiny_llama", "task=causal_lm", "quant=eetq", "adapter=lora"], resolve=False)
+    assert "PEFT cannot put adapters on transformers' EETQ layers" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -118,6 +118,12 @@ def test_a_run_from_an_sft_run_trains_generates_and_exports(sft_run: Path, data:
     with torch.no_grad():
         torch.testing.assert_close(exported(input_ids=IDS).logits, task.network(input_ids=IDS).logits,
                                    atol=1e-5, rtol=0)
+    # An adapter alone would drop the SFT run's training: refused, and nothing is written.
+    from ftexp.runs.errors import FtexpError
+
+    with pytest.raises(FtexpError, match="started from the ftexp run .* export the merged model"):
+        export_run(out, tmp_path / "adapter", "float32", adapter_only=True)
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_cached_embeddings_are_those_of_the_earlier_runs_weights(sft_run: Path, data: Path,

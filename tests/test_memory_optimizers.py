@@ -256,6 +256,10 @@ def test_badam_steps_under_lightning(no_full_gc, margin):
     (["optimizer=galore", "optimizer._target_=torch.optim.AdamW"],
      "optimizer.projection is read by GaLore / APOLLO optimizers only"),
     (["optimizer=galore", "optimizer.projection=null"], "needs optimizer.projection"),
+    (["optimizer=muon", "adapter=lora", "optimizer.loraplus_lr_ratio=16"],
+     "optimizer=muon builds its own parameter groups, so optimizer.loraplus_lr_ratio"),
+    (["optimizer=badam", "optimizer._target_=adam_mini.Adam_mini"],
+     "optimizer=adam_mini builds its own parameter groups, so optimizer.blocks"),
 ])
 def test_impossible_combinations_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:

@@ -108,6 +108,40 @@ def test_a_stop_string_ends_the_text_before_it(client):
     assert cut.choices[0].finish_reason == "stop"
 
 
+def test_a_streamed_stop_string_is_never_sent_in_part(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12)
+    text = whole.choices[0].message.content
+    stop = text.strip()[len(text.strip()) // 2:][:3]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, temperature=0,
+                                                 max_tokens=12, stop=stop, stream=True))
+    pieces = [c.choices[0].delta.content or "" for c in chunks]
+    assert "".join(pieces) == text[:text.index(stop)]
+    assert not any(stop[:1] in p for p in pieces[-1:] if p)  # no stop-string prefix slipped out last
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_stream_that_runs_out_of_tokens_says_length(client):
+    chunks = list(client.completions.create(model="tiny", prompt="The sky is", temperature=0, max_tokens=2,
+                                            stream=True))
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stream_closed_early_stops_generating(server, sft_run):
+    from ftexp.serving.engine import _held_back
+
+    assert _held_back("the sky is bl", ["blue", "x"]) == 2 and _held_back("sky", ["blue"]) == 0
+    engine = server[1]
+    prompt = engine.completion_ids("The sky is")
+    settings = {**engine.settings(60, 0, None, len(prompt)), "min_new_tokens": 60}  # never EOS early
+    stream = engine.stream(prompt, settings, [])
+    pieces = iter(stream)
+    next(pieces)
+    pieces.close()  # the client hung up
+    with engine.lock:  # released once generation noticed
+        assert stream.progress.generated < 30  # of the 60 it was asked for
+
+
 def test_requests_that_arrive_together_are_generated_as_one_batch(client, server, monkeypatch):
     engine = server[1]
     batches = []

@@ -93,6 +93,11 @@ def _export_plan(hparams: dict[str, Any], adapter_only: bool,
     if (adapter_only or base) and ADAPTERS[method].peft_config is None and method != "peft":
         raise FtexpError(f"adapter={method} trains the model's own weights, so there is no separate adapter "
                          "to write or merge elsewhere; export without --adapter-only / --base.")
+    if (adapter_only or base) and m.get("init_from"):
+        # The run's base is another run's merged network: an adapter alone, or one merged into a
+        # named model, would silently drop that first run's training.
+        raise FtexpError(f"this run started from the ftexp run '{m['init_from']}', whose training is part "
+                         "of its base; export the merged model (without --adapter-only / --base).")
     saved_as = None if m.get("random_init") else checkpoint_quantization(
         m["name_or_path"], trust_remote_code=m["trust_remote_code"], revision=m.get("revision"))
     if base and checkpoint_quantization(base, trust_remote_code=m["trust_remote_code"]):

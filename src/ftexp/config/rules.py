@@ -73,6 +73,12 @@ def _check_adapter_and_quant(cfg: DictConfig, spec: TaskSpec) -> None:
         raise ConfigError(f"quant={cfg.quant.method} with adapter={method}: quantized "
                           "weights cannot be trained directly; use an adapter (e.g. adapter=lora, "
                           "i.e. QLoRA), adapter=frozen, or quant=none.")
+    if cfg.quant.method == "eetq" and ADAPTERS[method].trains_backbone:
+        # PEFT wraps EETQ layers only as the `eetq` package's EetqLinear; transformers 5 loads its own
+        # (through `kernels`), which PEFT cannot target and cannot dequantize for export.
+        raise ConfigError(f"quant=eetq with adapter={method}: PEFT cannot put adapters on transformers' "
+                          "EETQ layers (nor merge them for export); use quant=hqq or quant=8bit for "
+                          "LoRA on int8 weights, or adapter=frozen.")
     if not ADAPTERS[method].trains_backbone and not spec.trains_with_frozen_backbone:
         raise ConfigError(f"adapter=frozen trains nothing under task={spec.name} (there is no "
                           "head); use adapter=lora, freeze or none.")
@@ -259,6 +265,14 @@ def _check_optimizer(cfg: DictConfig) -> None:
         if strategy in ("fsdp", "deepspeed"):
             raise ConfigError(f"optimizer=adam_mini is wired for one device or DDP here, not "
                               f"strategy={strategy}; use strategy=ddp or one device.")
+    if target in (MUON_TARGET, ADAM_MINI_TARGET):
+        name = "muon" if target == MUON_TARGET else "adam_mini"
+        for key, what in (("loraplus_lr_ratio", "LoRA+ learning-rate groups"),
+                          ("blocks", "BAdam's block switching")):
+            if o[key] is not None:
+                raise ConfigError(f"optimizer={name} builds its own parameter groups, so "
+                                  f"optimizer.{key} ({what}) has no effect there; use optimizer=adamw "
+                                  f"with it, or optimizer.{key}=null.")
     if o.loraplus_lr_ratio is not None and method not in LORAPLUS_ADAPTERS:
         raise ConfigError(f"optimizer.loraplus_lr_ratio (LoRA+) sets the learning rate of LoRA's B "
                           f"matrices, which adapter={method} does not have; use adapter=lora or dora, "

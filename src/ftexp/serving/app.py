@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ftexp.serving.engine import Batcher, Completion, Engine
+from ftexp.serving.engine import Batcher, Completion, Engine, Stream
 from ftexp.serving.predictor import Predictor
 from ftexp.serving.schemas import ChatRequest, CompletionRequest, PredictRequest, RequestError, error_body
 
@@ -142,7 +142,7 @@ def create_app(engine: Engine | Predictor, api_key: str | None = None, max_token
     return app
 
 
-def _events(pieces: Iterator[str], ident: str, created: int, model: str, chat: bool) -> Iterator[str]:
+def _events(pieces: Stream, ident: str, created: int, model: str, chat: bool) -> Iterator[str]:
     """OpenAI's stream: one `data: {chunk}` event per piece of text, a last chunk with the
     finish reason, then `data: [DONE]`. A failure mid-stream ends it with an error event."""
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -161,7 +161,7 @@ def _events(pieces: Iterator[str], ident: str, created: int, model: str, chat: b
             yield chunk({"role": "assistant", "content": ""}, None)
         for piece in pieces:
             yield chunk({"content": piece} if chat else piece, None)
-        yield chunk({} if chat else "", "stop")
+        yield chunk({} if chat else "", pieces.finish_reason)
     except Exception as err:  # the client sees why; the server goes on
         yield f"data: {json.dumps(error_body(f'generation failed: {err}', 'server_error'))}\n\n"
     yield "data: [DONE]\n\n"

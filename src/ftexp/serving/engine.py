@@ -90,6 +90,8 @@ class Engine:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:  # a model directory written elsewhere; batches need padding
+            tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(path)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         defaults: dict[str, Any] = {"max_new_tokens": 256}
@@ -157,6 +159,8 @@ class Engine:
         for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
             eos = row.index(self.tokenizer.eos_token_id) if self.tokenizer.eos_token_id in row else None
             tokens = row if eos is None else row[:eos]
+            while eos is None and tokens and tokens[-1] == pad:  # a row ended by a stop string early
+                tokens = tokens[:-1]
             text, stopped = _truncate(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)
             finished = eos is not None or stopped or len(tokens) < config.max_new_tokens
             results.append(Completion(text, "stop" if finished else "length", len(prompt),
@@ -164,42 +168,89 @@ class Engine:
         return results
 
     def stream(self, prompt: list[int], settings: dict[str, Any], stops: list[str],
-               seed: int | None = None) -> Iterator[str]:
-        """The new text of one prompt, piece by piece as tokens are decoded (transformers'
-        TextIteratorStreamer), cut at the first stop string."""
-        from transformers import TextIteratorStreamer
+               seed: int | None = None) -> Stream:
+        return Stream(self, prompt, settings, stops, seed)
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        config = self._config(settings, stops)
-        device = next(self.model.parameters()).device
-        ids = torch.tensor([prompt], device=device)
-        failure: list[BaseException] = []
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string: they wait for
+    the next piece, so a stop string is never sent in part."""
+    return max((k for stop in stops for k in range(1, min(len(stop), len(text) + 1))
+                if text.endswith(stop[:k])), default=0)
+
+
+class _Progress:
+    """A stopping criterion that counts the tokens generated, remembers the last one, and ends
+    generation once `cancelled` is set (the reader stopped: a stop string, or the client left)."""
+
+    def __init__(self, prompt_length: int):
+        self.prompt_length, self.generated, self.last = prompt_length, 0, None
+        self.cancelled = threading.Event()
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.generated, self.last = input_ids.shape[1] - self.prompt_length, int(input_ids[0, -1])
+        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+class Stream:
+    """One streamed completion: iterate for the new text piece by piece as tokens are decoded
+    (transformers' TextIteratorStreamer), cut before the first stop string; `finish_reason` is
+    set once the pieces run out. Closing it early stops generation at the next token."""
+
+    def __init__(self, engine: Engine, prompt: list[int], settings: dict[str, Any], stops: list[str],
+                 seed: int | None):
+        self.engine, self.prompt, self.settings, self.stops, self.seed = engine, prompt, settings, stops, seed
+        self.finish_reason: str | None = None
+        self.progress = _Progress(len(prompt))
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        engine, stops = self.engine, self.stops
+        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        config = engine._config(self.settings, stops)
+        ids = torch.tensor([self.prompt], device=next(engine.model.parameters()).device)
+        progress, failure = self.progress, []
+        criteria = StoppingCriteriaList([progress])
 
         def run() -> None:
             try:
-                with self.lock, torch.inference_mode():
-                    if seed is not None:
-                        torch.manual_seed(seed)
-                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                        generation_config=config, tokenizer=self.tokenizer)
+                with engine.lock, torch.inference_mode():
+                    if self.seed is not None:
+                        torch.manual_seed(self.seed)
+                    engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                          streamer=streamer, generation_config=config,
+                                          tokenizer=engine.tokenizer, stopping_criteria=criteria)
             except BaseException as err:  # surfaced to the reader below, never a dead thread
                 failure.append(err)
                 streamer.end()
 
         threading.Thread(target=run, daemon=True).start()
-        sent, stopped = "", False
-        for piece in streamer:
-            text, stopped = _truncate(sent + piece, stops)
-            if len(text) > len(sent):
+        text, sent, stopped = "", "", False
+        try:
+            for piece in streamer:
+                text += piece
+                shown, stopped = _truncate(text, stops)
+                if not stopped:
+                    shown = shown[:len(shown) - _held_back(shown, stops)]
+                if len(shown) > len(sent):
+                    yield shown[len(sent):]
+                    sent = shown
+                if stopped:
+                    break
+            if not stopped and len(text) > len(sent):  # the end held back no stop string after all
                 yield text[len(sent):]
-            sent = text
-            if stopped:
-                break
-        if stopped:  # the rest of what the model still writes is not sent; let it finish
+        finally:  # a stop string, the end, or a reader that left: the model stops writing
+            progress.cancelled.set()
+        if stopped:  # what it wrote before noticing is not sent (the streamer ends when generate does)
             for _ in streamer:
                 pass
         if failure:
             raise failure[0]
+        eos = engine.tokenizer.eos_token_id
+        ran_out = progress.generated >= config.max_new_tokens and progress.last != eos
+        self.finish_reason = "length" if ran_out and not stopped else "stop"
 
 
 @dataclass
@@ -239,7 +290,8 @@ class Batcher:
                 except queue.Empty:
                     break
             groups: dict[tuple, list[_Job]] = {}
-            for job in waiting:
+            # A request whose client left (its future cancelled) is not generated.
+            for job in (j for j in waiting if j.future.set_running_or_notify_cancel()):
                 groups.setdefault(job.key(), []).append(job)
             for jobs in groups.values():
                 for start in range(0, len(jobs), self.max_batch):
