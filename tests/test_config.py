@@ -40,9 +40,12 @@ def test_pipeline_later_stages_are_the_experiments_that_start_from_a_run():
 def test_each_option_composes_and_validates(group: str, option: str, tmp_path: Path):
     overrides = [f"+{group}={option}" if group == "experiment" else f"{group}={option}"]
     if group == "quant" and option != "none":
-        overrides.append("adapter=lora")  # a k-bit base trains through an adapter
-    if group == "task" and option == "causal_lm":
+        # A k-bit base trains through an adapter (PEFT has none for transformers' EETQ layers).
+        overrides.append("adapter=frozen" if option == "eetq" else "adapter=lora")
+    if group == "task" and option in ("causal_lm", "distill"):
         overrides.append("data=code_alpaca")  # SFT needs a prompt template
+    if group == "task" and option == "distill":
+        overrides.append("task.teacher=a-teacher")  # a distillation needs one (loaded at fit start)
     if group == "data" and option == "custom":
         overrides.append(f"data.path={tmp_path / 'x.csv'}")
     if group == "eval" and option == "lm_eval":  # lm-eval scores language models
@@ -104,8 +107,8 @@ BAD_CONFIGS = [
     (["optimizer.learning_rate=fast"], "optimizer.learning_rate=fast must be a positive number, auto"),
     (["optimizer=adamw8"], "unknown option 'adamw8' for config group 'optimizer'. Did you mean 'adamw'?"),
     (["data.batch_size=big"], "data.batch_size=big must be a whole number of at least 1, or auto."),
-    (["task.neftune_noise_alpha=5"], "task.neftune_noise_alpha is a setting of task=causal_lm / pretrain, "
-     "not task=classification"),
+    (["task.neftune_noise_alpha=5"],
+     "task.neftune_noise_alpha is a setting of task=causal_lm / pretrain / distill, not task=classification"),
     (["task=causal_lm", "data=code_alpaca", "task.neftune_noise_alpha=-1"], "NEFTune takes a positive value"),
     (["callbacks.early_stopping_patience=0"], "callbacks.early_stopping_patience=0 must be at least 1"),
     (["task.learning_rate=1e-3"],

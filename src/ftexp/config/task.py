@@ -1,5 +1,5 @@
 """The `task` group's shared keys and the schemas of the head tasks (classification,
-regression) and the language-model tasks (causal_lm, pretrain). Each task's registry entry
+regression) and the language-model tasks (causal_lm, pretrain, distill). Each task's registry entry
 (ftexp.tasks.registry) names its schema; the preference and RL families have modules of
 their own beside this one."""
 
@@ -69,3 +69,37 @@ class LanguageModelTaskConfig(TaskConfig):
                               "set it to null to turn it off.")
         if task.sample_generations < 0:
             raise ConfigError(f"task.sample_generations={task.sample_generations} must be 0 or more.")
+
+
+@dataclass
+class DistillTaskConfig(LanguageModelTaskConfig):
+    """distill: the student learns the teacher's next-token distributions on the data's responses
+    (off-policy knowledge distillation, GKD's lambda = 0), by the generalised JSD of
+    tasks/distill_losses.py; `kd_ratio` < 1 mixes in the data's own cross-entropy."""
+    # A finished ftexp run (its merged network), a model directory or a Hub id; it must share the
+    # student's tokenizer.
+    teacher: Optional[str] = None
+    beta: float = 0.5  # 0: forward KL(teacher || student) | 1: reverse KL | between: generalised JSD
+    temperature: float = 1.0  # both models' logits are divided by it
+    # Weight of the distillation term; the cross-entropy on the responses gets 1 - kd_ratio.
+    kd_ratio: float = 1.0
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        LanguageModelTaskConfig.check(task)
+        if not task.teacher:
+            raise ConfigError("task=distill needs a teacher: task.teacher=<finished run dir | model dir | "
+                              "hub id> sharing the student's tokenizer.")
+        check_divergence(task.beta, task.temperature)
+        if not 0.0 <= task.kd_ratio <= 1.0:
+            raise ConfigError(f"task.kd_ratio={task.kd_ratio} must lie in [0, 1] (1: distillation only, "
+                              "0: cross-entropy only).")
+
+
+def check_divergence(beta: float, temperature: float) -> None:
+    """task=distill's divergence settings (also checked where tasks/distill_losses.py is called)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"task.beta={beta} must lie in [0, 1]: 0 is forward KL, 1 reverse KL, "
+                          "between them the generalised JSD.")
+    if not temperature > 0:
+        raise ConfigError(f"task.temperature={temperature} must be > 0 (it divides the logits).")

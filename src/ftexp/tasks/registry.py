@@ -23,7 +23,7 @@ from ftexp.config.preference_tasks import (
     SimPOTaskConfig,
 )
 from ftexp.config.rl_tasks import GRPOTaskConfig
-from ftexp.config.task import HeadTaskConfig, LanguageModelTaskConfig, TaskConfig
+from ftexp.config.task import DistillTaskConfig, HeadTaskConfig, LanguageModelTaskConfig, TaskConfig
 from ftexp.runs.errors import ConfigError, did_you_mean
 
 
@@ -95,6 +95,10 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("causal_lm", needs_prompts=True, **_LM),
     # Next-token prediction on raw text.
     TaskSpec("pretrain", **_LM),
+    # A student learns a teacher's next-token distributions on the responses (knowledge distillation).
+    TaskSpec("distill", needs_prompts=True, **{**_LM, "implementation": "ftexp.tasks.distill:DistillTask",
+                                              "settings": DistillTaskConfig,
+                                              "metrics": ("loss", "perplexity", "divergence")}),
     # A scalar score per (prompt, response), trained on preference pairs (Bradley–Terry).
     TaskSpec("reward", "ftexp.tasks.reward:RewardTask", RewardTaskConfig,
              metrics=("accuracy", "margin", "loss"), preference_data="pairs",

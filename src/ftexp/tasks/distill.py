@@ -1,0 +1,138 @@
+"""task=distill: a student learns a frozen teacher's next-token distributions on the responses of
+SFT data (off-policy knowledge distillation; the divergence is tasks/distill_losses.py). The data,
+evaluation (cross-entropy and perplexity on the responses, plus `divergence` to the teacher),
+generation and export are the causal-LM task's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ftexp.runs.errors import ConfigError
+from ftexp.tasks import lm_loss
+from ftexp.tasks.causal_lm import CausalLMTask
+from ftexp.tasks.distill_losses import distillation_sum
+
+
+def load_teacher(source: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """The teacher network (eval mode, no gradients) and its tokenizer: a finished ftexp run's
+    merged network, or a model directory / Hub id through transformers."""
+    from ftexp.runs import run_dir
+
+    path = Path(source).expanduser()
+    if (path / run_dir.CONFIG_FILE).is_file():
+        from ftexp.builders.backbone import load_tokenizer
+        from ftexp.builders.init_from import merged_network
+        from ftexp.predict import load_checkpoint
+
+        ckpt = path / run_dir.BEST_CHECKPOINT
+        if not ckpt.is_file():
+            raise ConfigError(f"task.teacher={source} is not a finished ftexp run: {ckpt.name} is missing.")
+        saved = load_checkpoint(ckpt)
+        hparams = saved["hyper_parameters"]
+        from ftexp.tasks.registry import get_task
+
+        if not get_task(hparams["task"]["name"]).language_model:
+            raise ConfigError(f"task.teacher={source} is not a language-model run (causal_lm, pretrain, "
+                              "a preference or RL task); a teacher needs next-token distributions.")
+        network = merged_network(hparams, saved["state_dict"], str(dtype).removeprefix("torch."))
+        m = hparams["model"]
+        tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
+                                   trust_remote_code=m["trust_remote_code"], revision=m.get("revision"))
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        network = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    network.requires_grad_(False)
+    return network.eval(), tokenizer
+
+
+def check_same_tokenizer(student: Any, teacher: Any, source: str) -> None:
+    """Distributions are compared token id by token id, so both must mean the same by each id."""
+    if student.get_vocab() != teacher.get_vocab():
+        raise ConfigError(f"task.teacher={source} has another tokenizer than the student "
+                          f"({len(teacher)} vs {len(student)} tokens, or the same ids for other "
+                          "tokens); distillation compares distributions id by id, so pick a teacher "
+                          "of the student's family.")
+
+
+class DistillTask(CausalLMTask):
+    """Training loss: kd_ratio * divergence + (1 - kd_ratio) * cross-entropy, each the mean over
+    the trained (response) tokens. Metrics: loss, perplexity and divergence per evaluation stage."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.val_divergence, self.test_divergence = MeanMetric(), MeanMetric()
+        # Not a submodule: the teacher is neither trained nor saved in the student's checkpoints.
+        self._teacher: list[nn.Module] = []
+
+    def on_fit_start(self) -> None:
+        _ = self.teacher  # loaded and checked against the student before the first step
+
+    @property
+    def teacher(self) -> nn.Module:
+        if not self._teacher:
+            t = self.hparams.task
+            dtype = next(self.network.parameters()).dtype
+            network, tokenizer = load_teacher(t["teacher"], dtype)
+            check_same_tokenizer(self._student_tokenizer(), tokenizer, t["teacher"])
+            width = lm_loss.output_head(network).weight.shape[0]
+            if width != lm_loss.output_head(self.network).weight.shape[0]:
+                raise ConfigError(f"task.teacher={t['teacher']} scores {width} tokens, the student "
+                                  f"{lm_loss.output_head(self.network).weight.shape[0]}; give both the "
+                                  "same vocabulary size.")
+            self._teacher.append(network)
+        teacher = self._teacher[0]
+        return teacher.to(self.device) if teacher.device != self.device else teacher
+
+    def _student_tokenizer(self) -> Any:
+        from ftexp.builders.backbone import load_tokenizer
+
+        m = self.hparams.model
+        return load_tokenizer(m.get("tokenizer") or m["name_or_path"],
+                              trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
+                              added_tokens=list(m.get("add_special_tokens") or []))
+
+    def _divergence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        t, inputs = self.hparams.task, lm_loss.hidden_inputs(batch)
+        teacher = self.teacher
+        with torch.no_grad():
+            teacher_hidden = lm_loss.final_hidden_states(teacher, **inputs)
+        student_hidden = lm_loss.final_hidden_states(self.network, **inputs)
+        student_head, teacher_head = lm_loss.output_head(self.network), lm_loss.output_head(teacher)
+        transform = self.loss_path.transform  # the model family's own logit transform (softcapping)
+        return distillation_sum(student_hidden, teacher_hidden, batch["labels"],
+                                lambda h: transform(student_head(h)), lambda h: transform(teacher_head(h)),
+                                beta=t["beta"], temperature=t["temperature"],
+                                chunk_tokens=self.loss_path.chunk_tokens or 1024)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        ratio = self.hparams.task["kd_ratio"]
+        total, count = self._divergence(batch)
+        if ratio < 1:
+            ce_total, _ = self._sum_and_count(batch)
+            total = ratio * total + (1 - ratio) * ce_total
+        self.log_train_loss(total / count.clamp(min=1), count, batch_idx)
+        return self.normalized_loss(total, count, batch) + self.adapter_penalty()
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric,
+                   examples: list[dict[str, Any]] | None = None) -> None:
+        super()._eval_step(batch, metric, examples)
+        divergence = self.val_divergence if metric is self.val_loss else (
+            self.test_divergence if metric is self.test_loss else None)
+        if divergence is not None:
+            total, count = self._divergence(batch)
+            if count > 0:
+                divergence.update(total / count, weight=count)
+
+    def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+        super()._log_eval(stage, metric)
+        divergence = getattr(self, f"{stage}_divergence", None)
+        if divergence is not None and divergence.update_called:
+            self.log(f"{stage}/divergence", divergence.compute(), add_dataloader_idx=False, sync_dist=True)
+            divergence.reset()
