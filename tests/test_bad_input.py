@@ -224,7 +224,7 @@ CASES = [
     Case("quantized full fine-tuning", "quant=4bit with adapter=none: quantized weights cannot be "
          "trained directly; use an adapter", overrides=["quant=4bit"]),
     Case("packing with a classification head", "data.packing=true applies to task=causal_lm / "
-         "pretrain, not task=classification", overrides=["data.packing=true"]),
+         "pretrain / distill, not task=classification", overrides=["data.packing=true"]),
     Case("monitor the task does not report", "task.monitor=val/acc is not reported by "
          "task=regression; choose one of val/mse, val/mae, val/r2, val/loss, train/loss.",
          overrides=["task=regression", "task.monitor=val/acc"]),
