@@ -9,9 +9,7 @@ any loss differs by more than 1e-6 relative.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -67,18 +65,7 @@ def child() -> int:
     return 0 if worst <= TOLERANCE else 1
 
 
-def main() -> int:
-    from peers import ensure_trl_venv
-
-    python = ensure_trl_venv()
-    # The TRL venv has no omegaconf, which ftexp.config (imported by grpo_losses) needs: this
-    # interpreter's site-packages go last on its path, after the TRL venv's own packages.
-    fallback = sysconfig.get_paths()["purelib"]
-    return subprocess.run([str(python), __file__, "--child", fallback]).returncode
-
-
 if __name__ == "__main__":
-    if "--child" in sys.argv:
-        sys.path.append(sys.argv[sys.argv.index("--child") + 1])
-        sys.exit(child())
-    sys.exit(main())
+    from peers import parity_main
+
+    sys.exit(parity_main(__file__, child))
