@@ -139,10 +139,14 @@ class CausalLMTask(FinetuneTask):
         if path is None or path.full_logits:
             return token_losses(self(batch), batch["labels"])
         hidden = lm_loss.final_hidden_states(self.network, **lm_loss.hidden_inputs(batch))
-        chunked = (path if path.chunk_tokens is not None
-                   else lm_loss.LossPath("chunked(1024)", 1024, transform=path.transform))
         return lm_loss.token_losses_from_hidden(hidden, batch["labels"], lm_loss.output_head(self.network),
-                                                chunked)
+                                                self._chunked_path())
+
+    def _chunked_path(self) -> lm_loss.LossPath:
+        """The run's loss path where it is chunked, else the chunked one with its logit transform."""
+        path = self.loss_path
+        return (path if path.chunk_tokens is not None
+                else lm_loss.LossPath("chunked(1024)", 1024, transform=path.transform))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, count = self._sum_and_count(batch)
@@ -151,7 +155,10 @@ class CausalLMTask(FinetuneTask):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric,
                    examples: list[dict[str, Any]] | None = None) -> None:
-        losses, trained = self._token_losses(batch)
+        self._record_eval(*self._token_losses(batch), batch, metric, examples)
+
+    def _record_eval(self, losses: torch.Tensor, trained: torch.Tensor, batch: dict[str, torch.Tensor],
+                     metric: MeanMetric, examples: list[dict[str, Any]] | None) -> None:
         total, count = losses.sum(), trained.sum()
         if count > 0:  # weighting by tokens makes the epoch value the mean over all tokens
             metric.update(total / count, weight=count)

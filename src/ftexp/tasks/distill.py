@@ -98,35 +98,45 @@ class DistillTask(CausalLMTask):
                               trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
                               added_tokens=list(m.get("add_special_tokens") or []))
 
-    def _divergence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        t, inputs = self.hparams.task, lm_loss.hidden_inputs(batch)
+    def _hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student's, teacher's) final hidden states: one forward of each model per batch, from
+        which the divergence and the cross-entropy are both computed."""
+        inputs = lm_loss.hidden_inputs(batch)
         teacher = self.teacher
         with torch.no_grad():
             teacher_hidden = lm_loss.final_hidden_states(teacher, **inputs)
-        student_hidden = lm_loss.final_hidden_states(self.network, **inputs)
-        student_head, teacher_head = lm_loss.output_head(self.network), lm_loss.output_head(teacher)
-        transform = self.loss_path.transform  # the model family's own logit transform (softcapping)
-        return distillation_sum(student_hidden, teacher_hidden, batch["labels"],
+        return lm_loss.final_hidden_states(self.network, **inputs), teacher_hidden
+
+    def _divergence(self, labels: torch.Tensor, student_hidden: torch.Tensor,
+                    teacher_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t, path = self.hparams.task, self._chunked_path()
+        student_head, teacher_head = lm_loss.output_head(self.network), lm_loss.output_head(self.teacher)
+        transform = path.transform  # the model family's own logit transform (softcapping)
+        return distillation_sum(student_hidden, teacher_hidden, labels,
                                 lambda h: transform(student_head(h)), lambda h: transform(teacher_head(h)),
-                                beta=t["beta"], temperature=t["temperature"],
-                                chunk_tokens=self.loss_path.chunk_tokens or 1024)
+                                beta=t["beta"], temperature=t["temperature"], chunk_tokens=path.chunk_tokens)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        ratio = self.hparams.task["kd_ratio"]
-        total, count = self._divergence(batch)
+        ratio, labels = self.hparams.task["kd_ratio"], batch["labels"]
+        student, teacher = self._hidden_states(batch)
+        total, count = self._divergence(labels, student, teacher)
         if ratio < 1:
-            ce_total, _ = self._sum_and_count(batch)
+            ce_total, _ = lm_loss.summed_token_loss(student, labels, lm_loss.output_head(self.network),
+                                                    self._chunked_path())
             total = ratio * total + (1 - ratio) * ce_total
         self.log_train_loss(total / count.clamp(min=1), count, batch_idx)
         return self.normalized_loss(total, count, batch) + self.adapter_penalty()
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric,
                    examples: list[dict[str, Any]] | None = None) -> None:
-        super()._eval_step(batch, metric, examples)
+        labels, head = batch["labels"], lm_loss.output_head(self.network)
+        student, teacher = self._hidden_states(batch)
+        losses, trained = lm_loss.token_losses_from_hidden(student, labels, head, self._chunked_path())
+        self._record_eval(losses, trained, batch, metric, examples)
         divergence = self.val_divergence if metric is self.val_loss else (
             self.test_divergence if metric is self.test_loss else None)
         if divergence is not None:
-            total, count = self._divergence(batch)
+            total, count = self._divergence(labels, student, teacher)
             if count > 0:
                 divergence.update(total / count, weight=count)
 
