@@ -33,6 +33,8 @@ class KillAfterStep(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == step and where == "after_step":
             os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.global_step == step and where == "sigterm":  # `kill`, the web UI's stop button
+            os.kill(os.getpid(), signal.SIGTERM)
 
 if where == "mid_write":  # ftexp's checkpoint writer (runs/checkpoints.py) calls torch.save
     import torch
@@ -127,6 +129,28 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_csv, tmp_path, unin
     expected_metrics, expected_weights = uninterrupted
     _assert_same_metrics(metrics, expected_metrics, rel=1e-5)
     assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+def test_a_stopped_run_saves_where_it_stands_and_resumes_to_the_uninterrupted_result(
+        data_csv, tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    stopped = _run([*_overrides(data_csv), f"hydra.run.dir={run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "sigterm"})
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"ftexp: error: stopped (SIGTERM) at step 7; checkpoints/last.ckpt holds step 7: continue with "
+        f"python -m ftexp resume={run}")
+    assert not (run / "metrics.json").exists()
+    # Saved at the stop, not only at the periodic save of step 5.
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 7
+
+    resumed = _run([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics, weights = _outcome(run)
+    expected_metrics, expected_weights = uninterrupted
+    _assert_same_metrics(metrics, expected_metrics, rel=1e-5)
     for name, value in expected_weights.items():
         torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
 

@@ -88,8 +88,9 @@ def _expand(override) -> list[str]:
         return []  # e.g. an Optuna interval(): the sweeper samples it, nothing to list here
 
 
-def preflight(argv: list[str]) -> None:
-    """Compose and validate every value the command line asks for, or raise ConfigError."""
+def preflight(argv: list[str]) -> DictConfig:
+    """Compose and validate every value the command line asks for, or raise ConfigError; the
+    config of the first combination (what a single run of this command composes)."""
     overrides_text = [a for a in argv if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides_text)
@@ -129,8 +130,11 @@ def preflight(argv: list[str]) -> None:
     combinations = [first] + [first[:i] + [choice] + first[i + 1:]
                               for i, choices in enumerate(variants) for choice in choices[1:]]
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="ftexp"):
+        configs = []
         for combination in combinations:
-            _check(_compose_checked(combination))
+            configs.append(_compose_checked(combination))
+            _check(configs[-1])
+    return configs[0]
 
 
 def _check(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.runs import run_dir
+from ftexp.runs.errors import FtexpError
 from ftexp.runs.console import print_config_tree, print_metrics_table, quiet_third_party
 from ftexp.runs.paths import project_root
 from ftexp.tasks.registry import get_task
@@ -293,8 +294,13 @@ class Recipe:
 
             resume_from = resume_checkpoint(Path(cfg.resume))
             log.info("resuming from %s", resume_from)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         started = time.perf_counter()
-        trainer.fit(self.task, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True)
+        try:
+            trainer.fit(self.task, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True)
+        except SIGTERMException as stop:
+            raise FtexpError(self._stopped_message()) from stop
         self.fit_seconds = time.perf_counter() - started
         # Lightning also reports `*_step` / `*_epoch` twins of step-logged values; keep the plain ones.
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -305,6 +311,17 @@ class Recipe:
         if self.best_path:
             metrics[f"best/{cfg.task.monitor}"] = float(checkpoint.best_model_score)
         return metrics
+
+    def _stopped_message(self) -> str:
+        from ftexp.callbacks.resume import ResumeCheckpoint
+
+        saver = next((c for c in self.trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+        where = f"stopped (SIGTERM) at step {self.trainer.global_step}"
+        if saver is None or saver.saved_step is None:
+            return (f"{where}, before any resume checkpoint was saved (callbacks.resume_every_n_steps / "
+                    "resume_every_minutes): nothing to continue from; start it again.")
+        return (f"{where}; checkpoints/last.ckpt holds step {saver.saved_step}: continue with "
+                f"python -m ftexp resume={self.out}")
 
     # -- test -------------------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class ResumeCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_saved_step = trainer.global_step
         self._last_saved_at = time.monotonic()
+        if trainer.ckpt_path:  # resumed: the checkpoint it started from is the newest save
+            self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -65,6 +67,19 @@ class ResumeCheckpoint(L.Callback):
         if trainer.world_size > 1:
             by_time = bool(trainer.strategy.broadcast(by_time))
         if by_steps or by_time:
+            self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A run told to stop (SIGTERM: `kill`, the web UI's stop button, a scheduler's notice)
+        saves where it stands. Lightning raises SIGTERMException only between batches, after the
+        batch's callbacks, so the state is whole there unless the batch was inside an
+        accumulation window; then the previous save stays the one to resume from."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException) or trainer.global_step == self._last_saved_step:
+            return
+        batches = trainer.fit_loop.epoch_loop.batch_progress
+        if batches.current.ready % trainer.accumulate_grad_batches == 0 or batches.is_last_batch:
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
