@@ -136,7 +136,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_csv, tmp_path, unin
 def test_a_stopped_run_saves_where_it_stands_and_resumes_to_the_uninterrupted_result(
         data_csv, tmp_path, uninterrupted):
     run = tmp_path / "run"
-    stopped = _run([*_overrides(data_csv), f"hydra.run.dir={run}"], {"KILL_AT_STEP": "7", "KILL_WHERE": "sigterm"})
+    stopped = _run([*_overrides(data_csv), f"hydra.run.dir={run}"],
+                   {"KILL_AT_STEP": "7", "KILL_WHERE": "sigterm"})
     assert stopped.returncode == 2, stopped.stderr[-3000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"ftexp: error: stopped (SIGTERM) at step 7; checkpoints/last.ckpt holds step 7: continue with "

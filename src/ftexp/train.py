@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.runs import run_dir
-from ftexp.runs.errors import FtexpError
 from ftexp.runs.console import print_config_tree, print_metrics_table, quiet_third_party
+from ftexp.runs.errors import FtexpError
 from ftexp.runs.paths import project_root
 from ftexp.tasks.registry import get_task
 

@@ -69,7 +69,8 @@ class ResumeCheckpoint(L.Callback):
         if by_steps or by_time:
             self.save(trainer)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
         """A run told to stop (SIGTERM: `kill`, the web UI's stop button, a scheduler's notice)
         saves where it stands. Lightning raises SIGTERMException only between batches, after the
         batch's callbacks, so the state is whole there unless the batch was inside an
