@@ -99,6 +99,23 @@ def _assert_same_metrics(metrics: dict, expected: dict, rel: float = 1e-6) -> No
     assert {k: metrics[k] for k in others} == {k: expected[k] for k in others}
 
 
+def _saved_step(run: Path) -> int:
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return saved["global_step"]
+
+
+def _assert_resumes_to(run: Path, uninterrupted: tuple[dict, dict]) -> None:
+    """`resume=<run>` ends with the uninterrupted run's metrics and weights."""
+    resumed = _run([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics, weights = _outcome(run)
+    expected_metrics, expected_weights = uninterrupted
+    _assert_same_metrics(metrics, expected_metrics, rel=1e-5)
+    assert weights.keys() == expected_weights.keys()
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_csv, tmp_path_factory) -> tuple[dict, dict]:
     run = tmp_path_factory.mktemp("whole") / "run"
@@ -120,17 +137,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_csv, tmp_path, unin
     assert not (run / "metrics.json").exists()
     if where == "mid_write":
         # The half-written file never replaced the good one from step 10.
-        saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        assert saved["global_step"] == 10
+        assert _saved_step(run) == 10
 
-    resumed = _run([f"resume={run}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics, weights = _outcome(run)
-    expected_metrics, expected_weights = uninterrupted
-    _assert_same_metrics(metrics, expected_metrics, rel=1e-5)
-    assert weights.keys() == expected_weights.keys()
-    for name, value in expected_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
+    _assert_resumes_to(run, uninterrupted)
 
 
 def test_a_stopped_run_saves_where_it_stands_and_resumes_to_the_uninterrupted_result(
@@ -144,16 +153,9 @@ def test_a_stopped_run_saves_where_it_stands_and_resumes_to_the_uninterrupted_re
         f"python -m ftexp resume={run}")
     assert not (run / "metrics.json").exists()
     # Saved at the stop, not only at the periodic save of step 5.
-    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 7
+    assert _saved_step(run) == 7
 
-    resumed = _run([f"resume={run}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics, weights = _outcome(run)
-    expected_metrics, expected_weights = uninterrupted
-    _assert_same_metrics(metrics, expected_metrics, rel=1e-5)
-    for name, value in expected_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
+    _assert_resumes_to(run, uninterrupted)
 
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(tmp_path):
