@@ -45,6 +45,12 @@ eval-demo: install ## Benchmark evaluation end to end: base, SFT and DPO on ftex
 	HF_HUB_OFFLINE=1 $(PY) -m ftexp +experiment=tiny_eval_demo model.init_from=$(abspath $(EVAL_DEMO))/sft hydra.run.dir=$(EVAL_DEMO)/dpo
 	HF_HUB_OFFLINE=1 $(PY) -m ftexp.report $(EVAL_DEMO)/base $(EVAL_DEMO)/sft $(EVAL_DEMO)/dpo --out $(EVAL_DEMO)/report
 
+ui: install ## The web UI on http://127.0.0.1:7860: compose, launch, watch, compare, chat; ARGS="--port 7861"
+	HF_HUB_OFFLINE=1 $(PY) -m ftexp.ui $(ARGS)
+
+ui-screenshots: install browser ## Retake docs/ui_*.png: the web UI's browser test (slow tier, ~45 s) saves them
+	HF_HUB_OFFLINE=1 FTEXP_UI_SCREENSHOTS=$(CURDIR)/docs $(PY) -m pytest tests/test_ui_browser.py -m slow -q
+
 test: install browser ## Run the test suite (without the slow and gpu tiers)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not gpu" $(ARGS)
 
@@ -80,4 +86,4 @@ clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun outputs/evals outputs/eval_demo
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install browser run test test-slow bench-dpo bench-grpo bench-lm-memory bench-speed bench-packing bench-eval gpu-wheels eval-demo lint clean
+.PHONY: help install browser run ui ui-screenshots test test-slow bench-dpo bench-grpo bench-lm-memory bench-speed bench-packing bench-eval gpu-wheels eval-demo lint clean

@@ -78,3 +78,4 @@ def test_keys_come_from_the_schema_of_the_group_and_of_the_chosen_task():
     assert model["dtype"].default == ModelConfig.dtype
     adapter = {k.name: k.value for k in compose.keys("adapter", shown.config)}  # open: as composed
     assert adapter["method"] == "lora" and adapter["r"] == 8
+    assert not any(k.typed for k in compose.keys("adapter", shown.config))  # no schema default to show

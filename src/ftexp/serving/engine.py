@@ -37,8 +37,10 @@ class Engine:
     """A causal LM with its tokenizer, default generation settings and prompt building."""
 
     def __init__(self, model: Any, tokenizer: Any, defaults: dict[str, Any], name: str,
-                 chat_ids: Any, completion_ids: Any):
+                 chat_ids: Any, completion_ids: Any, single_turn: bool = False):
         self.model, self.tokenizer, self.defaults, self.name = model.eval(), tokenizer, defaults, name
+        # Trained on single instructions (a prompt template, no chat): one user message per request.
+        self.single_turn = single_turn
         self._chat_ids, self._completion_ids = chat_ids, completion_ids
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", None)
@@ -83,7 +85,8 @@ class Engine:
             return generator.prompt_ids({generator.main_column: users[0]["content"]})
 
         return cls(generator.model, generator.tokenizer, dict(generator.settings), name, chat_ids,
-                   lambda text: generator.prompt_ids({generator.main_column: text}, raw=True))
+                   lambda text: generator.prompt_ids({generator.main_column: text}, raw=True),
+                   single_turn=generator.uses_template and not generator.trained_on_chat)
 
     @classmethod
     def _from_export(cls, path: Path, name: str) -> Engine:

@@ -28,6 +28,7 @@ class Key:
     value: Any      # in the composed config
     default: Any    # the schema's
     choices: tuple[str, ...] = ()
+    typed: bool = True  # False: a key of an open group (adapter, logger), without a schema default
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def keys(group: str, config: str) -> list[Key]:
     if group == "task":
         schema = get_task(node.name).settings
     if schema is None:
-        return [Key(name, type(value).__name__, value, None) for name, value in _plain(node).items()]
+        return [Key(name, type(value).__name__, value, None, typed=False)
+                for name, value in _plain(node).items()]
     return [Key(field.name, str(field.type), _plain(node.get(field.name)), _default(field),
                 tuple(schema.CHOICES.get(field.name, ())))
             for field in dataclasses.fields(schema)]
