@@ -8,7 +8,8 @@ api_key=KEY)`, the model name being the directory's name (or --model-name). Chat
 through the run's prompt as training built it: its chat template for conversation-trained runs,
 else its prompt template with the one user message. Requests that arrive together are generated
 as one batch. Binds to 127.0.0.1 unless --host says otherwise; set an API key (--api-key or
-FTEXP_API_KEY) before exposing it.
+FTEXP_API_KEY) before exposing it. On CUDA, --backend vllm hands the export to vLLM's own OpenAI
+server instead (serving/vllm_backend.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", help="the model id clients send (default: the directory's name)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens accepted")
     parser.add_argument("--max-batch", type=int, default=8, help="requests generated together at most")
+    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                        help="transformers (CPU or GPU, default) or vllm (CUDA: vLLM's own server "
+                             "over the export)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     with reported_as_one_line(args.debug):
+        if args.backend == "vllm":
+            _serve_with_vllm(args)
         try:
             import uvicorn
 
@@ -54,6 +60,20 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(engine, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                          max_batch=args.max_batch)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _serve_with_vllm(args: argparse.Namespace) -> None:
+    """Replace this process with vLLM's OpenAI server over the run's export."""
+    from ftexp.serving import vllm_backend
+
+    vllm_backend.check_available()
+    plan = vllm_backend.plan(args.source)
+    vllm_backend.prepare(plan, args.source)
+    name = args.model_name or args.source.resolve().name
+    argv = vllm_backend.command(plan, name, args.host, args.port, args.api_key, args.max_batch)
+    print(f"ftexp serve: {' '.join(a if a != args.api_key else '***' for a in argv)}", file=sys.stderr)
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":
