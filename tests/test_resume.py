@@ -349,6 +349,22 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path, iterati
 
 
 @pytest.mark.slow
+def test_a_killed_ppo_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """PPO with two PPO epochs per rollout: the save after step 5 falls between a rollout's two
+    epochs, so the kept rollout (samples, old log-probs and values, advantages, returns) travels in
+    the checkpoint, and the value head resumes with the policy."""
+    args = ["+experiment=tiny_ppo", "trainer.enable_progress_bar=false", "generation.max_new_tokens=6",
+            "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.resume_every_n_steps=5",
+            "task.sample_generations=0"]
+    (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
+    assert metrics.pop("reference") == expected_metrics.pop("reference") == "adapter"
+    metrics.pop("reference_forward_passes"), expected_metrics.pop("reference_forward_passes")
+    assert "value_head.weight" in weights
+    _assert_same_metrics(metrics, expected_metrics)
+    _assert_same_weights(weights, expected_weights)
+
+
+@pytest.mark.slow
 def test_a_killed_lora_run_on_an_hqq_base_resumes_to_the_uninterrupted_result(data_csv, tmp_path):
     """quant=hqq: the resumed run quantizes its base again (HQQ needs no data, so the codes are the
     same) and continues the adapter from its checkpoint, bit for bit."""

@@ -134,10 +134,11 @@ class KTOTaskConfig(ReferenceTaskConfig):
 def reference_source(task: Mapping[str, Any], adapter_method: str) -> str | None:
     """Where a policy objective's reference log-probs come from — adapter (the network with its
     PEFT adapter disabled) | copy (a frozen copy of the starting weights) | precompute — or None
-    when it has none: no `task.reference` key, `reference_free`, or a KL weight `beta` of 0
-    (GRPO). `auto` is adapter with a PEFT adapter, else copy. Shared by the preference tasks, GRPO
-    and the config rules, so they agree on when a reference pass happens."""
-    if "reference" not in task or task.get("reference_free") or task.get("beta", 1) == 0:
+    when it has none: no `task.reference` key, `reference_free`, or a KL weight of 0 (GRPO's
+    `beta`, PPO's `kl_coef`). `auto` is adapter with a PEFT adapter, else copy. Shared by the
+    preference tasks, GRPO, PPO and the config rules, so they agree on when a reference pass happens."""
+    if ("reference" not in task or task.get("reference_free") or task.get("beta", 1) == 0
+            or task.get("kl_coef", 1) == 0):
         return None
     if task["reference"] != "auto":
         return str(task["reference"])

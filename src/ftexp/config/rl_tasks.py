@@ -1,4 +1,4 @@
-"""Task schemas of online RL: GRPO (and its relatives, as keys)."""
+"""Task schemas of online RL: GRPO (and its relatives, as keys) and PPO, on shared keys."""
 
 from __future__ import annotations
 
@@ -24,37 +24,22 @@ IMPORTANCE_SAMPLING = ("token", "sequence")
 
 
 @dataclass
-class GRPOTaskConfig(TaskConfig):
-    """grpo: online RL — the policy samples `num_generations` completions per prompt, reward
-    functions score them, and the clipped policy-ratio objective (tasks/grpo_losses.py) pushes it
-    toward the better ones of each group."""
+class OnlineRLTaskConfig(TaskConfig):
+    """Keys of the tasks that learn from rewards on their own samples (grpo, ppo): the sampling,
+    the reward functions, the reference and the validation by greedy completions."""
     monitor: str = "val/reward"  # mean reward of greedy completions on the validation prompts
     num_generations: int = 4  # G: completions sampled per prompt (a group)
-    # Optimizer steps per batch of samples (PPO epochs, TRL's num_iterations): 1 is on-policy;
-    # more reuse each batch's samples, and the clipping (epsilon) bounds how far the policy moves.
+    # Optimizer steps per batch of samples (PPO epochs: TRL's num_iterations / num_ppo_epochs): 1 is
+    # on-policy; more reuse each batch's samples, and the clipping bounds how far the policy moves.
     num_iterations: int = 1
-    epsilon: float = 0.2  # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
-    epsilon_high: Optional[float] = None  # null: epsilon (DAPO's clip-higher: e.g. 0.28)
-    # Weight of the k3 KL to the reference policy; 0: no reference and no reference pass at all.
-    beta: float = 0.0
-    # With beta > 0: auto (the adapter-disabled network with a PEFT adapter, else copy) | adapter |
-    # copy (a frozen copy of the starting weights).
+    # With a KL weight > 0: auto (the adapter-disabled network with a PEFT adapter, else copy) |
+    # adapter | copy (a frozen copy of the starting weights).
     reference: str = "auto"
-    loss_type: str = "grpo"  # grpo (per-sequence mean) | dr_grpo (/ G L) | dapo (token mean)
-    # The advantage's baseline: group (GRPO: the group's mean) | rloo (RLOO: the mean of the
-    # prompt's other completions) | reinforce_pp (REINFORCE++: the batch's mean).
-    advantage: str = "group"
-    # Centred rewards / the group's std | / the batch's std | none (Dr. GRPO); null: the
-    # advantage's own (group: group, rloo: none, reinforce_pp: batch).
-    scale_rewards: Optional[str] = None
-    # The policy ratio per token (GRPO) | per completion, exp of the mean token log-ratio (GSPO;
-    # its paper clips at epsilon=3e-4, epsilon_high=4e-4, with loss_type=grpo).
-    importance_sampling: str = "token"
     # Tokens sampled per completion (null: generation.max_new_tokens); dr_grpo divides by it.
     max_completion_length: Optional[int] = None
     # name → {_target_, weight, its own keys}: ftexp.tasks.rewards.build_reward builds each; a completion's
-    # reward is the weighted sum. The default (`correct`: exact match of the last number against
-    # the `answer` column) is in conf/task/grpo.yaml, not here: a schema's dict default would come
+    # reward is the weighted sum (ftexp.tasks.rewards.reward_model(run=…) scores with a task=reward
+    # run). The default is in the task's conf/task/ file, not here: a schema's dict default would come
     # back in every merge, so ~task.rewards.correct could not drop it.
     rewards: dict[str, Any] = field(default_factory=dict)
     # Generate from this many fixed validation prompts at each evaluation.
@@ -68,33 +53,16 @@ class GRPOTaskConfig(TaskConfig):
     disable_dropout: bool = True
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        **TaskConfig.CHOICES, "loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
-        "advantage": ADVANTAGES, "importance_sampling": IMPORTANCE_SAMPLING,
-        "reference": ("auto", "adapter", "copy"), "generation_backend": ("transformers", "vllm")}
+        **TaskConfig.CHOICES, "reference": ("auto", "adapter", "copy"),
+        "generation_backend": ("transformers", "vllm")}
 
     @staticmethod
     def check(task: DictConfig) -> None:
-        if task.num_generations < 2 and task.advantage != "reinforce_pp":
-            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2 with "
-                              f"task.advantage={task.advantage}: its advantages compare the completions "
-                              "of one prompt with each other (task.advantage=reinforce_pp compares "
-                              "with the batch and takes 1).")
         if task.num_generations < 1:
             raise ConfigError(f"task.num_generations={task.num_generations} must be at least 1.")
-        if task.advantage == "reinforce_pp" and task.scale_rewards == "group":
-            raise ConfigError("task.scale_rewards=group does not apply to task.advantage=reinforce_pp, "
-                              "which centres and scales by the whole batch; use batch (its default, "
-                              "null) or none.")
         if task.num_iterations < 1:
             raise ConfigError(f"task.num_iterations={task.num_iterations} must be at least 1 "
                               "(optimizer steps per batch of samples).")
-        if not 0.0 < task.epsilon < 1.0:
-            raise ConfigError(f"task.epsilon={task.epsilon} must lie in (0, 1): the policy ratio is "
-                              "clipped to [1 - epsilon, 1 + epsilon_high].")
-        if task.epsilon_high is not None and not task.epsilon_high > 0:
-            raise ConfigError(f"task.epsilon_high={task.epsilon_high} must be > 0 (or null: epsilon).")
-        if not task.beta >= 0:
-            raise ConfigError(f"task.beta={task.beta} must be >= 0 (the KL weight; 0: no reference).")
         if task.max_completion_length is not None and task.max_completion_length < 1:
             raise ConfigError(f"task.max_completion_length={task.max_completion_length} must be at least "
                               "1 (or null: generation.max_new_tokens).")
@@ -113,3 +81,78 @@ class GRPOTaskConfig(TaskConfig):
             weight = node.get("weight", 1.0)
             if not is_number(weight) or weight != weight or abs(weight) == float("inf"):
                 raise ConfigError(f"task.rewards.{name}.weight={weight} must be a finite number.")
+
+
+@dataclass
+class GRPOTaskConfig(OnlineRLTaskConfig):
+    """grpo: online RL — the policy samples `num_generations` completions per prompt, reward
+    functions score them, and the clipped policy-ratio objective (tasks/grpo_losses.py) pushes it
+    toward the better ones of each group."""
+    epsilon: float = 0.2  # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: Optional[float] = None  # null: epsilon (DAPO's clip-higher: e.g. 0.28)
+    # Weight of the k3 KL to the reference policy; 0: no reference and no reference pass at all.
+    beta: float = 0.0
+    loss_type: str = "grpo"  # grpo (per-sequence mean) | dr_grpo (/ G L) | dapo (token mean)
+    # The advantage's baseline: group (GRPO: the group's mean) | rloo (RLOO: the mean of the
+    # prompt's other completions) | reinforce_pp (REINFORCE++: the batch's mean).
+    advantage: str = "group"
+    # Centred rewards / the group's std | / the batch's std | none (Dr. GRPO); null: the
+    # advantage's own (group: group, rloo: none, reinforce_pp: batch).
+    scale_rewards: Optional[str] = None
+    # The policy ratio per token (GRPO) | per completion, exp of the mean token log-ratio (GSPO;
+    # its paper clips at epsilon=3e-4, epsilon_high=4e-4, with loss_type=grpo).
+    importance_sampling: str = "token"
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **OnlineRLTaskConfig.CHOICES, "loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
+        "advantage": ADVANTAGES, "importance_sampling": IMPORTANCE_SAMPLING}
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        if task.num_generations < 2 and task.advantage != "reinforce_pp":
+            raise ConfigError(f"task.num_generations={task.num_generations} must be at least 2 with "
+                              f"task.advantage={task.advantage}: its advantages compare the completions "
+                              "of one prompt with each other (task.advantage=reinforce_pp compares "
+                              "with the batch and takes 1).")
+        OnlineRLTaskConfig.check(task)
+        if task.advantage == "reinforce_pp" and task.scale_rewards == "group":
+            raise ConfigError("task.scale_rewards=group does not apply to task.advantage=reinforce_pp, "
+                              "which centres and scales by the whole batch; use batch (its default, "
+                              "null) or none.")
+        if not 0.0 < task.epsilon < 1.0:
+            raise ConfigError(f"task.epsilon={task.epsilon} must lie in (0, 1): the policy ratio is "
+                              "clipped to [1 - epsilon, 1 + epsilon_high].")
+        if task.epsilon_high is not None and not task.epsilon_high > 0:
+            raise ConfigError(f"task.epsilon_high={task.epsilon_high} must be > 0 (or null: epsilon).")
+        if not task.beta >= 0:
+            raise ConfigError(f"task.beta={task.beta} must be >= 0 (the KL weight; 0: no reference).")
+
+
+@dataclass
+class PPOTaskConfig(OnlineRLTaskConfig):
+    """ppo: online RL with a learned value — the policy samples completions, reward functions (a
+    trained reward model among them) score them, a per-token KL penalty to the reference is folded
+    into the reward, a value head on the policy's backbone estimates the returns, and GAE
+    advantages drive the clipped policy and value losses (tasks/ppo_losses.py, TRL's PPOTrainer)."""
+    num_generations: int = 1  # completions per prompt: PPO's baseline is the value head, not a group
+    kl_coef: float = 0.05  # weight of the per-token KL penalty in the reward; 0: no reference pass
+    gamma: float = 1.0  # discount of later tokens' rewards
+    lam: float = 0.95  # GAE's lambda: 1 is the Monte-Carlo return, 0 one-step TD
+    cliprange: float = 0.2  # the policy ratio is clipped to [1 - cliprange, 1 + cliprange]
+    cliprange_value: float = 0.2  # the value may move this far from the rollout's value
+    vf_coef: float = 0.1  # weight of the value loss
+    whiten_rewards: bool = False  # standardise the per-token rewards before GAE (advantages always are)
+
+    @staticmethod
+    def check(task: DictConfig) -> None:
+        OnlineRLTaskConfig.check(task)
+        if not task.kl_coef >= 0:
+            raise ConfigError(f"task.kl_coef={task.kl_coef} must be >= 0 (0: no reference pass).")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= task[key] <= 1.0:
+                raise ConfigError(f"task.{key}={task[key]} must lie in [0, 1].")
+        for key in ("cliprange", "cliprange_value"):
+            if not task[key] > 0:
+                raise ConfigError(f"task.{key}={task[key]} must be > 0.")
+        if not task.vf_coef >= 0:
+            raise ConfigError(f"task.vf_coef={task.vf_coef} must be >= 0 (the value loss's weight).")

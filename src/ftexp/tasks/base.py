@@ -215,11 +215,15 @@ class FinetuneTask(L.LightningModule):
         if fused == "auto":
             fused = use_fused_adamw(self.device.type, str(self.trainer.precision),
                                     self.trainer.gradient_clip_val)
-        optimizer = build_optimizer(self.network, o, self.learning_rate, fused=bool(fused))
+        optimizer = build_optimizer(self.optimized_module(), o, self.learning_rate, fused=bool(fused))
         allow_clipping_without_scaler(optimizer, str(self.trainer.precision))
         scheduler = build_scheduler(optimizer, s, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimized_module(self) -> nn.Module:
+        """What the optimizer trains: the network (PPO adds its value head)."""
+        return self.network
 
     def trainable_names(self) -> set[str]:
         """State-dict names of the trainable parameters (wrapper prefixes of FSDP, activation

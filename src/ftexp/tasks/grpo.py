@@ -228,7 +228,7 @@ class GRPOTask(PolicyTask):
         task.tokenizer, task.rewards = tokenizer, rewards
         task.vllm_dir = run_dir / "vllm_model"
         task.max_prompt_length = cfg.data.max_prompt_length or cfg.data.max_length
-        if cfg.task.importance_sampling == "sequence" and cfg.task.loss_type != "grpo":
+        if cfg.task.get("importance_sampling") == "sequence" and cfg.task.loss_type != "grpo":
             log.warning("task.importance_sampling=sequence with task.loss_type=%s weights each completion "
                         "by its length; GSPO's per-sequence objective is task.loss_type=grpo.",
                         cfg.task.loss_type)
@@ -289,10 +289,12 @@ class GRPOTask(PolicyTask):
         columns = {k: [v for v in values for _ in range(group_size)]
                    for k, values in batch["columns"].items()}
         total, per = score(self.rewards, prompts, texts, columns)
-        t = self.hparams.task
-        advantages = compute_advantages(total, group_size, t["advantage"], t["scale_rewards"])
         return Samples(torch.cat([ids, completions], 1), torch.cat([mask, keep.to(mask.dtype)], 1),
-                       keep, total, per, advantages)
+                       keep, total, per, self.outcome_advantages(total, group_size))
+
+    def outcome_advantages(self, rewards: torch.Tensor, group_size: int) -> GroupAdvantages:
+        t = self.hparams.task
+        return compute_advantages(rewards, group_size, t["advantage"], t["scale_rewards"])
 
     # -- log-probs --------------------------------------------------------------------------------
 
@@ -310,10 +312,18 @@ class GRPOTask(PolicyTask):
     def token_logps(self, network: nn.Module, samples: Samples,
                     entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (N, L) of the completions under `network` (divided by the sampling
-        temperature, as TRL does: the distribution the tokens were drawn from), and their entropy.
-        Position ids count real tokens only, as `generate` numbered the left-padded prompts. From
-        the final hidden states a chunk of tokens at a time (tasks/lm_loss.py: no (N, L, vocab)
-        logits), or from the completion's logits where that path is off."""
+        temperature, as TRL does: the distribution the tokens were drawn from), and their entropy."""
+        logps, ent, _ = self.completion_forward(network, samples, entropy)
+        return logps, ent
+
+    def completion_forward(self, network: nn.Module, samples: Samples, entropy: bool = False,
+                           hidden_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+        """(per-token log-probs (N, L), mean token entropy or None, the final hidden states (N, L, H)
+        that predict the completion's tokens or None). Position ids count real tokens only, as
+        `generate` numbered the left-padded prompts. From the final hidden states a chunk of tokens
+        at a time (tasks/lm_loss.py: no (N, L, vocab) logits), or from the completion's logits
+        where that path is off."""
         length = samples.completion_mask.shape[1]
         mask = samples.attention_mask
         inputs = {"input_ids": samples.input_ids, "attention_mask": mask,
@@ -325,22 +335,23 @@ class GRPOTask(PolicyTask):
             head = lm_loss.output_head(network)
             logps = lm_loss.chunked_token_logps(hidden, ids, head, path.chunk_tokens, path.transform,
                                                 temperature=temperature, ignore_index=None)
-            if not entropy:
-                return logps, None
-            with torch.no_grad():
-                per_token = lm_loss.chunked_token_entropy(hidden.detach(), head, path.chunk_tokens,
-                                                          path.transform, temperature)
-            return logps, masked_mean(per_token, samples.completion_mask)
+            ent = None
+            if entropy:
+                with torch.no_grad():
+                    per_token = lm_loss.chunked_token_entropy(hidden.detach(), head, path.chunk_tokens,
+                                                              path.transform, temperature)
+                ent = masked_mean(per_token, samples.completion_mask)
+            return logps, ent, hidden if hidden_states else None
         kwargs = {"logits_to_keep": length + 1} if self._takes_logits_to_keep(network) else {}
-        logits = network(**inputs, use_cache=False, **kwargs).logits
-        logits = logits[:, -(length + 1):-1] / temperature  # t predicts t + 1
+        out = network(**inputs, use_cache=False, output_hidden_states=hidden_states, **kwargs)
+        logits = out.logits[:, -(length + 1):-1] / temperature  # t predicts t + 1
         logps = token_logps(logits, ids)
         ent = None
         if entropy:
             with torch.no_grad():
                 ent = masked_mean(token_entropy(logits.detach(), samples.completion_mask),
                                   samples.completion_mask)
-        return logps, ent
+        return logps, ent, out.hidden_states[-1][:, -(length + 1):-1] if hidden_states else None
 
     @torch.no_grad()
     def reference_logps(self, samples: Samples) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ftexp.config.preference_tasks import (
     RewardTaskConfig,
     SimPOTaskConfig,
 )
-from ftexp.config.rl_tasks import GRPOTaskConfig
+from ftexp.config.rl_tasks import GRPOTaskConfig, PPOTaskConfig
 from ftexp.config.task import DistillTaskConfig, HeadTaskConfig, LanguageModelTaskConfig, TaskConfig
 from ftexp.runs.errors import ConfigError, did_you_mean
 
@@ -113,6 +113,9 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # Online RL: the policy learns from rewards on its own samples (GRPO); val/reward is the mean
     # reward of greedy completions (per function: val/rewards/<name>, not listed here).
     TaskSpec("grpo", "ftexp.tasks.grpo:GRPOTask", GRPOTaskConfig,
+             metrics=("reward", "completions/mean_length"), **_POLICY),
+    # … and with a learned value head (PPO): GAE advantages, clipped policy and value losses.
+    TaskSpec("ppo", "ftexp.tasks.ppo:PPOTask", PPOTaskConfig,
              metrics=("reward", "completions/mean_length"), **_POLICY),
 )}
 

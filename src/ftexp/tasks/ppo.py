@@ -1,0 +1,167 @@
+"""task=ppo: online RL with a learned value (LLaMA-Factory's PPO stage, TRL's PPOTrainer). Each
+training batch is a rollout: the policy samples completions of the batch's prompts (GRPO's
+sampling and reward functions; a trained reward model is `ftexp.tasks.rewards.reward_model`), one
+no-grad pass gives the policy's log-probs and the value head's values, the reference's log-probs
+give a per-token KL penalty folded into the reward (score at the last token), and GAE turns
+rewards and values into advantages (whitened) and returns — tasks/ppo_losses.py. Then
+task.num_iterations optimizer steps on the rollout (PPO epochs) minimise the clipped policy loss
+plus vf_coef times the clipped value loss.
+
+The critic is a linear value head on the policy's final hidden states (the backbone and its
+adapter are shared, as TRL's `AutoModelForCausalLMWithValueHead`); it starts at zero, so the first
+advantages are the Monte-Carlo returns. It is trained and saved with the run (checkpoints, resume)
+and left out of exports, which hold the policy. Rollouts kept for the next PPO epochs are saved in
+full-state checkpoints, so a resumed run trains on the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ftexp.tasks import lm_loss
+from ftexp.tasks.grpo import GRPOTask, Samples
+from ftexp.tasks.grpo_losses import GroupAdvantages
+from ftexp.tasks.ppo_losses import (
+    explained_variance,
+    gae,
+    kl_penalised_rewards,
+    masked_mean,
+    ppo_loss,
+    whiten,
+)
+
+
+class Rollout(NamedTuple):
+    """A rollout and what the policy that drew it computed: log-probs, values, the reference's
+    log-probs (None without a KL penalty), and the advantages and returns GAE made of them."""
+    samples: Samples
+    old_logps: torch.Tensor
+    old_values: torch.Tensor
+    reference_logps: torch.Tensor | None
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: torch.Tensor
+
+    def to_state(self) -> dict[str, Any]:
+        return {**self._asdict(), "samples": self.samples.to_state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Rollout:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        moved["samples"] = Samples.from_state(state["samples"], device)
+        return cls(**moved)
+
+
+class PPOTask(GRPOTask):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.value_head: nn.Linear | None = None  # built with the network (its hidden size)
+        self.rollouts: dict[int, Rollout] = {}  # window_index → the rollout of the next PPO epochs
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.value_head is None:
+            self.value_head = nn.Linear(lm_loss.output_head(self.network).in_features, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def optimized_module(self) -> nn.Module:
+        return nn.ModuleDict({"network": self.network, "value_head": self.value_head})
+
+    def outcome_advantages(self, rewards: torch.Tensor, group_size: int) -> GroupAdvantages:
+        """None of GRPO's group statistics: PPO's advantages come from GAE (`rollout`)."""
+        nothing = torch.zeros(0, dtype=torch.bool, device=rewards.device)
+        return GroupAdvantages(torch.zeros_like(rewards), nothing, rewards.isnan(), nothing.float())
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def logps_and_values(self, samples: Samples,
+                         entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The policy's per-token log-probs and the value head's per-token values (N, L), from one
+        forward pass; the value of position t is that of the state before the t-th token."""
+        logps, ent, hidden = self.completion_forward(self.network, samples, entropy, hidden_states=True)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return logps, values, ent
+
+    @torch.no_grad()
+    def rollout(self, batch: dict[str, Any]) -> Rollout:
+        t = self.hparams.task
+        samples = self.sample(batch, t["num_generations"])
+        old_logps, old_values, _ = self.logps_and_values(samples)
+        reference = self.reference_logps(samples) if self.reference_mode is not None else None
+        mask = samples.completion_mask
+        scores = torch.nan_to_num(samples.rewards.float(), nan=0.0).to(old_logps.device)  # unscored: 0
+        rewards, kl = kl_penalised_rewards(scores, old_logps, reference, mask, t["kl_coef"])
+        if t["whiten_rewards"]:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, old_values, mask, t["gamma"], t["lam"])
+        return Rollout(samples, old_logps, old_values, reference, whiten(advantages, mask), returns, kl)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        t = self.hparams.task
+        iteration, last = batch.get("repeat_index", 0), t["num_iterations"] - 1
+        window = batch.get("window_index", 0)
+        if iteration == 0:
+            rollout = self.rollout(batch)
+            if last > 0:
+                self.rollouts[window] = rollout
+        else:
+            rollout = self.rollouts[window]
+            if rollout.old_logps.device != self.device:  # loaded from a checkpoint before the move
+                rollout = Rollout.from_state(rollout.to_state(), self.device)
+            if iteration == last:
+                self.rollouts.pop(window)  # used up: not carried into checkpoints
+        samples, mask = rollout.samples, rollout.samples.completion_mask
+        logps, values, entropy = self.logps_and_values(samples, entropy=True)
+        result = ppo_loss(logps, rollout.old_logps, values, rollout.old_values, rollout.advantages,
+                          rollout.returns, mask, t["cliprange"], t["cliprange_value"], t["vf_coef"])
+        count = torch.tensor(len(samples.rewards), device=result.loss.device)
+        self.log_train_loss(result.loss, count, batch_idx)
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            metrics = self.ppo_metrics(rollout, result, values.detach(), entropy)
+            self.log_dict({f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)},
+                          on_step=True, on_epoch=False)
+        return result.loss + self.adapter_penalty()
+
+    def ppo_metrics(self, rollout: Rollout, result: Any, values: torch.Tensor,
+                    entropy: torch.Tensor | None) -> dict[str, float]:
+        """TRL's PPO metrics by their names (its `val/*` value statistics as `value/*`: val/ is the
+        validation stage here), the rewards and the completion lengths."""
+        samples, mask = rollout.samples, rollout.samples.completion_mask
+        scored = samples.rewards[~samples.rewards.isnan()]
+        kl_sum = rollout.kl.sum(1)
+        out = {
+            "objective/kl": kl_sum.mean().item(),
+            "objective/scores": scored.float().mean().item() if scored.numel() else float("nan"),
+            "objective/non_score_reward": (-self.hparams.task["kl_coef"] * kl_sum).mean().item(),
+            "loss/policy_avg": result.policy_loss.item(), "loss/value_avg": result.value_loss.item(),
+            "policy/clipfrac_avg": result.policy_clipfrac.item(),
+            "policy/approxkl_avg": result.approx_kl.item(),
+            "value/clipfrac_avg": result.value_clipfrac.item(), "value/ratio": result.ratio.item(),
+            "value/mean": masked_mean(values, mask).item(),
+            "value/explained_variance": explained_variance(values, rollout.returns, mask).item(),
+            "unscored": samples.rewards.isnan().float().mean().item(),
+            "completions/mean_length": mask.sum(1).float().mean().item(),
+        }
+        for name, per in samples.per_function.items():
+            kept = per[~per.isnan()]
+            out[f"rewards/{name}/mean"] = kept.float().mean().item() if kept.numel() else float("nan")
+        if entropy is not None:
+            out["policy/entropy_avg"] = entropy.item()
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if "optimizer_states" in checkpoint and self.rollouts:  # a full-state save, to resume from
+            checkpoint["ppo_rollouts"] = {slot: kept.to_state() for slot, kept in self.rollouts.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.rollouts = {int(slot): Rollout.from_state(kept, self.device)
+                         for slot, kept in checkpoint.get("ppo_rollouts", {}).items()}
