@@ -199,3 +199,4 @@ def test_ppo_learns_the_token_share_toy(tmp_path, monkeypatch, capsys, margin):
     curve = logged["val/reward"].dropna().tolist()
     margin.below("untrained samples' reward", sum(first) / 2, 0.15, first)
     margin.at_least("last val/reward", curve[-1], 0.7, curve)
+
