@@ -312,7 +312,7 @@ def _one_row(tmp_path: Path, prompt: str, response: str) -> Path:
     (["task=dpo", "task.loss_type=ipo", "task.label_smoothing=0.1"],
      "'task.label_smoothing=0.1' has no effect with loss_type=ipo"),
     (["task=dpo", "task.loss_type=sigmod"], "'task.loss_type=sigmod' is not a valid choice. Did you mean"),
-    (["task=dpo", "task.gamma=0.5"], "task.gamma is a setting of task=simpo, not task=dpo"),
+    (["task=dpo", "task.gamma=0.5"], "task.gamma is a setting of task=simpo / ppo, not task=dpo"),
     (["task=orpo", "data.packing=true"], "data.packing=true applies to task=causal_lm / pretrain"),
     (["task=kto", "adapter=lora", "strategy=fsdp", "task.reference=copy"],
      "task.reference=copy keeps a whole"),
