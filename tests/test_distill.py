@@ -109,6 +109,48 @@ def test_a_student_distilled_from_a_teacher_moves_toward_it(teacher_run, tmp_pat
                                                weights_only=True)["state_dict"])
 
 
+
+def test_an_on_policy_batch_is_each_prompt_and_the_students_own_sample(teacher_run, tmp_path):
+    from conftest import build_task
+    from ftexp.data.targets import IGNORE
+
+    teacher, data = teacher_run
+    task, datamodule, _ = build_task(["task=distill", *SFT, f"data.path={data}", f"task.teacher={teacher}",
+                                      "task.on_policy_fraction=1.0", "generation.max_new_tokens=5"], tmp_path)
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(0)
+    sampled = task.student_batch(batch)
+    eos = task.tokenizer.eos_token_id
+    for i in range(len(batch["input_ids"])):
+        trained_data = batch["labels"][i] != IGNORE
+        start = int(trained_data.float().argmax())
+        prompt = batch["input_ids"][i, :start]
+        row, labels, mask = sampled["input_ids"][i], sampled["labels"][i], sampled["attention_mask"][i]
+        length = int(mask.sum())
+        assert torch.equal(row[:start], prompt) and (labels[:start] == IGNORE).all()  # the prompt, untrained
+        completion = labels[start:length]
+        assert torch.equal(completion, row[start:length]) and (labels[length:] == IGNORE).all()
+        assert 1 <= len(completion) <= 5 and (completion[-1] == eos or len(completion) == 5)
+        assert eos not in completion[:-1].tolist()  # cut at the first EOS
+    assert "window_items" not in sampled  # normalised by its own token count
+
+
+def test_on_policy_fraction_picks_that_share_of_batches_and_is_checked(teacher_run, tmp_path):
+    import json
+
+    from ftexp.train import train
+
+    teacher, data = teacher_run
+    common = ["task=distill", *SFT, f"data.path={data}", f"task.teacher={teacher}",
+              "generation.max_new_tokens=4", "trainer.max_steps=8", "seed=3"]
+    train(compose_config([*common, "task.on_policy_fraction=0.5"], output_dir=tmp_path / "half"))
+    half = json.loads((tmp_path / "half" / "metrics.json").read_text())["on_policy_batches"]
+    assert 0 < half < 8
+    with pytest.raises(ConfigError, match="with data.packing=true: the student's samples replace"):
+        compose_config([*common, "task.on_policy_fraction=0.5", "data.packing=true"], resolve=False)
+    with pytest.raises(ConfigError, match="task.on_policy_fraction=1.5 must lie in"):
+        compose_config([*common, "task.on_policy_fraction=1.5"], resolve=False)
+
 def test_a_teacher_is_required_and_the_divergence_keys_are_checked():
     with pytest.raises(ConfigError, match="task=distill needs a teacher: task.teacher="):
         compose_config(["task=distill", *SFT], resolve=False)

@@ -365,6 +365,26 @@ def test_a_killed_ppo_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_killed_on_policy_distillation_resumes_to_the_uninterrupted_result(tmp_path):
+    """task=distill with task.on_policy_fraction=0.5: which batches the student samples, and what
+    it samples, come from the RNG states the resume checkpoint holds."""
+    from conftest import colour_facts
+
+    data = colour_facts(tmp_path / "facts.jsonl")
+    sft = ["data=code_alpaca", "data.split_column=null", f"data.path={data}", "model=tiny_llama",
+           "adapter=none", "trainer.precision=32", "trainer.enable_progress_bar=false",
+           "task.sample_generations=0"]
+    teacher = _run(["task=causal_lm", *sft, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'teacher'}"])
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    args = ["task=distill", *sft, f"task.teacher={tmp_path / 'teacher'}", "task.on_policy_fraction=0.5",
+            "generation.max_new_tokens=4", "trainer.max_steps=12", "callbacks.resume_every_n_steps=5"]
+    (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
+    metrics.pop("on_policy_batches"), expected_metrics.pop("on_policy_batches")  # counted since the start
+    _assert_same_metrics(metrics, expected_metrics)
+    _assert_same_weights(weights, expected_weights)
+
+
+@pytest.mark.slow
 def test_a_killed_lora_run_on_an_hqq_base_resumes_to_the_uninterrupted_result(data_csv, tmp_path):
     """quant=hqq: the resumed run quantizes its base again (HQQ needs no data, so the codes are the
     same) and continues the adapter from its checkpoint, bit for bit."""

@@ -102,6 +102,10 @@ def _check_data_for_task(cfg: DictConfig, spec: TaskSpec) -> None:
     if data.packing and cfg.model.shift_short_attention:
         raise ConfigError("data.packing=true with model.shift_short_attention=true: S²-Attn's groups would "
                           "cut across the packed samples' boundaries; set data.packing=false.")
+    if data.packing and cfg.task.get("on_policy_fraction", 0) > 0:
+        raise ConfigError(f"task.on_policy_fraction={cfg.task.on_policy_fraction} with data.packing=true: "
+                          "the student's samples replace each row's response, which packed rows do not "
+                          "keep apart; set data.packing=false.")
     if data.packing and cfg.adapter.method in PROMPT_LEARNING_ADAPTERS:
         raise ConfigError(f"data.packing=true with adapter={cfg.adapter.method}: its virtual "
                           "tokens cannot be shared by packed samples; set data.packing=false "
@@ -169,9 +173,10 @@ def _check_reference(cfg: DictConfig) -> None:
 
 
 def _check_sampling(cfg: DictConfig) -> None:
-    """Online RL (task=grpo, the tasks with task.num_generations) samples from the policy during
-    training: with the generation group's temperature, on a model each device holds whole."""
-    if "num_generations" not in cfg.task:
+    """Online RL (task=grpo / ppo, the tasks with task.num_generations) and on-policy distillation
+    (task.on_policy_fraction > 0) sample from the policy during training: with the generation
+    group's temperature, on a model each device holds whole."""
+    if "num_generations" not in cfg.task and not cfg.task.get("on_policy_fraction", 0) > 0:
         return
     if not cfg.generation.temperature > 0:
         raise ConfigError(f"generation.temperature={cfg.generation.temperature}: task={cfg.task.name} "

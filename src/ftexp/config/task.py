@@ -83,6 +83,10 @@ class DistillTaskConfig(LanguageModelTaskConfig):
     temperature: float = 1.0  # both models' logits are divided by it
     # Weight of the distillation term; the cross-entropy on the responses gets 1 - kd_ratio.
     kd_ratio: float = 1.0
+    # GKD's lambda: the share of training batches whose responses the student samples itself (from
+    # the batch's prompts, the generation group's sampling settings) before the teacher scores them
+    # (on-policy); the rest use the data's responses (off-policy). 0: off-policy only.
+    on_policy_fraction: float = 0.0
 
     @staticmethod
     def check(task: DictConfig) -> None:
@@ -94,6 +98,13 @@ class DistillTaskConfig(LanguageModelTaskConfig):
         if not 0.0 <= task.kd_ratio <= 1.0:
             raise ConfigError(f"task.kd_ratio={task.kd_ratio} must lie in [0, 1] (1: distillation only, "
                               "0: cross-entropy only).")
+        if not 0.0 <= task.on_policy_fraction <= 1.0:
+            raise ConfigError(f"task.on_policy_fraction={task.on_policy_fraction} must lie in [0, 1] (the "
+                              "share of batches the student samples; 0: the data's responses only).")
+        if task.on_policy_fraction > 0 and task.train_on_prompt:
+            raise ConfigError("task.on_policy_fraction > 0 with task.train_on_prompt=true: the student "
+                              "samples from each row's prompt, the tokens before its trained ones; set "
+                              "task.train_on_prompt=false.")
 
 
 def check_divergence(beta: float, temperature: float) -> None:

@@ -1,7 +1,9 @@
 """task=distill: a student learns a frozen teacher's next-token distributions on the responses of
-SFT data (off-policy knowledge distillation; the divergence is tasks/distill_losses.py). The data,
-evaluation (cross-entropy and perplexity on the responses, plus `divergence` to the teacher),
-generation and export are the causal-LM task's."""
+SFT data (off-policy knowledge distillation; the divergence is tasks/distill_losses.py) and, in a
+task.on_policy_fraction share of the training batches, on responses it samples itself from the
+batch's prompts (on-policy, GKD's lambda). The data, evaluation (cross-entropy and perplexity on
+the data's responses, plus `divergence` to the teacher), generation and export are the causal-LM
+task's."""
 
 from __future__ import annotations
 
@@ -70,6 +72,20 @@ class DistillTask(CausalLMTask):
         self.val_divergence, self.test_divergence = MeanMetric(), MeanMetric()
         # Not a submodule: the teacher is neither trained nor saved in the student's checkpoints.
         self._teacher: list[nn.Module] = []
+        self.tokenizer: Any = None  # set by from_config: on-policy batches are sampled with it
+        self.on_policy_batches = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> Any:
+        parts = super().from_config(cfg, settings, tokenizer, run_dir)
+        parts.task.tokenizer = tokenizer
+        return parts
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        if self.hparams.task["on_policy_fraction"] > 0:
+            out["on_policy_batches"] = self.on_policy_batches  # since this (re)start
+        return out
 
     def on_fit_start(self) -> None:
         _ = self.teacher  # loaded and checked against the student before the first step
@@ -116,7 +132,55 @@ class DistillTask(CausalLMTask):
                                 lambda h: transform(student_head(h)), lambda h: transform(teacher_head(h)),
                                 beta=t["beta"], temperature=t["temperature"], chunk_tokens=path.chunk_tokens)
 
+    def on_policy(self) -> bool:
+        """Whether this training batch's responses are the student's own: a draw from torch's
+        generator, so a resumed run (its RNG states restored) draws as an uninterrupted one."""
+        fraction = self.hparams.task["on_policy_fraction"]
+        return fraction > 0 and bool(torch.rand(()) < fraction)
+
+    @torch.no_grad()
+    def student_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with each row's response replaced by one the student samples from its prompt
+        (the tokens before the first trained label; the generation group's sampling settings),
+        ended at EOS or max_new_tokens: prompt + sample, right-padded, the sample the only
+        trained tokens."""
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        trained = batch["labels"] != lm_loss.IGNORE
+        starts = torch.where(trained.any(1), trained.float().argmax(1), batch["attention_mask"].sum(1))
+        prompts = [row[:start].tolist()
+                   for row, start in zip(batch["input_ids"], starts.tolist(), strict=True)]
+        width = max(len(p) for p in prompts)
+        device = batch["input_ids"].device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        config = GenerationConfig(**{**self.hparams.generation, "do_sample": True},
+                                  eos_token_id=tok.eos_token_id, pad_token_id=pad)
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            samples = self.network.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        finally:
+            self.network.train(was_training)
+        rows, labels = [], []
+        for prompt, completion in zip(prompts, samples[:, width:].tolist(), strict=True):
+            if tok.eos_token_id in completion:
+                completion = completion[:completion.index(tok.eos_token_id) + 1]  # EOS is trained too
+            rows.append(prompt + completion)
+            labels.append([lm_loss.IGNORE] * len(prompt) + completion)
+        length = max(len(r) for r in rows)
+        return {"input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=device),
+                "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows],
+                                               device=device),
+                "labels": torch.tensor([lab + [lm_loss.IGNORE] * (length - len(lab)) for lab in labels],
+                                       device=device)}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.on_policy():
+            batch = self.student_batch(batch)  # its own token count: no accumulation window's
+            self.on_policy_batches += 1
         ratio, labels = self.hparams.task["kd_ratio"], batch["labels"]
         student, teacher = self._hidden_states(batch)
         total, count = self._divergence(labels, student, teacher)
