@@ -128,7 +128,9 @@ def test_a_rollout_holds_gae_of_its_own_rewards_and_values(tmp_path):
                                      tmp_path)
     batch = next(iter(datamodule.train_dataloader()))
     torch.manual_seed(0)
-    rollout = task.rollout(batch)
+    drawn = task.sample(batch, task.hparams.task["num_generations"])
+    with torch.no_grad():
+        rollout = task.rollout(drawn, *task.logps_and_values(drawn)[:2])
     samples, mask = rollout.samples, rollout.samples.completion_mask
     assert len(samples.rewards) == len(batch["prompts"]) * 4  # num_generations=4 in tiny_ppo
     assert not rollout.old_values.any()  # a zero-initialised value head

@@ -27,6 +27,11 @@ class Completion:
     completion_tokens: int
 
 
+def not_a_source(path: Path) -> FtexpError:
+    return FtexpError(f"'{path}' is neither an ftexp run directory (config.yaml) nor a model directory "
+                      "(config.json); pass a finished run or the output of ftexp.export.")
+
+
 def _truncate(text: str, stops: list[str]) -> tuple[str, bool]:
     """`text` cut before the first stop string, and whether one was found."""
     cuts = [text.index(s) for s in stops if s in text]
@@ -66,8 +71,7 @@ class Engine:
             return cls._from_run(path, name)
         if (path / "config.json").is_file():
             return cls._from_export(path, name)
-        raise FtexpError(f"'{path}' is neither an ftexp run directory (config.yaml) nor a model directory "
-                         "(config.json); pass a finished run or the output of ftexp.export.")
+        raise not_a_source(path)
 
     @classmethod
     def _from_run(cls, path: Path, name: str) -> Engine:

@@ -36,8 +36,9 @@ def plan(source: Path) -> Plan:
     if not config_file.is_file():
         if (source / "config.json").is_file():
             return Plan(model=str(source))
-        raise FtexpError(f"'{source}' is neither an ftexp run directory (config.yaml) nor a model directory "
-                         "(config.json); pass a finished run or the output of ftexp.export.")
+        from ftexp.serving.engine import not_a_source
+
+        raise not_a_source(source)
     cfg = OmegaConf.load(config_file)
     model, adapter = cfg.model, cfg.adapter
     base = model.get("export_base") or model.name_or_path

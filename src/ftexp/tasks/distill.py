@@ -18,6 +18,7 @@ from ftexp.runs.errors import ConfigError
 from ftexp.tasks import lm_loss
 from ftexp.tasks.causal_lm import CausalLMTask
 from ftexp.tasks.distill_losses import distillation_sum
+from ftexp.tasks.generation import continue_ids
 
 
 def load_teacher(source: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -144,8 +145,6 @@ class DistillTask(CausalLMTask):
         (the tokens before the first trained label; the generation group's sampling settings),
         ended at EOS or max_new_tokens: prompt + sample, right-padded, the sample the only
         trained tokens."""
-        from transformers import GenerationConfig
-
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         trained = batch["labels"] != lm_loss.IGNORE
@@ -156,16 +155,10 @@ class DistillTask(CausalLMTask):
         device = batch["input_ids"].device
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        config = GenerationConfig(**{**self.hparams.generation, "do_sample": True},
-                                  eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        was_training = self.network.training
-        self.network.eval()
-        try:
-            samples = self.network.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        finally:
-            self.network.train(was_training)
+        samples = continue_ids(self.network, ids, mask, {**self.hparams.generation, "do_sample": True},
+                               tok.eos_token_id, pad)
         rows, labels = [], []
-        for prompt, completion in zip(prompts, samples[:, width:].tolist(), strict=True):
+        for prompt, completion in zip(prompts, samples.tolist(), strict=True):
             if tok.eos_token_id in completion:
                 completion = completion[:completion.index(tok.eos_token_id) + 1]  # EOS is trained too
             rows.append(prompt + completion)

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import lightning as L
 import torch
@@ -39,7 +39,7 @@ from ftexp.runs.console import print_generations
 from ftexp.runs.errors import ConfigError
 from ftexp.tasks import lm_loss
 from ftexp.tasks.base import EVAL_STAGES, RunParts
-from ftexp.tasks.generation import generate_texts
+from ftexp.tasks.generation import continue_ids, generate_texts
 from ftexp.tasks.grpo_losses import (
     GroupAdvantages,
     GRPOLoss,
@@ -179,6 +179,10 @@ class GRPOTask(PolicyTask):
     """A causal LM trained on rewards of its own samples; `rewards` and `tokenizer` are attached by
     from_config (a run dir rebuilt for generate / export needs neither)."""
 
+    # What a batch keeps for its later iterations, and its key in full-state checkpoints.
+    replay_type: ClassVar[type] = Replayed
+    replay_key: ClassVar[str] = "grpo_replay"
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         t = self.hparams.task
@@ -194,7 +198,7 @@ class GRPOTask(PolicyTask):
         self._metric_names = names
         self._logits_to_keep: bool | None = None
         # window_index → samples kept for the next iterations of the same batch (num_iterations > 1).
-        self.replay: dict[int, Replayed] = {}
+        self.replay: dict[int, Any] = {}
         # task.generation_backend=vllm: the engine (started with the fit), where its starting
         # weights are written, and the longest prompt + completion it must hold.
         self.vllm: VLLMSampler | None = None
@@ -256,26 +260,14 @@ class GRPOTask(PolicyTask):
         """Completion ids (N, L) of left-padded prompts; L <= max_completion_length (generation stops
         early when every row has ended). No grad rather than inference mode: the ids feed the
         training forward pass."""
-        from transformers import GenerationConfig
-
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if self.vllm is not None:
             self.vllm.sync(self.network, self.global_step)
             prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask, strict=True)]
             return self.vllm.generate(prompts, self.generation_settings(sample), pad).to(input_ids.device)
-        config = GenerationConfig(**self.generation_settings(sample), eos_token_id=tok.eos_token_id,
-                                  pad_token_id=pad)
-        if not sample:  # greedy: drop sampling knobs so transformers does not warn
-            config.temperature, config.top_p, config.top_k = None, None, None
-        was_training = self.network.training
-        self.network.eval()  # no dropout while sampling (what the policy would write)
-        try:
-            out = self.network.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=config)
-        finally:
-            self.network.train(was_training)
-        return out[:, input_ids.shape[1]:]
+        return continue_ids(self.network, input_ids, attention_mask, self.generation_settings(sample),
+                            tok.eos_token_id, pad)
 
     def sample(self, batch: dict[str, Any], group_size: int, sample: bool = True) -> Samples:
         """Completions of the batch's prompts (`group_size` each, adjacent), scored."""
@@ -380,19 +372,27 @@ class GRPOTask(PolicyTask):
         if batch.get("repeat_index", 0) == 0:
             samples = self.sample(batch, self.hparams.task["num_generations"])
             return samples, None, self.reference_logps(samples) if self.reference_mode is not None else None
+        return self.kept(batch)
+
+    def kept(self, batch: dict[str, Any]) -> Any:
+        """What the batch's first iteration kept (a `replay_type`), on this task's device."""
         kept = self.replay[batch["window_index"]]
         if kept.old_logps.device != self.device:  # loaded from a checkpoint before the move
-            kept = Replayed.from_state(kept.to_state(), self.device)
+            kept = self.replay_type.from_state(kept.to_state(), self.device)
         return kept
+
+    def remember(self, batch: dict[str, Any], kept: Any) -> None:
+        """Keep a batch's samples at its first iteration for the next ones; drop them after its last."""
+        iteration, last = batch.get("repeat_index", 0), self.hparams.task["num_iterations"] - 1
+        if iteration == 0 and last > 0:
+            self.replay[batch["window_index"]] = kept
+        elif iteration == last > 0:
+            self.replay.pop(batch["window_index"])  # used up: not carried into checkpoints
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         samples, old_logps, reference = self.step_inputs(batch)
         result, policy, entropy = self.loss(samples, old_logps, reference)
-        iteration, last = batch.get("repeat_index", 0), self.hparams.task["num_iterations"] - 1
-        if iteration == 0 and last > 0:
-            self.replay[batch["window_index"]] = Replayed(samples, policy.detach(), reference)
-        elif iteration == last > 0:
-            self.replay.pop(batch["window_index"])  # used up: not carried into checkpoints
+        self.remember(batch, Replayed(samples, policy.detach(), reference))
         count = torch.tensor(len(samples.rewards), device=result.loss.device)
         self.log_train_loss(result.loss, count, batch_idx)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
@@ -404,12 +404,12 @@ class GRPOTask(PolicyTask):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if "optimizer_states" in checkpoint and self.replay:  # a full-state save, to resume from
-            checkpoint["grpo_replay"] = {slot: kept.to_state() for slot, kept in self.replay.items()}
+            checkpoint[self.replay_key] = {slot: kept.to_state() for slot, kept in self.replay.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.replay = {int(slot): Replayed.from_state(kept, self.device)
-                       for slot, kept in checkpoint.get("grpo_replay", {}).items()}
+        self.replay = {int(slot): self.replay_type.from_state(kept, self.device)
+                       for slot, kept in checkpoint.get(self.replay_key, {}).items()}
 
     def step_metrics(self, samples: Samples, result: GRPOLoss,
                      entropy: torch.Tensor | None) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """task=ppo: online RL with a learned value (LLaMA-Factory's PPO stage, TRL's PPOTrainer). Each
 training batch is a rollout: the policy samples completions of the batch's prompts (GRPO's
-sampling and reward functions; a trained reward model is `ftexp.tasks.rewards.reward_model`), one
-no-grad pass gives the policy's log-probs and the value head's values, the reference's log-probs
+sampling and reward functions; a trained reward model is `ftexp.tasks.rewards.reward_model`), the
+first epoch's forward pass gives the policy's log-probs and the value head's values (detached:
+the rollout's "old" ones, no extra pass), the reference's log-probs
 give a per-token KL penalty folded into the reward (score at the last token), and GAE turns
 rewards and values into advantages (whitened) and returns — tasks/ppo_losses.py. Then
 task.num_iterations optimizer steps on the rollout (PPO epochs) minimise the clipped policy loss
@@ -57,10 +58,12 @@ class Rollout(NamedTuple):
 
 
 class PPOTask(GRPOTask):
+    replay_type = Rollout
+    replay_key = "ppo_rollouts"
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.value_head: nn.Linear | None = None  # built with the network (its hidden size)
-        self.rollouts: dict[int, Rollout] = {}  # window_index → the rollout of the next PPO epochs
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -88,37 +91,36 @@ class PPOTask(GRPOTask):
         return logps, values, ent
 
     @torch.no_grad()
-    def rollout(self, batch: dict[str, Any]) -> Rollout:
+    def rollout(self, samples: Samples, logps: torch.Tensor, values: torch.Tensor) -> Rollout:
+        """The rollout of samples whose log-probs and values the current policy computed: the
+        reference's log-probs, the KL-penalised rewards, GAE's advantages (whitened) and returns."""
         t = self.hparams.task
-        samples = self.sample(batch, t["num_generations"])
-        old_logps, old_values, _ = self.logps_and_values(samples)
+        logps, values = logps.detach(), values.detach()
         reference = self.reference_logps(samples) if self.reference_mode is not None else None
         mask = samples.completion_mask
-        scores = torch.nan_to_num(samples.rewards.float(), nan=0.0).to(old_logps.device)  # unscored: 0
-        rewards, kl = kl_penalised_rewards(scores, old_logps, reference, mask, t["kl_coef"])
+        scores = torch.nan_to_num(samples.rewards.float(), nan=0.0).to(logps.device)  # unscored: 0
+        rewards, kl = kl_penalised_rewards(scores, logps, reference, mask, t["kl_coef"])
         if t["whiten_rewards"]:
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, old_values, mask, t["gamma"], t["lam"])
-        return Rollout(samples, old_logps, old_values, reference, whiten(advantages, mask), returns, kl)
+        advantages, returns = gae(rewards, values, mask, t["gamma"], t["lam"])
+        return Rollout(samples, logps, values, reference, whiten(advantages, mask), returns, kl)
 
     # -- steps ----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """At a rollout's first PPO epoch, one forward pass gives the "old" log-probs and values
+        (detached; dropout is off, so they are what a separate no-grad pass would give) and the
+        loss; the later epochs train on the kept rollout."""
         t = self.hparams.task
-        iteration, last = batch.get("repeat_index", 0), t["num_iterations"] - 1
-        window = batch.get("window_index", 0)
-        if iteration == 0:
-            rollout = self.rollout(batch)
-            if last > 0:
-                self.rollouts[window] = rollout
+        if batch.get("repeat_index", 0) == 0:
+            samples = self.sample(batch, t["num_generations"])
+            logps, values, entropy = self.logps_and_values(samples, entropy=True)
+            rollout = self.rollout(samples, logps, values)
         else:
-            rollout = self.rollouts[window]
-            if rollout.old_logps.device != self.device:  # loaded from a checkpoint before the move
-                rollout = Rollout.from_state(rollout.to_state(), self.device)
-            if iteration == last:
-                self.rollouts.pop(window)  # used up: not carried into checkpoints
+            rollout = self.kept(batch)
+            logps, values, entropy = self.logps_and_values(rollout.samples, entropy=True)
+        self.remember(batch, rollout)
         samples, mask = rollout.samples, rollout.samples.completion_mask
-        logps, values, entropy = self.logps_and_values(samples, entropy=True)
         result = ppo_loss(logps, rollout.old_logps, values, rollout.old_values, rollout.advantages,
                           rollout.returns, mask, t["cliprange"], t["cliprange_value"], t["vf_coef"])
         count = torch.tensor(len(samples.rewards), device=result.loss.device)
@@ -155,13 +157,3 @@ class PPOTask(GRPOTask):
         if entropy is not None:
             out["policy/entropy_avg"] = entropy.item()
         return out
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if "optimizer_states" in checkpoint and self.rollouts:  # a full-state save, to resume from
-            checkpoint["ppo_rollouts"] = {slot: kept.to_state() for slot, kept in self.rollouts.items()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.rollouts = {int(slot): Rollout.from_state(kept, self.device)
-                         for slot, kept in checkpoint.get("ppo_rollouts", {}).items()}

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +34,6 @@ class Launched:
     argv: list[str]
     process: subprocess.Popen
     stop_requested: bool = False
-    started: float = field(default_factory=time.time)
 
     @property
     def status(self) -> str:
