@@ -168,7 +168,77 @@ def test_a_ppo_run_logs_trls_metrics_trains_its_value_head_and_exports_the_polic
     assert not any("value_head" in k for k in load_file(export / "model.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    """A tiny task=reward run on the policy's tokenizer: where a separate critic starts."""
+    from ftexp.train import train
+
+    out = tmp_path_factory.mktemp("critic") / "rm"
+    train(compose_config(["+experiment=tiny_rm", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                          "data.max_length=64", "data.max_prompt_length=32"], output_dir=out))
+    return out
+
+
+def test_a_separate_critic_starts_as_the_reward_model_scoring_each_prefix(reward_run, tmp_path):
+    """Its value before completion token j is the reward model's score of the sequence up to there,
+    as `ftexp.predict` scores a text: pooled at its last token, left padding and all."""
+    from ftexp.predict import load_trained
+
+    task, datamodule, _ = build_task(_overrides("task.critic=separate", f"task.critic_from={reward_run}"),
+                                     tmp_path)
+    assert task.critic is None and task.value_head is None  # built under a Trainer only
+    task.critic = task.load_critic()
+    torch.manual_seed(0)
+    samples = task.sample(next(iter(datamodule.train_dataloader())), 2)
+    # One more prompt token: a real one in odd rows, left padding in even rows (prompts here are
+    # all of one length).
+    odd = (torch.arange(len(samples.input_ids)) % 2).unsqueeze(1)
+    samples = samples._replace(input_ids=torch.cat([samples.input_ids[:, :1], samples.input_ids], 1),
+                               attention_mask=torch.cat([odd, samples.attention_mask], 1))
+    with torch.no_grad():
+        values = task.critic_values(samples)
+    reward_model = load_trained(reward_run)[0].network
+    length = samples.completion_mask.shape[1]
+    assert (samples.attention_mask[:, :-length] == 0).any()  # some prompts are left-padded
+    for row in range(len(values)):
+        real = samples.input_ids[row][samples.attention_mask[row].bool()]
+        prompt = int(samples.attention_mask[row, :-length].sum())
+        for j in range(int(samples.completion_mask[row].sum())):
+            prefix = real[None, :prompt + j]
+            with torch.no_grad():
+                score = reward_model(prefix, torch.ones_like(prefix)).item()
+            assert values[row, j].item() == pytest.approx(score, rel=1e-4, abs=1e-5)
+
+
+def test_a_separate_critic_trains_resumes_with_the_run_and_stays_out_of_the_export(reward_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import shutil
+
+    from ftexp.export import export_run
+    from ftexp.predict import load_checkpoint
+
+    run, rm = tmp_path / "run", tmp_path / "rm"
+    shutil.copytree(reward_run, rm)
+    code, err = run_in_process(_overrides("trainer.max_steps=2", "trainer.val_check_interval=2",
+                                          "task.critic=separate", f"task.critic_from={rm}",
+                                          f"hydra.run.dir={run}"), monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    logged = pd.read_csv(run / "csv" / "metrics.csv")
+    assert logged["train/loss/value_avg"].notna().sum() == 2
+    state = load_checkpoint(run / "checkpoints" / "best.ckpt")["state_dict"]
+    started = load_checkpoint(rm / "checkpoints" / "best.ckpt")["state_dict"]
+    assert not any(k.startswith("value_head") for k in state)
+    assert not torch.equal(state["critic.head.weight"], started["network.head.weight"])  # trained
+    shutil.rmtree(rm)  # the export needs the policy alone, not the reward run
+    from safetensors.torch import load_file
+
+    exported = load_file(export_run(run, tmp_path / "export", dtype="float32") / "model.safetensors")
+    assert exported and not any("critic" in k or k.startswith("head") for k in exported)
+
+
 @pytest.mark.parametrize(("override", "message"), [
+    ("task.critic=separate", "task.critic=separate needs task.critic_from=<a task=reward run dir>"),
+    ("task.critic_from=/x", "task.critic_from=/x is read with task.critic=separate only"),
     ("task.lam=1.5", "task.lam=1.5 must lie in [0, 1]."),
     ("task.cliprange=0", "task.cliprange=0.0 must be > 0."),
     ("task.kl_coef=-1", "task.kl_coef=-1.0 must be >= 0 (0: no reference pass)."),

@@ -349,17 +349,25 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_result(tmp_path, iterati
 
 
 @pytest.mark.slow
-def test_a_killed_ppo_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_a_killed_ppo_run_resumes_to_the_uninterrupted_result(tmp_path, critic):
     """PPO with two PPO epochs per rollout: the save after step 5 falls between a rollout's two
     epochs, so the kept rollout (samples, old log-probs and values, advantages, returns) travels in
-    the checkpoint, and the value head resumes with the policy."""
+    the checkpoint, and the critic (a value head, or a model of its own started from a reward
+    run) resumes with the policy."""
     args = ["+experiment=tiny_ppo", "trainer.enable_progress_bar=false", "generation.max_new_tokens=6",
             "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.resume_every_n_steps=5",
-            "task.sample_generations=0"]
+            "task.sample_generations=0", f"task.critic={critic}"]
+    if critic == "separate":
+        rm = tmp_path / "rm"
+        trained = _run(["+experiment=tiny_rm", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                        "data.max_length=64", "data.max_prompt_length=32", f"hydra.run.dir={rm}"])
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        args.append(f"task.critic_from={rm}")
     (metrics, weights), (expected_metrics, expected_weights) = _interrupted_and_whole(args, tmp_path)
     assert metrics.pop("reference") == expected_metrics.pop("reference") == "adapter"
     metrics.pop("reference_forward_passes"), expected_metrics.pop("reference_forward_passes")
-    assert "value_head.weight" in weights
+    assert ("value_head.weight" if critic == "shared" else "critic.head.weight") in weights
     _assert_same_metrics(metrics, expected_metrics)
     _assert_same_weights(weights, expected_weights)
 

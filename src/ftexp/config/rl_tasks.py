@@ -142,10 +142,23 @@ class PPOTaskConfig(OnlineRLTaskConfig):
     cliprange_value: float = 0.2  # the value may move this far from the rollout's value
     vf_coef: float = 0.1  # weight of the value loss
     whiten_rewards: bool = False  # standardise the per-token rewards before GAE (advantages always are)
+    # The value model: shared (a value head on the policy's backbone and adapter, zero-initialised) |
+    # separate (a model of its own, started from the task=reward run at critic_from: tasks/critic.py).
+    critic: str = "shared"
+    critic_from: Optional[str] = None  # with critic=separate: a finished task=reward run directory
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **OnlineRLTaskConfig.CHOICES, "critic": ("shared", "separate")}
 
     @staticmethod
     def check(task: DictConfig) -> None:
         OnlineRLTaskConfig.check(task)
+        if task.critic == "separate" and not task.critic_from:
+            raise ConfigError("task.critic=separate needs task.critic_from=<a task=reward run dir> to start "
+                              "the critic from (or task.critic=shared: a value head on the policy).")
+        if task.critic == "shared" and task.critic_from:
+            raise ConfigError(f"task.critic_from={task.critic_from} is read with task.critic=separate only; "
+                              "add task.critic=separate, or drop task.critic_from.")
         if not task.kl_coef >= 0:
             raise ConfigError(f"task.kl_coef={task.kl_coef} must be >= 0 (0: no reference pass).")
         for key in ("gamma", "lam"):

@@ -8,10 +8,12 @@ rewards and values into advantages (whitened) and returns — tasks/ppo_losses.p
 task.num_iterations optimizer steps on the rollout (PPO epochs) minimise the clipped policy loss
 plus vf_coef times the clipped value loss.
 
-The critic is a linear value head on the policy's final hidden states (the backbone and its
-adapter are shared, as TRL's `AutoModelForCausalLMWithValueHead`); it starts at zero, so the first
-advantages are the Monte-Carlo returns. It is trained and saved with the run (checkpoints, resume)
-and left out of exports, which hold the policy. Rollouts kept for the next PPO epochs are saved in
+The critic is a linear value head on the policy's final hidden states (task.critic=shared: the
+backbone and its adapter are shared, as TRL's `AutoModelForCausalLMWithValueHead`); it starts at
+zero, so the first advantages are the Monte-Carlo returns. Or a value model of its own
+(task.critic=separate, tasks/critic.py), started from a task=reward run as TRL's PPOTrainer starts
+it. Either is trained and saved with the run (checkpoints, resume) and left out of exports, which
+hold the policy. Rollouts kept for the next PPO epochs are saved in
 full-state checkpoints, so a resumed run trains on the same samples.
 """
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from ftexp.tasks import lm_loss
+from ftexp.tasks.critic import ValueModel, load_critic
 from ftexp.tasks.grpo import GRPOTask, Samples
 from ftexp.tasks.grpo_losses import GroupAdvantages
 from ftexp.tasks.ppo_losses import (
@@ -63,17 +66,34 @@ class PPOTask(GRPOTask):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.value_head: nn.Linear | None = None  # built with the network (its hidden size)
+        self.value_head: nn.Linear | None = None  # task.critic=shared: built with the network
+        self.critic: ValueModel | None = None  # task.critic=separate: built under a Trainer
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.value_head is None:
+        t = self.hparams.task
+        if t["critic"] == "shared" and self.value_head is None:
             self.value_head = nn.Linear(lm_loss.output_head(self.network).in_features, 1)
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+        elif t["critic"] == "separate" and self.critic is None and self._trainer is not None:
+            # Training only (fresh or resumed, before the checkpoint loads): generating with and
+            # exporting this run need the policy alone, and not the reward run either.
+            self.critic = self.load_critic()
+
+    def load_critic(self) -> ValueModel:
+        t = self.hparams.task
+        return load_critic(t["critic_from"], self.tokenizer, next(self.network.parameters()).dtype,
+                           t["disable_dropout"])
+
+    def load_trained_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        if self.critic is None:  # a finished run loaded to generate or export: the policy alone
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("critic.")}
+        super().load_trained_state(state_dict)
 
     def optimized_module(self) -> nn.Module:
-        return nn.ModuleDict({"network": self.network, "value_head": self.value_head})
+        critic = {"value_head": self.value_head} if self.critic is None else {"critic": self.critic}
+        return nn.ModuleDict({"network": self.network, **critic})
 
     def outcome_advantages(self, rewards: torch.Tensor, group_size: int) -> GroupAdvantages:
         """None of GRPO's group statistics: PPO's advantages come from GAE (`rollout`)."""
@@ -85,10 +105,20 @@ class PPOTask(GRPOTask):
     def logps_and_values(self, samples: Samples,
                          entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The policy's per-token log-probs and the value head's per-token values (N, L), from one
-        forward pass; the value of position t is that of the state before the t-th token."""
-        logps, ent, hidden = self.completion_forward(self.network, samples, entropy, hidden_states=True)
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return logps, values, ent
+        forward pass (a second one, of the critic, with task.critic=separate); the value of position
+        t is that of the state before the t-th token."""
+        shared = self.critic is None
+        logps, ent, hidden = self.completion_forward(self.network, samples, entropy, hidden_states=shared)
+        if shared:
+            return logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float(), ent
+        return logps, self.critic_values(samples), ent
+
+    def critic_values(self, samples: Samples) -> torch.Tensor:
+        """The separate critic's values (N, L) at the positions that predict the completion's tokens,
+        numbered as completion_forward numbers them."""
+        mask, length = samples.attention_mask, samples.completion_mask.shape[1]
+        values = self.critic(samples.input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        return values[:, -(length + 1):-1]
 
     @torch.no_grad()
     def rollout(self, samples: Samples, logps: torch.Tensor, values: torch.Tensor) -> Rollout:
