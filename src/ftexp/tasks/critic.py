@@ -48,14 +48,16 @@ def load_critic(source: str, policy_tokenizer: Any, dtype: torch.dtype, disable_
         raise ConfigError(f"task.critic_from={source} is a task={hparams['task']['name']} run; the critic "
                           "starts from a task=reward run's model and score head.")
     m = hparams["model"]
-    tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"], trust_remote_code=m["trust_remote_code"],
-                               revision=m.get("revision"), added_tokens=list(m.get("add_special_tokens") or []))
+    tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
+                               trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
+                               added_tokens=list(m.get("add_special_tokens") or []))
     if tokenizer.get_vocab() != policy_tokenizer.get_vocab():
         raise ConfigError(f"task.critic_from={source} has another tokenizer than the policy "
                           f"({len(tokenizer)} vs {len(policy_tokenizer)} tokens, or the same ids for "
                           "other tokens); the critic reads the policy's token ids, so train the reward "
                           "model on the policy's family.")
-    backbone = merged_network(hparams, saved["state_dict"], str(dtype).removeprefix("torch."), causal_lm=False)
+    dtype_name = str(dtype).removeprefix("torch.")
+    backbone = merged_network(hparams, saved["state_dict"], dtype_name, causal_lm=False)
     weight = saved["state_dict"]["network.head.weight"]
     head = nn.Linear(weight.shape[1], 1, bias=False)
     with torch.no_grad():
