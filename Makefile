@@ -63,6 +63,9 @@ bench-dpo: install ## Benchmark DPO: ftexp vs TRL (TRL in .venv-bench-trl/), pre
 bench-grpo: install ## Benchmark GRPO: ftexp vs TRL (TRL in .venv-bench-trl/); ARGS="--repeats 3"
 	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/grpo_vs_trl.py $(ARGS)
 
+bench-ppo: install ## Benchmark PPO: ftexp vs TRL 1.12's PPOTrainer (in .venv-bench-trl-1.12.0/); ARGS="--repeats 3"
+	HF_HUB_OFFLINE=1 TORCH_SPEC="$(TORCH_SPEC)" $(PY) benchmarks/ppo_vs_trl.py $(ARGS)
+
 bench-lm-memory: install ## Peak memory and step time of one LM step: full logits vs the chunked loss
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/lm_memory.py $(ARGS)
 
@@ -86,4 +89,4 @@ clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache outputs/runs outputs/multirun outputs/evals outputs/eval_demo
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install browser run ui ui-screenshots test test-slow bench-dpo bench-grpo bench-lm-memory bench-speed bench-packing bench-eval gpu-wheels eval-demo lint clean
+.PHONY: help install browser run ui ui-screenshots test test-slow bench-dpo bench-grpo bench-ppo bench-lm-memory bench-speed bench-packing bench-eval gpu-wheels eval-demo lint clean

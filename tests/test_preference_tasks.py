@@ -270,6 +270,9 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
     as_reward = build_reward("ftexp.tasks.rewards.reward_model", run=str(run))
     assert as_reward(rows.prompt.tolist(), rows.response.tolist()) == pytest.approx(scored.score.tolist(),
                                                                                     rel=1e-4, abs=1e-5)
+    # A policy's sample that ended at once (empty; a file's empty row is refused, below) is scored:
+    # the reward model's score of the prompt's tokens alone.
+    [empty] = as_reward(["what colour is coal?"], [""])
 
     exported = export_run(run, tmp_path / "export", dtype="float32")
     model = AutoModelForSequenceClassification.from_pretrained(exported).eval()
@@ -281,6 +284,10 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
         with torch.no_grad():
             logit = model(input_ids=torch.tensor([ids[0] + ids[1]])).logits[0, 0]
         assert float(logit) == pytest.approx(score, rel=1e-4, abs=1e-5)
+    with torch.no_grad():
+        prompt_only = model(input_ids=torch.tensor([tokenizer("what colour is coal?", add_special_tokens=False)
+                                                    ["input_ids"]])).logits[0, 0]
+    assert empty == pytest.approx(float(prompt_only), rel=1e-4, abs=1e-5)
 
 
 def test_scoring_a_row_without_a_response_names_the_row(pairs_file, tmp_path, monkeypatch, capsys):

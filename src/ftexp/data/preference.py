@@ -204,10 +204,12 @@ def read_unpaired(frame: pd.DataFrame,
 
 
 def read_responses(frame: pd.DataFrame, prompt_column: str, response_column: str,
-                   columns: PreferenceColumns | Mapping[str, Any] | None = None) -> list[tuple[Prompt, str]]:
+                   columns: PreferenceColumns | Mapping[str, Any] | None = None,
+                   allow_empty: bool = False) -> list[tuple[Prompt, str]]:
     """(prompt, response) rows to score (a reward model's predictions): the prompt is text or a
     list of messages (normalised as in training data), the response text; the first malformed
-    row stops it (DataError naming the row)."""
+    row stops it (DataError naming the row). `allow_empty`: an empty response is scored (a
+    policy's sample that ended at once) instead of refused (a file's row)."""
     settings = PreferenceColumns.of(columns)
     reader = _Rows(settings, "conversational")
     rows = []
@@ -217,7 +219,7 @@ def read_responses(frame: pd.DataFrame, prompt_column: str, response_column: str
         prompt = (reader.messages(value, prompt_column) if _is_list(value)
                   else reader.text(value, prompt_column, is_prompt=True))
         response = reader.text(row[response_column], response_column)
-        if not response.strip():
+        if not response.strip() and not allow_empty:
             raise reader.fail(f"'{response_column}' is empty; give the response text to score, or drop "
                               "the row.")
         rows.append((prompt, response))

@@ -85,7 +85,8 @@ class RewardTask(PerExampleTask):
         """Scores of (prompt, response) pairs in memory, encoded as `prediction_rows` encodes a
         file's rows (a GRPO reward: ftexp.tasks.rewards.reward_model)."""
         frame = pd.DataFrame({"prompt": prompts, "response": responses})
-        rows, collate = self.prediction_rows(frame, tokenizer, cfg, ["prompt", "response"])
+        # A sample that ended at once is scored too: the reward model's score of the prompt alone.
+        rows, collate = self.prediction_rows(frame, tokenizer, cfg, ["prompt", "response"], allow_empty=True)
         scores: list[float] = []
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(self.device) for k, v in collate(rows[start:start + batch_size]).items()}
@@ -101,8 +102,8 @@ class RewardTask(PerExampleTask):
             return {"score_chosen": values[:, 0].tolist(), "score_rejected": values[:, 1].tolist()}
         return {"score": values.tolist()}
 
-    def prediction_rows(self, frame: pd.DataFrame, tokenizer: Any, cfg: Any,
-                        columns: list[str] | None) -> tuple[list[dict[str, Any]], Any]:
+    def prediction_rows(self, frame: pd.DataFrame, tokenizer: Any, cfg: Any, columns: list[str] | None,
+                        allow_empty: bool = False) -> tuple[list[dict[str, Any]], Any]:
         """A file of (prompt, response) rows → encoded rows and their collate function. The prompt
         column is the run's data.preference.prompt_column (text, or a list of messages; text is
         sent as one user message when the run trained on conversations); the response column is
@@ -127,7 +128,7 @@ class RewardTask(PerExampleTask):
                             "with --text-columns PROMPT RESPONSE.")
         encoder = PreferenceEncoder(tokenizer, cfg.data.get("prompt_template"), end_with_eos=False)
         chat = (self.hparams.target or {}).get("prompts") == "chat"
-        scored = read_responses(frame, prompt_column, response_column, cfg.data.preference)
+        scored = read_responses(frame, prompt_column, response_column, cfg.data.preference, allow_empty)
         prompts = [[{"role": "user", "content": p}] if chat and isinstance(p, str) else p for p, _ in scored]
         rows = encode_responses(encoder, prompts, [r for _, r in scored], cfg.data.max_length,
                                 cfg.data.get("max_prompt_length"))
