@@ -105,8 +105,8 @@ def ftexp_overrides(args: argparse.Namespace, reward_run: Path, run_dir: Path) -
         f"+task.rewards.rm.run={reward_run}", "task.critic=separate", f"task.critic_from={reward_run}",
         "task.num_generations=1", f"task.num_iterations={PPO_EPOCHS}", f"task.kl_coef={KL_COEF}",
         "task.gamma=1.0", "task.lam=0.95", "task.cliprange=0.2", "task.cliprange_value=0.2",
-        "task.vf_coef=0.1", "task.whiten_rewards=false", f"task.max_completion_length={MAX_COMPLETION_LENGTH}",
-        "task.sample_generations=0",
+        "task.vf_coef=0.1", "task.whiten_rewards=false",
+        f"task.max_completion_length={MAX_COMPLETION_LENGTH}", "task.sample_generations=0",
         f"generation.max_new_tokens={MAX_COMPLETION_LENGTH}", f"generation.temperature={TEMPERATURE}",
         "generation.top_k=0", "generation.top_p=1.0",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.weight_decay=0.0", "scheduler=constant",
@@ -119,8 +119,8 @@ def ftexp_side(out: Path, args: argparse.Namespace, reward_run: Path) -> dict:
     """ftexp: `python -m ftexp +experiment=tiny_ppo …`; figures from its metrics.json and the process."""
     run_dir = out / "ftexp-run"
     log = out / "ftexp.log"
-    wall, cpu, rss, rc = run_process([sys.executable, "-m", "ftexp", *ftexp_overrides(args, reward_run, run_dir)],
-                                     log, child_env(args.threads, out / "ftexp-cache"))
+    command = [sys.executable, "-m", "ftexp", *ftexp_overrides(args, reward_run, run_dir)]
+    wall, cpu, rss, rc = run_process(command, log, child_env(args.threads, out / "ftexp-cache"))
     if rc != 0:
         raise failed("the ftexp side", log)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -150,7 +150,8 @@ def trl_child(spec: dict) -> None:
 
     tokenizer, policy = trl_tokenizer_and_model(spec["tokenizer"])
     tokenizer.padding_side = "left"  # PPOTrainer generates from left-padded queries
-    prompts = [r["prompt"] for r in map(json.loads, DATA.read_text().splitlines()) if r.get("split") == "train"]
+    rows = map(json.loads, DATA.read_text().splitlines())
+    prompts = [r["prompt"] for r in rows if r.get("split") == "train"]
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in prompts]})
 
     def scorer():
@@ -169,7 +170,8 @@ def trl_child(spec: dict) -> None:
         dataloader_num_workers=0, seed=42, logging_steps=1)
     trainer = PPOTrainer(args=training, processing_class=tokenizer, model=policy, ref_model=None,
                          reward_model=scorer(), value_model=scorer(), train_dataset=dataset,
-                         eval_dataset=dataset, peft_config=LoraConfig(task_type="CAUSAL_LM", bias="none", **LORA))
+                         eval_dataset=dataset,
+                         peft_config=LoraConfig(task_type="CAUSAL_LM", bias="none", **LORA))
     started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - started
@@ -195,10 +197,10 @@ def compare(out: Path, args: argparse.Namespace) -> None:
                                  capture_output=True, text=True).stdout.strip()
 
     print(f"\nPPO, LoRA r={LORA['r']} on {'/'.join(LORA['target_modules'])}, random-init Llama "
-          f"({ARCH['num_hidden_layers']} layers × {ARCH['hidden_size']}), a separate critic and a reward model "
-          f"of the same size, {args.prompts} prompts × 1 completion per rollout, ≤ {MAX_COMPLETION_LENGTH} new "
-          f"tokens, {PPO_EPOCHS} PPO epochs, {args.rollouts} rollouts, fp32, {args.threads} threads; "
-          f"TRL {trl_version}; {args.repeats} run(s) per side, ratios from the fastest\n")
+          f"({ARCH['num_hidden_layers']} layers × {ARCH['hidden_size']}), a separate critic and a reward "
+          f"model of the same size, {args.prompts} prompts × 1 completion per rollout, "
+          f"≤ {MAX_COMPLETION_LENGTH} new tokens, {PPO_EPOCHS} PPO epochs, {args.rollouts} rollouts, fp32, "
+          f"{args.threads} threads; TRL {trl_version}; {args.repeats} run(s) per side, ratios from the fastest\n")
     print("| side | rollouts | optimizer steps | train s | process s | process CPU s | completions/s "
           "| peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

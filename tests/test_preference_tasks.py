@@ -285,8 +285,8 @@ def test_a_reward_run_scores_files_and_exports_a_sequence_classifier_with_the_sa
             logit = model(input_ids=torch.tensor([ids[0] + ids[1]])).logits[0, 0]
         assert float(logit) == pytest.approx(score, rel=1e-4, abs=1e-5)
     with torch.no_grad():
-        prompt_only = model(input_ids=torch.tensor([tokenizer("what colour is coal?", add_special_tokens=False)
-                                                    ["input_ids"]])).logits[0, 0]
+        ids = tokenizer("what colour is coal?", add_special_tokens=False)["input_ids"]
+        prompt_only = model(input_ids=torch.tensor([ids])).logits[0, 0]
     assert empty == pytest.approx(float(prompt_only), rel=1e-4, abs=1e-5)
 
 
