@@ -200,7 +200,8 @@ def compare(out: Path, args: argparse.Namespace) -> None:
           f"({ARCH['num_hidden_layers']} layers × {ARCH['hidden_size']}), a separate critic and a reward "
           f"model of the same size, {args.prompts} prompts × 1 completion per rollout, "
           f"≤ {MAX_COMPLETION_LENGTH} new tokens, {PPO_EPOCHS} PPO epochs, {args.rollouts} rollouts, fp32, "
-          f"{args.threads} threads; TRL {trl_version}; {args.repeats} run(s) per side, ratios from the fastest\n")
+          f"{args.threads} threads; TRL {trl_version}; {args.repeats} run(s) per side, "
+          "ratios from the fastest\n")
     print("| side | rollouts | optimizer steps | train s | process s | process CPU s | completions/s "
           "| peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
