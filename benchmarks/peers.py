@@ -141,7 +141,7 @@ def trl_child_requested(child: Callable[[dict], None]) -> bool:
     return False
 
 
-def parity_main(script: str, child: Callable[[], int]) -> int:
+def parity_main(script: str, child: Callable[[], int], trl_version: str = TRL_VERSION) -> int:
     """A parity script's entry point: `child()` in the TRL venv (re-running `script` there with
     `--child`), which has no omegaconf for ftexp.config: this interpreter's site-packages go last
     on the child's path, after the TRL venv's own packages."""
@@ -151,7 +151,7 @@ def parity_main(script: str, child: Callable[[], int]) -> int:
         sys.path.append(sys.argv[sys.argv.index("--child") + 1])
         return child()
     fallback = sysconfig.get_paths()["purelib"]
-    return subprocess.run([str(ensure_trl_venv()), script, "--child", fallback]).returncode
+    return subprocess.run([str(ensure_trl_venv(trl_version)), script, "--child", fallback]).returncode
 
 
 # -- running a side in its own process ------------------------------------------------------------
