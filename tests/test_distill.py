@@ -150,6 +150,8 @@ def test_on_policy_fraction_picks_that_share_of_batches_and_is_checked(teacher_r
         compose_config([*common, "task.on_policy_fraction=0.5", "data.packing=true"], resolve=False)
     with pytest.raises(ConfigError, match="task.on_policy_fraction=1.5 must lie in"):
         compose_config([*common, "task.on_policy_fraction=1.5"], resolve=False)
+    with pytest.raises(ConfigError, match="task.cache_teacher=true with task.on_policy_fraction=1: every"):
+        compose_config([*common, "task.on_policy_fraction=1", "task.cache_teacher=true"], resolve=False)
 
 def test_a_teacher_is_required_and_the_divergence_keys_are_checked():
     with pytest.raises(ConfigError, match="task=distill needs a teacher: task.teacher="):
@@ -175,3 +177,39 @@ def test_a_teacher_with_another_tokenizer_is_refused_in_one_line(tmp_path):
         check_same_tokenizer(student, loaded, str(tmp_path))
     assert "has another tokenizer than the student (30523 vs 30522 tokens" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_cached_teacher_trains_as_the_live_one_without_its_forward_pass(teacher_run, tmp_path):
+    """task.cache_teacher: the same metrics and weights as the teacher run live (to float noise:
+    the cached states were computed in batches of another width), no teacher forward pass on the
+    off-policy batches or in evaluation, and a second run reads the stored states."""
+    import json
+
+    from ftexp.train import train
+
+    teacher, data = teacher_run
+    common = ["task=distill", *SFT, f"data.path={data}", f"task.teacher={teacher}",
+              f"seed={learning_seed(7)}", "optimizer.learning_rate=3e-3", "trainer.max_steps=6",
+              f"paths.cache_dir={tmp_path / 'cache'}"]
+    runs = {}
+    for name, extra in (("live", []), ("cached", ["task.cache_teacher=true"]),
+                        ("again", ["task.cache_teacher=true"]),
+                        ("mixed", ["task.cache_teacher=true", "task.on_policy_fraction=0.5",
+                                   "generation.max_new_tokens=4"])):
+        train(compose_config([*common, *extra], output_dir=tmp_path / name))
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+        if name == "cached":
+            [entry] = (tmp_path / "cache").rglob("*teacher_hidden*/*")
+            stored = entry.stat().st_mtime_ns
+    live, cached = runs["live"], runs["cached"]
+    for key in ("val/divergence", "val/loss", "train/loss"):
+        assert cached[key] == pytest.approx(live[key], rel=1e-4), key
+    weights = [torch.load(tmp_path / name / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+               for name in ("live", "cached")]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-3, atol=1e-5, msg=name)
+    assert live["teacher_forward_passes"] > 0
+    assert cached["teacher_forward_passes"] == runs["again"]["teacher_forward_passes"] == 0
+    assert entry.stat().st_mtime_ns == stored  # read, not recomputed
+    mixed = runs["mixed"]  # only the student's own samples need the live teacher
+    assert 0 < mixed["teacher_forward_passes"] == mixed["on_policy_batches"]

@@ -87,6 +87,11 @@ class DistillTaskConfig(LanguageModelTaskConfig):
     # the batch's prompts, the generation group's sampling settings) before the teacher scores them
     # (on-policy); the rest use the data's responses (off-policy). 0: off-policy only.
     on_policy_fraction: float = 0.0
+    # Compute the teacher's final hidden states for every row once, before fit, and keep them in the
+    # content-addressed cache (keyed by the encoded data, the teacher's weights and the precision):
+    # the off-policy batches then skip the teacher's forward pass (its LM head still runs). Costs
+    # rows x tokens x hidden of the teacher's dtype, in memory and on disk (tasks/teacher_cache.py).
+    cache_teacher: bool = False
 
     @staticmethod
     def check(task: DictConfig) -> None:
@@ -101,6 +106,10 @@ class DistillTaskConfig(LanguageModelTaskConfig):
         if not 0.0 <= task.on_policy_fraction <= 1.0:
             raise ConfigError(f"task.on_policy_fraction={task.on_policy_fraction} must lie in [0, 1] (the "
                               "share of batches the student samples; 0: the data's responses only).")
+        if task.cache_teacher and task.on_policy_fraction == 1:
+            raise ConfigError("task.cache_teacher=true with task.on_policy_fraction=1: every training batch "
+                              "is the student's own samples, so no cached teacher state would be read; "
+                              "lower task.on_policy_fraction or drop task.cache_teacher.")
         if task.on_policy_fraction > 0 and task.train_on_prompt:
             raise ConfigError("task.on_policy_fraction > 0 with task.train_on_prompt=true: the student "
                               "samples from each row's prompt, the tokens before its trained ones; set "

@@ -100,6 +100,11 @@ def pad_batch(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         else:
             batch["attention_mask"].append([1] * n + [0] * pad)
     out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    # Per-token tensors a task attached to its rows (the teacher's cached hidden states: (tokens,
+    # dim) each), zero-padded to the batch's width like the ids.
+    for key in (k for k, v in features[0].items() if isinstance(v, torch.Tensor)):
+        out[key] = torch.stack([torch.nn.functional.pad(f[key], (0, 0, 0, width - len(f[key])))
+                                for f in features])
     out["row_samples"] = torch.tensor([row_sample_count(f) for f in features], dtype=torch.long)
     out["row_tokens"] = torch.tensor([len(f["input_ids"]) for f in features], dtype=torch.long)
     return out

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ftexp.runs.errors import ConfigError
-from ftexp.tasks import lm_loss
+from ftexp.tasks import lm_loss, teacher_cache
 from ftexp.tasks.causal_lm import CausalLMTask
 from ftexp.tasks.distill_losses import distillation_sum
 from ftexp.tasks.generation import continue_ids
@@ -75,6 +75,7 @@ class DistillTask(CausalLMTask):
         self._teacher: list[nn.Module] = []
         self.tokenizer: Any = None  # set by from_config: on-policy batches are sampled with it
         self.on_policy_batches = 0
+        self.teacher_forward_passes = 0  # batches whose teacher states were not read from the cache
 
     @classmethod
     def from_config(cls, cfg: Any, settings: dict[str, Any], tokenizer: Any, run_dir: Path) -> Any:
@@ -86,7 +87,35 @@ class DistillTask(CausalLMTask):
         out = super().summary()
         if self.hparams.task["on_policy_fraction"] > 0:
             out["on_policy_batches"] = self.on_policy_batches  # since this (re)start
+        out["teacher_forward_passes"] = self.teacher_forward_passes  # likewise
         return out
+
+    def before_fit(self, cfg: Any, trainer: Any, datamodule: Any) -> None:
+        """task.cache_teacher: the teacher's hidden states of every split's rows, from the cache or
+        computed now, attached to the rows (the batches then carry them)."""
+        super().before_fit(cfg, trainer, datamodule)
+        if not self.hparams.task["cache_teacher"]:
+            return
+        from ftexp.builders.strategy import precompute_device
+        from ftexp.data.cache import ContentCache
+
+        self.configure_model()
+        dtype = next(self.network.parameters()).dtype
+        key = teacher_cache.teacher_key(self.hparams.task["teacher"], datamodule.encoding_key, dtype,
+                                        str(trainer.precision), cfg.paths.cache_dir)
+        device, autocast = precompute_device(trainer)
+
+        def compute() -> dict[str, list[torch.Tensor]]:
+            teacher = self.teacher.to(device)
+            values = {split: teacher_cache.teacher_hidden_states(teacher, rows.rows, datamodule.collate,
+                                                                 cfg.data.eval_batch_size, device, autocast)
+                      for split, rows in datamodule.datasets.items()}
+            teacher.to("cpu")
+            return values
+
+        values = ContentCache(cfg.paths.cache_dir, "teacher_hidden").get_or_compute(
+            key, compute, "teacher hidden states")
+        teacher_cache.attach(datamodule, values)
 
     def on_fit_start(self) -> None:
         _ = self.teacher  # loaded and checked against the student before the first step
@@ -119,9 +148,13 @@ class DistillTask(CausalLMTask):
         """(student's, teacher's) final hidden states: one forward of each model per batch, from
         which the divergence and the cross-entropy are both computed."""
         inputs = lm_loss.hidden_inputs(batch)
-        teacher = self.teacher
-        with torch.no_grad():
-            teacher_hidden = lm_loss.final_hidden_states(teacher, **inputs)
+        cached = batch.get(teacher_cache.ROW_KEY)
+        if cached is not None:
+            teacher_hidden = cached.to(self.device)
+        else:
+            self.teacher_forward_passes += 1
+            with torch.no_grad():
+                teacher_hidden = lm_loss.final_hidden_states(self.teacher, **inputs)
         return lm_loss.final_hidden_states(self.network, **inputs), teacher_hidden
 
     def _divergence(self, labels: torch.Tensor, student_hidden: torch.Tensor,
