@@ -163,3 +163,10 @@ def test_template_values_with_braces_and_quotes_pass_the_command_line_check(monk
                                 "data.response_template=' {chosen} it\\'s'", "--cfg", "job"],
                                monkeypatch, capsys)
     assert code == 0 and "error" not in err, err
+
+
+def test_the_readmes_groups_table_lists_every_experiment():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| `experiment` |"))
+    listed = set(re.findall(r"`([a-z0-9_]+)`", row.split("|")[2]))
+    assert listed == set(GROUPS["experiment"])
