@@ -1,7 +1,8 @@
 """task.cache_teacher: the teacher's final hidden states of every encoded row, computed once and
 kept in the content-addressed cache, so that task=distill's off-policy batches skip the teacher's
-forward pass. Hidden states rather than log-probs: a row's (tokens x hidden) is a vocabulary-th of
-its (tokens x vocabulary) distributions, and the divergence is computed from them a chunk of
+forward pass. Hidden states rather than full distributions: a row's (tokens x hidden) is hidden /
+vocabulary of its (tokens x vocabulary) distributions (1/8 for a 4096-wide model with 32k
+tokens), and the divergence is computed from them a chunk of
 tokens at a time through the teacher's LM head exactly as without the cache
 (tasks/distill_losses.py). Keyed like the reference cache (tasks/preference.py): the encoded data,
 the teacher's weights (a run's best checkpoint or a model's files, by contents) and the precision.
