@@ -236,6 +236,20 @@ def test_a_separate_critic_trains_resumes_with_the_run_and_stays_out_of_the_expo
     assert exported and not any("critic" in k or k.startswith("head") for k in exported)
 
 
+def test_a_critic_from_a_reward_model_pooled_otherwise_is_refused_in_one_line(tmp_path):
+    from ftexp.runs.errors import ConfigError
+    from ftexp.train import train
+
+    train(compose_config(["+experiment=tiny_rm", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
+                          "data.max_length=64", "data.max_prompt_length=32", "task.pooling=mean"],
+                         output_dir=tmp_path / "rm"))
+    task, _, _ = build_task(_overrides("task.critic=separate", f"task.critic_from={tmp_path / 'rm'}"),
+                            tmp_path / "ppo")
+    with pytest.raises(ConfigError, match="a critic needs a value at every token") as info:
+        task.load_critic()
+    assert "task.pooling=mean" in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("task.critic=separate", "task.critic=separate needs task.critic_from=<a task=reward run dir>"),
     ("task.critic_from=/x", "task.critic_from=/x is read with task.critic=separate only"),

@@ -90,7 +90,8 @@ class DistillTaskConfig(LanguageModelTaskConfig):
     # Compute the teacher's final hidden states for every row once, before fit, and keep them in the
     # content-addressed cache (keyed by the encoded data, the teacher's weights and the precision):
     # the off-policy batches then skip the teacher's forward pass (its LM head still runs). Costs
-    # rows x tokens x hidden of the teacher's dtype, in memory and on disk (tasks/teacher_cache.py).
+    # rows x tokens x hidden of the teacher's dtype, in memory (in each process) and on disk
+    # (tasks/teacher_cache.py).
     cache_teacher: bool = False
 
     @staticmethod

@@ -1,8 +1,10 @@
 """The separate critic of task=ppo (`task.critic=separate`): a value model of its own, started
 from a finished task=reward run — its transformer (adapter merged) and its score head — as TRL's
 PPOTrainer starts its value model from the reward model. It reads the policy's token ids, so the
-reward run must share the policy's tokenizer. The whole critic is trained (TRL's value model is
-too); `task.critic=shared` is the memory-lean choice, a value head on the policy's own backbone.
+reward run must share the policy's tokenizer, and it reads a value at every position, so the
+reward run must pool at the last token (decoders' default). The whole critic is trained, in
+float32 (TRL's value model is trained in full too; bf16 weights would round away its small
+updates); `task.critic=shared` is the memory-lean choice, a value head on the policy's backbone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from ftexp.runs.errors import ConfigError
+from ftexp.tasks.policy import disable_dropout
 
 
 class ValueModel(nn.Module):
@@ -30,9 +33,9 @@ class ValueModel(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
 
-def load_critic(source: str, policy_tokenizer: Any, dtype: torch.dtype, disable_dropout: bool) -> ValueModel:
-    """A trainable ValueModel from a task=reward run's best checkpoint, in `dtype`."""
-    from ftexp.builders.backbone import load_tokenizer
+def load_critic(source: str, policy_tokenizer: Any, no_dropout: bool) -> ValueModel:
+    """A trainable float32 ValueModel from a task=reward run's best checkpoint."""
+    from ftexp.builders.backbone import is_decoder_only, load_tokenizer
     from ftexp.builders.init_from import merged_network
     from ftexp.predict import load_checkpoint
     from ftexp.runs import run_dir
@@ -47,6 +50,7 @@ def load_critic(source: str, policy_tokenizer: Any, dtype: torch.dtype, disable_
     if hparams["task"]["name"] != "reward":
         raise ConfigError(f"task.critic_from={source} is a task={hparams['task']['name']} run; the critic "
                           "starts from a task=reward run's model and score head.")
+    pooling = hparams["task"].get("pooling", "auto")
     m = hparams["model"]
     tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
                                trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
@@ -56,15 +60,16 @@ def load_critic(source: str, policy_tokenizer: Any, dtype: torch.dtype, disable_
                           f"({len(tokenizer)} vs {len(policy_tokenizer)} tokens, or the same ids for "
                           "other tokens); the critic reads the policy's token ids, so train the reward "
                           "model on the policy's family.")
-    dtype_name = str(dtype).removeprefix("torch.")
-    backbone = merged_network(hparams, saved["state_dict"], dtype_name, causal_lm=False)
+    backbone = merged_network(hparams, saved["state_dict"], "float32", causal_lm=False)
+    if pooling not in ("auto", "last") or not is_decoder_only(backbone.config):
+        raise ConfigError(f"task.critic_from={source} scores a pooled sequence (task.pooling={pooling}, "
+                          "or an encoder); a critic needs a value at every token, so start it from a "
+                          "decoder reward run pooled at its last token.")
     weight = saved["state_dict"]["network.head.weight"]
     head = nn.Linear(weight.shape[1], 1, bias=False)
     with torch.no_grad():
         head.weight.copy_(weight)
     critic = ValueModel(backbone, head).train().requires_grad_(True)
-    if disable_dropout:  # as the policy's: the rollout's values and the trained ones must agree
-        for module in critic.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+    if no_dropout:  # as the policy's: the rollout's values and the trained ones must agree
+        disable_dropout(critic)
     return critic

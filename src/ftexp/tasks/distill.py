@@ -99,14 +99,16 @@ class DistillTask(CausalLMTask):
         from ftexp.builders.strategy import precompute_device
         from ftexp.data.cache import ContentCache
 
-        self.configure_model()
-        dtype = next(self.network.parameters()).dtype
+        # Loaded now, before the student is built (a sharded build must wait for fit), in the dtype
+        # the student will have in fit; a Hub teacher is then on disk, for the key's fingerprint.
+        dtype = teacher_cache.fit_dtype(cfg.model.dtype, str(trainer.precision))
+        teacher = self.checked_teacher(dtype)
         key = teacher_cache.teacher_key(self.hparams.task["teacher"], datamodule.encoding_key, dtype,
                                         str(trainer.precision), cfg.paths.cache_dir)
         device, autocast = precompute_device(trainer)
 
         def compute() -> dict[str, list[torch.Tensor]]:
-            teacher = self.teacher.to(device)
+            teacher.to(device)
             values = {split: teacher_cache.teacher_hidden_states(teacher, rows.rows, datamodule.collate,
                                                                  cfg.data.eval_batch_size, device, autocast)
                       for split, rows in datamodule.datasets.items()}
@@ -118,23 +120,27 @@ class DistillTask(CausalLMTask):
         teacher_cache.attach(datamodule, values)
 
     def on_fit_start(self) -> None:
-        _ = self.teacher  # loaded and checked against the student before the first step
+        teacher = self.teacher  # loaded and checked against the student before the first step
+        t, width = self.hparams.task, lm_loss.output_head(teacher).weight.shape[0]
+        if width != lm_loss.output_head(self.network).weight.shape[0]:
+            raise ConfigError(f"task.teacher={t['teacher']} scores {width} tokens, the student "
+                              f"{lm_loss.output_head(self.network).weight.shape[0]}; give both the "
+                              "same vocabulary size.")
 
     @property
     def teacher(self) -> nn.Module:
+        """The teacher on this task's device, loaded in the student's dtype on first use."""
         if not self._teacher:
-            t = self.hparams.task
-            dtype = next(self.network.parameters()).dtype
-            network, tokenizer = load_teacher(t["teacher"], dtype)
-            check_same_tokenizer(self._student_tokenizer(), tokenizer, t["teacher"])
-            width = lm_loss.output_head(network).weight.shape[0]
-            if width != lm_loss.output_head(self.network).weight.shape[0]:
-                raise ConfigError(f"task.teacher={t['teacher']} scores {width} tokens, the student "
-                                  f"{lm_loss.output_head(self.network).weight.shape[0]}; give both the "
-                                  "same vocabulary size.")
-            self._teacher.append(network)
+            self.checked_teacher(next(self.network.parameters()).dtype)
         teacher = self._teacher[0]
         return teacher.to(self.device) if teacher.device != self.device else teacher
+
+    def checked_teacher(self, dtype: torch.dtype) -> nn.Module:
+        """Load the teacher in `dtype`, check its tokenizer against the student's, keep it."""
+        network, tokenizer = load_teacher(self.hparams.task["teacher"], dtype)
+        check_same_tokenizer(self._student_tokenizer(), tokenizer, self.hparams.task["teacher"])
+        self._teacher[:] = [network]
+        return network
 
     def _student_tokenizer(self) -> Any:
         from ftexp.builders.backbone import load_tokenizer
@@ -150,7 +156,7 @@ class DistillTask(CausalLMTask):
         inputs = lm_loss.hidden_inputs(batch)
         cached = batch.get(teacher_cache.ROW_KEY)
         if cached is not None:
-            teacher_hidden = cached.to(self.device)
+            teacher_hidden = cached.to(self.device, lm_loss.output_head(self.teacher).weight.dtype)
         else:
             self.teacher_forward_passes += 1
             with torch.no_grad():

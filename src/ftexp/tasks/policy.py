@@ -22,6 +22,12 @@ from ftexp.tasks import lm_loss
 from ftexp.tasks.base import FinetuneTask
 
 
+def disable_dropout(network: nn.Module) -> None:
+    for module in network.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
 class PolicyTask(FinetuneTask):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -37,9 +43,7 @@ class PolicyTask(FinetuneTask):
         if self.hparams.task["disable_dropout"]:
             # As TRL does: with dropout on, the policy's and the reference's log-probs would differ
             # by random masks, and by more for longer responses.
-            for module in network.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(network)
         return network
 
     @property

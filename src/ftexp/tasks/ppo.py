@@ -76,15 +76,21 @@ class PPOTask(GRPOTask):
             self.value_head = nn.Linear(lm_loss.output_head(self.network).in_features, 1)
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
-        elif t["critic"] == "separate" and self.critic is None and self._trainer is not None:
-            # Training only (fresh or resumed, before the checkpoint loads): generating with and
-            # exporting this run need the policy alone, and not the reward run either.
+        elif t["critic"] == "separate" and self.critic is None and self.fitting:
+            # Fitting only (fresh or resumed, before the checkpoint loads: so a resumed run needs
+            # the reward run too): testing, generating with and exporting this run need the policy
+            # alone, and not the reward run either.
             self.critic = self.load_critic()
+
+    @property
+    def fitting(self) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
 
     def load_critic(self) -> ValueModel:
         t = self.hparams.task
-        return load_critic(t["critic_from"], self.tokenizer, next(self.network.parameters()).dtype,
-                           t["disable_dropout"])
+        return load_critic(t["critic_from"], self.tokenizer, t["disable_dropout"])
 
     def load_trained_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         if self.critic is None:  # a finished run loaded to generate or export: the policy alone
@@ -92,7 +98,8 @@ class PPOTask(GRPOTask):
         super().load_trained_state(state_dict)
 
     def optimized_module(self) -> nn.Module:
-        critic = {"value_head": self.value_head} if self.critic is None else {"critic": self.critic}
+        shared = self.hparams.task["critic"] == "shared"
+        critic = {"value_head": self.value_head} if shared else {"critic": self.critic}
         return nn.ModuleDict({"network": self.network, **critic})
 
     def outcome_advantages(self, rewards: torch.Tensor, group_size: int) -> GroupAdvantages:
@@ -107,7 +114,7 @@ class PPOTask(GRPOTask):
         """The policy's per-token log-probs and the value head's per-token values (N, L), from one
         forward pass (a second one, of the critic, with task.critic=separate); the value of position
         t is that of the state before the t-th token."""
-        shared = self.critic is None
+        shared = self.hparams.task["critic"] == "shared"
         logps, ent, hidden = self.completion_forward(self.network, samples, entropy, hidden_states=shared)
         if shared:
             return logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float(), ent

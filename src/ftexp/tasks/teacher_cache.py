@@ -21,15 +21,31 @@ from ftexp.tasks import lm_loss
 ROW_KEY = "teacher_hidden"  # attached to each row; data/packing.pad_batch pads it into the batch
 
 
+def fit_dtype(model_dtype: str, precision: str) -> torch.dtype:
+    """The student's dtype in fit, which the teacher is loaded in: the model group's, unless a
+    "true" precision casts the whole module."""
+    from ftexp.builders.backbone import DTYPES
+
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, DTYPES[model_dtype])
+
+
 def teacher_key(source: str, encoding_key: str, dtype: torch.dtype, precision: str,
                 memo_dir: str | None) -> str:
+    """A finished run's teacher by its best checkpoint and the base it was trained on (an adapter
+    run's checkpoint holds the adapter only); a model directory or Hub id by its files."""
+    from omegaconf import OmegaConf
+
     from ftexp.data.cache import digest, file_digest
-    from ftexp.data.embeddings import model_fingerprint
+    from ftexp.data.embeddings import model_fingerprint, starting_weights_key
     from ftexp.runs import run_dir
 
     run = Path(source).expanduser()
-    weights = (file_digest(run / run_dir.BEST_CHECKPOINT, memo_dir) if (run / run_dir.CONFIG_FILE).is_file()
-               else model_fingerprint({"name_or_path": source}, memo_dir))
+    if (run / run_dir.CONFIG_FILE).is_file():
+        trained = OmegaConf.to_container(OmegaConf.load(run / run_dir.CONFIG_FILE), resolve=True)
+        base = starting_weights_key(trained["model"], trained.get("quant") or {}, precision, memo_dir)
+        weights = digest(file_digest(run / run_dir.BEST_CHECKPOINT, memo_dir), base)
+    else:
+        weights = model_fingerprint({"name_or_path": source}, memo_dir)
     return digest("teacher_hidden", encoding_key, weights, str(dtype), precision)
 
 
