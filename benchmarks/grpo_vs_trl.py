@@ -41,7 +41,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,8 +51,8 @@ from peers import (  # noqa: E402
     FTEXP_TRAINING_ONLY,
     LORA,
     ROOT,
-    add_side_arguments,
     child_env,
+    comparison_main,
     ensure_trl_venv,
     failed,
     ftexp_lora_overrides,
@@ -61,7 +60,6 @@ from peers import (  # noqa: E402
     run_process,
     run_trl_child,
     tokenizer_dir,
-    trl_child_requested,
     trl_tokenizer_and_model,
 )
 
@@ -212,20 +210,13 @@ def compare(out: Path, args: argparse.Namespace) -> None:
               f"CPU {t['cpu_s'] / f['cpu_s']:.2f}x")
 
 
-def main() -> None:
-    if trl_child_requested(trl_child):
-        return
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per optimizer step")
-    add_side_arguments(parser)
-    args = parser.parse_args()
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="ftexp-grpo-bench-"))
-    out.mkdir(parents=True, exist_ok=True)
-    compare(out, args)
-    print(f"\nlogs in {out}")
+
+def main() -> None:
+    comparison_main(__doc__, trl_child, add_arguments, compare, "ftexp-grpo-bench-")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,25 @@ def ensure_eos(tokenizer):
     return tokenizer
 
 
+def comparison_main(doc: str, trl_child: Callable[[dict], None], add_arguments: Callable[[Any], None],
+                    run: Callable[[Path, Any], None], prefix: str) -> None:
+    """A TRL comparison's entry point: its TRL side when this process is one; else the script's
+    options (`add_arguments`, then the sides' own), a folder for the logs, `run(out, args)`."""
+    import argparse
+    import tempfile
+
+    if trl_child_requested(trl_child):
+        return
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    add_side_arguments(parser)
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix=prefix))
+    out.mkdir(parents=True, exist_ok=True)
+    run(out, args)
+    print(f"\nlogs in {out}")
+
+
 def trl_child_requested(child: Callable[[dict], None]) -> bool:
     """Run `child(spec)` and say so when this process is a script's TRL side (`--trl-child <spec>`)."""
     if len(sys.argv) == 3 and sys.argv[1] == "--trl-child":

@@ -42,7 +42,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,8 +53,8 @@ from peers import (  # noqa: E402
     LORA,
     ROOT,
     TRL_PPO_VERSION,
-    add_side_arguments,
     child_env,
+    comparison_main,
     ensure_trl_venv,
     failed,
     ftexp_lora_overrides,
@@ -63,7 +62,6 @@ from peers import (  # noqa: E402
     run_process,
     run_trl_child,
     tokenizer_dir,
-    trl_child_requested,
     trl_tokenizer_and_model,
 )
 
@@ -224,20 +222,13 @@ def compare(out: Path, args: argparse.Namespace) -> None:
               f"whole process, TRL / ftexp: wall {t['process_s'] / f['process_s']:.2f}x")
 
 
-def main() -> None:
-    if trl_child_requested(trl_child):
-        return
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollouts", type=int, default=10, help="rollouts per run")
     parser.add_argument("--prompts", type=int, default=8, help="prompts (completions) per rollout")
-    add_side_arguments(parser)
-    args = parser.parse_args()
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="ftexp-ppo-bench-"))
-    out.mkdir(parents=True, exist_ok=True)
-    compare(out, args)
-    print(f"\nlogs in {out}")
+
+def main() -> None:
+    comparison_main(__doc__, trl_child, add_arguments, compare, "ftexp-ppo-bench-")
 
 
 if __name__ == "__main__":

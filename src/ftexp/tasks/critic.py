@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ftexp.runs.errors import ConfigError
-from ftexp.tasks.policy import disable_dropout
+from ftexp.tasks.policy import check_same_vocabulary, disable_dropout
 
 
 class ValueModel(nn.Module):
@@ -35,7 +35,7 @@ class ValueModel(nn.Module):
 
 def load_critic(source: str, policy_tokenizer: Any, no_dropout: bool) -> ValueModel:
     """A trainable float32 ValueModel from a task=reward run's best checkpoint."""
-    from ftexp.builders.backbone import is_decoder_only, load_tokenizer
+    from ftexp.builders.backbone import is_decoder_only, load_configured_tokenizer
     from ftexp.builders.init_from import merged_network
     from ftexp.predict import load_checkpoint
     from ftexp.runs import run_dir
@@ -51,15 +51,9 @@ def load_critic(source: str, policy_tokenizer: Any, no_dropout: bool) -> ValueMo
         raise ConfigError(f"task.critic_from={source} is a task={hparams['task']['name']} run; the critic "
                           "starts from a task=reward run's model and score head.")
     pooling = hparams["task"].get("pooling", "auto")
-    m = hparams["model"]
-    tokenizer = load_tokenizer(m.get("tokenizer") or m["name_or_path"],
-                               trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                               added_tokens=list(m.get("add_special_tokens") or []))
-    if tokenizer.get_vocab() != policy_tokenizer.get_vocab():
-        raise ConfigError(f"task.critic_from={source} has another tokenizer than the policy "
-                          f"({len(tokenizer)} vs {len(policy_tokenizer)} tokens, or the same ids for "
-                          "other tokens); the critic reads the policy's token ids, so train the reward "
-                          "model on the policy's family.")
+    check_same_vocabulary(policy_tokenizer, load_configured_tokenizer(hparams["model"]),
+                          f"task.critic_from={source}", "policy", "the critic reads the policy's token "
+                          "ids, so train the reward model on the policy's family.")
     backbone = merged_network(hparams, saved["state_dict"], "float32", causal_lm=False)
     if pooling not in ("auto", "last") or not is_decoder_only(backbone.config):
         raise ConfigError(f"task.critic_from={source} scores a pooled sequence (task.pooling={pooling}, "

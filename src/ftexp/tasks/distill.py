@@ -19,6 +19,7 @@ from ftexp.tasks import lm_loss, teacher_cache
 from ftexp.tasks.causal_lm import CausalLMTask
 from ftexp.tasks.distill_losses import distillation_sum
 from ftexp.tasks.generation import continue_ids
+from ftexp.tasks.policy import check_same_vocabulary
 
 
 def load_teacher(source: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -57,11 +58,9 @@ def load_teacher(source: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
 def check_same_tokenizer(student: Any, teacher: Any, source: str) -> None:
     """Distributions are compared token id by token id, so both must mean the same by each id."""
-    if student.get_vocab() != teacher.get_vocab():
-        raise ConfigError(f"task.teacher={source} has another tokenizer than the student "
-                          f"({len(teacher)} vs {len(student)} tokens, or the same ids for other "
-                          "tokens); distillation compares distributions id by id, so pick a teacher "
-                          "of the student's family.")
+    check_same_vocabulary(student, teacher, f"task.teacher={source}", "student",
+                          "distillation compares distributions id by id, so pick a teacher of the "
+                          "student's family.")
 
 
 class DistillTask(CausalLMTask):
@@ -73,7 +72,8 @@ class DistillTask(CausalLMTask):
         self.val_divergence, self.test_divergence = MeanMetric(), MeanMetric()
         # Not a submodule: the teacher is neither trained nor saved in the student's checkpoints.
         self._teacher: list[nn.Module] = []
-        self.tokenizer: Any = None  # set by from_config: on-policy batches are sampled with it
+        # Set by from_config: on-policy batches are sampled with it, the teacher's is checked against it.
+        self.tokenizer: Any = None
         self.on_policy_batches = 0
         self.teacher_forward_passes = 0  # batches whose teacher states were not read from the cache
 
@@ -138,17 +138,9 @@ class DistillTask(CausalLMTask):
     def checked_teacher(self, dtype: torch.dtype) -> nn.Module:
         """Load the teacher in `dtype`, check its tokenizer against the student's, keep it."""
         network, tokenizer = load_teacher(self.hparams.task["teacher"], dtype)
-        check_same_tokenizer(self._student_tokenizer(), tokenizer, self.hparams.task["teacher"])
+        check_same_tokenizer(self.tokenizer, tokenizer, self.hparams.task["teacher"])
         self._teacher[:] = [network]
         return network
-
-    def _student_tokenizer(self) -> Any:
-        from ftexp.builders.backbone import load_tokenizer
-
-        m = self.hparams.model
-        return load_tokenizer(m.get("tokenizer") or m["name_or_path"],
-                              trust_remote_code=m["trust_remote_code"], revision=m.get("revision"),
-                              added_tokens=list(m.get("add_special_tokens") or []))
 
     def _hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(student's, teacher's) final hidden states: one forward of each model per batch, from

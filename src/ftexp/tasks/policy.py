@@ -18,8 +18,17 @@ from typing import Any
 from torch import nn
 
 from ftexp.config.preference_tasks import reference_source
+from ftexp.runs.errors import ConfigError
 from ftexp.tasks import lm_loss
 from ftexp.tasks.base import FinetuneTask
+
+
+def check_same_vocabulary(ours: Any, theirs: Any, setting: str, role: str, why: str) -> None:
+    """Another model reads or scores this policy's token ids, so both tokenizers must mean the
+    same by each id; `why` ends the one-line error with the reason and the fix."""
+    if ours.get_vocab() != theirs.get_vocab():
+        raise ConfigError(f"{setting} has another tokenizer than the {role} ({len(theirs)} vs {len(ours)} "
+                          f"tokens, or the same ids for other tokens); {why}")
 
 
 def disable_dropout(network: nn.Module) -> None:
